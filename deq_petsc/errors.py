@@ -1,0 +1,37 @@
+"""Named exceptions for solves PETSc did not converge.
+
+PETSc does not throw when a SNES or KSP fails; it sets a converged reason.
+Every solver object in this package checks that reason and raises one of these,
+so a failed solve can never be mistaken for an answer.
+"""
+
+from __future__ import annotations
+
+
+class DEQError(RuntimeError):
+    """Base class of this package's errors."""
+
+
+class DEQConvergenceError(DEQError):
+    """A PETSc solve ended with a negative (diverged) converged reason.
+
+    Carries the reason (number and name), the iteration count and the residual
+    norm history, so the caller can tell a slow solve from a blow-up.
+    """
+
+    def __init__(self, message, *, reason=None, reason_name=None, iterations=None,
+                 history=None, stats=None):
+        super().__init__(message)
+        self.reason = reason
+        self.reason_name = reason_name
+        self.iterations = iterations
+        self.history = list(history) if history is not None else []
+        self.stats = stats
+
+
+class DEQNonFiniteError(DEQConvergenceError):
+    """The cell produced NaN or Inf: a bug or an overflow, not slow convergence."""
+
+
+class DEQOptionsError(DEQError):
+    """An option value PETSc accepted but this package cannot honour."""

@@ -1,0 +1,124 @@
+"""The fixed-point problem ``z = f(z, x)``: residual, JVPs and VJPs of ``f`` in ``z``.
+
+Pure torch: no PETSc here. Products act on the whole batch tensor at once
+(the batch is one vector to the solver).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.func import jvp as _func_jvp
+
+Cell = Callable[[torch.Tensor, Any], torch.Tensor]
+
+JVP_MODES = ("forward", "reverse")
+
+
+class FixedPointProblem:
+    """``F(z) = z - f(z, x) = 0`` for a cell ``f`` and a fixed input ``x``.
+
+    ``z0`` fixes the state's shape, dtype and device (default: zeros shaped
+    like ``x``, or like ``z_shape`` when given). ``x`` may be a tensor, a
+    tuple of tensors or anything ``f`` accepts; it is never differentiated
+    here (the layer handles parameter gradients).
+    """
+
+    def __init__(self, f: Cell, x: Any = None, z0: torch.Tensor | None = None,
+                 z_shape: tuple[int, ...] | None = None):
+        if not callable(f):
+            raise TypeError(f"f must be callable as f(z, x), got {type(f).__name__}")
+        self.f = f
+        self.x = x
+        if z0 is None:
+            if z_shape is None:
+                if not isinstance(x, torch.Tensor):
+                    raise ValueError("give z0 or z_shape: the state's shape cannot be "
+                                     "inferred from a non-tensor x")
+                z0 = torch.zeros_like(x)
+            else:
+                like = x if isinstance(x, torch.Tensor) else None
+                z0 = torch.zeros(z_shape,
+                                 dtype=like.dtype if like is not None else torch.get_default_dtype(),
+                                 device=like.device if like is not None else None)
+        if not torch.is_floating_point(z0):
+            raise TypeError(f"the state must be floating point, got {z0.dtype}")
+        self.z0 = z0.detach()
+
+    # -- evaluations -------------------------------------------------------------
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """``f(z, x)``, checked for shape (a wrong shape would otherwise be a silent broadcast)."""
+        fz = self.f(z, self.x)
+        if not isinstance(fz, torch.Tensor) or fz.shape != z.shape:
+            got = tuple(fz.shape) if isinstance(fz, torch.Tensor) else type(fz).__name__
+            raise ValueError(f"f(z, x) must return a tensor shaped like z {tuple(z.shape)}, "
+                             f"got {got}")
+        return fz
+
+    def residual(self, z: torch.Tensor) -> torch.Tensor:
+        return z - self(z)
+
+    def jvp(self, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``J_f(z) v`` by forward-mode AD (one tangent pass, no graph kept)."""
+        return _func_jvp(self, (z.detach(),), (v.to(z.dtype),))[1]
+
+    def vjp(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``J_f(z)^T u`` by reverse-mode AD (one forward and one backward pass)."""
+        return self.linearize(z).vjp(u)
+
+    def linearize(self, z: torch.Tensor, jvp_mode: str = "forward") -> "Linearization":
+        return Linearization(self, z, jvp_mode)
+
+
+class Linearization:
+    """``J_f`` frozen at one point ``z``, for many products (a Krylov solve).
+
+    VJPs reuse one autograd graph of ``f(z)``, built on first use: each product
+    then costs one backward pass. JVPs are forward-mode (``"forward"``: one
+    tangent pass each, nothing stored) or the transpose of the VJP
+    (``"reverse"``: a double-backward graph built once, then one backward pass
+    per product; for cells whose ops lack forward-mode AD).
+    """
+
+    def __init__(self, problem: FixedPointProblem, z: torch.Tensor, jvp_mode: str = "forward"):
+        if jvp_mode not in JVP_MODES:
+            raise ValueError(f"jvp_mode must be one of {JVP_MODES}, got {jvp_mode!r}")
+        self.problem = problem
+        self.z = z.detach().clone()
+        self.jvp_mode = jvp_mode
+        self.jvp_count = 0
+        self.vjp_count = 0
+        self._z_leaf = None
+        self._fz = None
+        self._u_dummy = None
+        self._vjp_of_dummy = None
+
+    def _graph(self):
+        if self._fz is None:
+            with torch.enable_grad():
+                self._z_leaf = self.z.clone().requires_grad_(True)
+                self._fz = self.problem(self._z_leaf)
+            if not self._fz.requires_grad:
+                raise ValueError("f(z, x) does not depend on z: its Jacobian is zero")
+        return self._z_leaf, self._fz
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor:
+        z_leaf, fz = self._graph()
+        self.vjp_count += 1
+        (g,) = torch.autograd.grad(fz, z_leaf, u.to(fz.dtype), retain_graph=True)
+        return g
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        self.jvp_count += 1
+        if self.jvp_mode == "forward":
+            return _func_jvp(self.problem, (self.z,), (v.to(self.z.dtype),))[1]
+        if self._vjp_of_dummy is None:
+            z_leaf, fz = self._graph()
+            with torch.enable_grad():
+                self._u_dummy = torch.zeros_like(fz, requires_grad=True)
+                (self._vjp_of_dummy,) = torch.autograd.grad(fz, z_leaf, self._u_dummy,
+                                                            create_graph=True)
+        (jv,) = torch.autograd.grad(self._vjp_of_dummy, self._u_dummy, v.to(self.z.dtype),
+                                    retain_graph=True)
+        return jv

@@ -1,0 +1,341 @@
+"""``DEQSolver``: a PETSc ``SNES`` that finds ``z* = f(z*, x)``.
+
+The SNES sees the residual ``F(z) = z - f(z, x)`` and, for Newton-type
+methods, the exact Jacobian ``I - J_f`` as a python ``Mat``
+(:mod:`deq_petsc.operators`). Everything else -- the method, tolerances,
+monitors, nonlinear preconditioning -- comes from the options database under
+the solver's prefix, with the program defaults below applied first so that
+the command line always wins::
+
+    -snes_type anderson -snes_anderson_m 5 -snes_monitor -snes_converged_reason
+    -snes_type nrichardson -snes_linesearch_type basic        # Picard
+    -snes_type newtonls -ksp_type gmres                       # Newton-Krylov
+    -snes_type anderson -npc_snes_type nrichardson            # composite
+
+Every converged reason is checked: a diverged one raises
+:class:`~deq_petsc.errors.DEQConvergenceError` (``DEQNonFiniteError`` when the
+cell produced NaN/Inf), carrying the reason name and the residual history.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from petsc4py import PETSc
+
+from .errors import DEQConvergenceError, DEQNonFiniteError
+from .interop import TensorLayout, vec_local_view
+from .operators import ResidualJacobian, create_residual_jacobian
+from .petsc_options import (OptionsHelp, inserted_defaults, ksp_reason_name,
+                            snes_reason_name)
+from .problem import JVP_MODES, FixedPointProblem
+
+_FUNCTION_EVENT = PETSc.Log.Event("DEQFunction")
+_SOLVE_EVENT = PETSc.Log.Event("DEQSolve")
+
+#: Program defaults, applied before ``setFromOptions()`` (command line wins).
+#: PETSc's own defaults hold for everything not listed. Anderson is the DEQ
+#: workhorse; PETSc's default depth of 30 costs 60 state-sized vectors.
+DEFAULT_OPTIONS = {
+    "snes_type": "anderson",
+    "snes_anderson_m": 5,
+    "snes_max_it": 100,
+}
+
+
+@dataclass
+class SolveStats:
+    """What one forward solve cost and how it ended (TorchDEQ's ``SolverStat`` in spirit)."""
+
+    snes_type: str
+    reason: int
+    reason_name: str
+    iterations: int
+    function_evals: int
+    jvp_count: int = 0
+    vjp_count: int = 0
+    linear_iterations: int = 0
+    residual_norms: list[float] = field(default_factory=list)
+    time: float = 0.0
+    nonfinite_evals: int = 0
+
+    @property
+    def converged(self) -> bool:
+        return self.reason > 0
+
+    @property
+    def initial_residual(self) -> float:
+        return self.residual_norms[0] if self.residual_norms else math.nan
+
+    @property
+    def final_residual(self) -> float:
+        return self.residual_norms[-1] if self.residual_norms else math.nan
+
+    @property
+    def relative_residual(self) -> float:
+        r0 = self.initial_residual
+        return self.final_residual / r0 if r0 and math.isfinite(r0) else math.nan
+
+    @property
+    def time_per_function_eval(self) -> float:
+        return self.time / self.function_evals if self.function_evals else math.nan
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(converged=self.converged, relative_residual=self.relative_residual)
+        return d
+
+    def summary(self) -> str:
+        extra = ""
+        if self.jvp_count or self.vjp_count or self.linear_iterations:
+            extra = (f", {self.linear_iterations} linear its, {self.jvp_count} JVPs, "
+                     f"{self.vjp_count} VJPs")
+        return (f"{self.snes_type}: {self.reason_name} after {self.iterations} its, "
+                f"{self.function_evals} f evals{extra}; ||F|| {self.initial_residual:.3e} -> "
+                f"{self.final_residual:.3e} (rel {self.relative_residual:.2e}) in "
+                f"{self.time:.4f} s")
+
+
+class _SNESContext:
+    """The SNES callbacks for one state layout; the problem changes per solve."""
+
+    def __init__(self, layout: TensorLayout, jacobian: ResidualJacobian, check_finite: bool):
+        self.layout = layout
+        self.jacobian = jacobian
+        self.check_finite = check_finite
+        self.problem: FixedPointProblem | None = None
+        self.reset_counters()
+
+    def reset_counters(self):
+        self.function_evals = 0
+        self.nonfinite_evals = 0
+        self.first_nonfinite_eval = None
+        self.jacobian.jvp_count = 0
+        self.jacobian.vjp_count = 0
+
+    def evalFunction(self, snes, X, F):
+        _FUNCTION_EVENT.begin()
+        try:
+            with torch.no_grad():
+                z = self.layout.read(X)
+                fz = self.problem(z).reshape(-1).to(device="cpu", dtype=self.layout.petsc_dtype)
+                out = vec_local_view(F, "w")
+                torch.sub(vec_local_view(X, "r"), fz, out=out)
+                self.function_evals += 1
+                if self.check_finite and not bool(torch.isfinite(out).all()):
+                    self.nonfinite_evals += 1
+                    if self.first_nonfinite_eval is None:
+                        self.first_nonfinite_eval = self.function_evals
+        finally:
+            _FUNCTION_EVENT.end()
+
+    def evalJacobian(self, snes, X, J, P):
+        self.jacobian.problem = self.problem
+        self.jacobian.set_point(self.layout.read(X))
+
+
+class DEQSolver:
+    """Owns a ``SNES`` (and its vectors) that solves fixed-point problems.
+
+    Parameters
+    ----------
+    prefix:
+        Options prefix of the SNES (and its KSP). The default, none, lets a
+        user's ``-snes_type anderson`` apply directly.
+    comm:
+        Communicator of the state vector (default ``PETSC_COMM_SELF``: each
+        process solves its own batch). Pass ``PETSc.COMM_WORLD`` for one
+        distributed state whose local part is each rank's tensor.
+    options:
+        Program defaults for this solver (keys without the prefix, e.g.
+        ``{"snes_type": "ngmres"}``), layered over :data:`DEFAULT_OPTIONS`;
+        the options database (the command line) overrides both.
+    check_convergence:
+        Raise on a diverged reason (default). With ``False`` the caller must
+        inspect ``stats.converged``.
+
+    Our own options (``-help`` lists them)::
+
+        -<prefix>deq_check_finite <true>   test each f evaluation for NaN/Inf
+        -<prefix>deq_jvp <forward>         forward-mode JVPs or reverse (double backward)
+        -<prefix>deq_stats_view            print the statistics of every solve
+    """
+
+    def __init__(self, prefix: str = "", comm=None, options: dict | None = None,
+                 check_convergence: bool = True):
+        self.prefix = prefix or ""
+        self.comm = PETSc.COMM_SELF if comm is None else comm
+        self.defaults = {**DEFAULT_OPTIONS, **(options or {})}
+        self.check_convergence = check_convergence
+        self.snes = PETSc.SNES().create(comm=self.comm)
+        self.snes.setOptionsPrefix(self.prefix)
+        self._layout: TensorLayout | None = None
+        self._ctx: _SNESContext | None = None
+        self._F: PETSc.Vec | None = None
+        self._J: PETSc.Mat | None = None
+        self.last_stats: SolveStats | None = None
+        self._help = (OptionsHelp("DEQ solver (deq_petsc)", self.prefix, self.comm)
+                      .add("deq_check_finite", "true", "Test every f(z, x) for NaN/Inf and "
+                           "report the first bad evaluation")
+                      .add("deq_jvp", "forward", f"Jacobian-vector products: {'|'.join(JVP_MODES)}"
+                           " (reverse: double backward, for ops without forward-mode AD)")
+                      .add("deq_stats_view", "false", "Print the statistics of every solve"))
+
+    # -- set-up ---------------------------------------------------------------------
+    def _read_own_options(self):
+        opts = PETSc.Options(self.prefix)
+        check_finite = opts.getBool("deq_check_finite", True)
+        jvp_mode = opts.getString("deq_jvp", "forward")
+        if jvp_mode not in JVP_MODES:
+            raise ValueError(f"-{self.prefix}deq_jvp must be one of {JVP_MODES}, got {jvp_mode!r}")
+        self.stats_view = opts.getBool("deq_stats_view", False)
+        return check_finite, jvp_mode
+
+    def _setup(self, layout: TensorLayout, problem: FixedPointProblem):
+        if layout == self._layout:
+            return
+        if self._layout is not None:
+            self.snes.reset()
+            self._destroy_vectors()
+        check_finite, jvp_mode = self._read_own_options()
+        jacobian = ResidualJacobian(problem, layout, jvp_mode)
+        self._ctx = _SNESContext(layout, jacobian, check_finite)
+        self._F = PETSc.Vec().createMPI((layout.numel, PETSc.DECIDE), comm=self.comm)
+        self._J = create_residual_jacobian(jacobian, comm=self.comm)
+        self.snes.setFunction(self._ctx.evalFunction, self._F)
+        self.snes.setJacobian(self._ctx.evalJacobian, self._J, self._J)
+        # Programmatic defaults the options database may override: a python Mat
+        # has no entries, so no preconditioner can be built from it.
+        self.snes.getKSP().getPC().setType(PETSc.PC.Type.NONE)
+        with inserted_defaults(self.prefix, self.defaults):
+            self.snes.setFromOptions()
+        self._help.print_if_requested()
+        max_it = self.snes.getTolerances()[3]
+        self.snes.setConvergenceHistory(length=max(int(max_it) + 1, 1000), reset=True)
+        self._layout = layout
+
+    def set_from_options(self):
+        """Re-read the options database (after changing it between solves)."""
+        layout, self._layout = self._layout, None
+        if layout is not None:
+            self._setup(layout, self._ctx.problem)
+
+    # -- solve ----------------------------------------------------------------------
+    def solve(self, problem: FixedPointProblem, z0: torch.Tensor | None = None):
+        """Solve ``z = f(z, x)`` from ``z0`` (default ``problem.z0``).
+
+        Returns ``(z_star, stats)``; ``z_star`` is a new tensor with ``z0``'s
+        shape, dtype and device (never a view of PETSc memory that a later
+        solve could overwrite).
+        """
+        z0 = problem.z0 if z0 is None else z0.detach()
+        if z0.shape != problem.z0.shape:
+            raise ValueError(f"z0 of shape {tuple(z0.shape)} does not match the problem's "
+                             f"{tuple(problem.z0.shape)}")
+        layout = TensorLayout.like(z0)
+        self._setup(layout, problem)
+        ctx = self._ctx
+        ctx.problem = problem
+        ctx.jacobian.problem = problem
+        ctx.reset_counters()
+
+        z = z0.clone(memory_format=torch.contiguous_format)
+        X = layout.create_vec(z, comm=self.comm)   # shares z's memory when zero-copy
+        _SOLVE_EVENT.begin()
+        start = time.perf_counter()
+        try:
+            self.snes.solve(None, X)
+            elapsed = time.perf_counter() - start
+            z_star = z if layout.zero_copy else layout.read(X).clone()
+        finally:
+            _SOLVE_EVENT.end()
+            X.destroy()
+
+        stats = self._collect_stats(elapsed)
+        self.last_stats = stats
+        if self.stats_view:
+            PETSc.Sys.Print(f"DEQSolver{' ' + self.prefix if self.prefix else ''}: "
+                            f"{stats.summary()}", comm=self.comm)
+        if self.check_convergence:
+            self._raise_if_failed(stats)
+        return z_star, stats
+
+    def _collect_stats(self, elapsed: float) -> SolveStats:
+        snes, ctx = self.snes, self._ctx
+        norms, _ = snes.getConvergenceHistory()
+        reason = int(snes.getConvergedReason())
+        return SolveStats(
+            snes_type=snes.getType(),
+            reason=reason,
+            reason_name=snes_reason_name(reason),
+            iterations=int(snes.getIterationNumber()),
+            function_evals=ctx.function_evals,
+            jvp_count=ctx.jacobian.jvp_count,
+            vjp_count=ctx.jacobian.vjp_count,
+            linear_iterations=int(snes.getLinearSolveIterations()),
+            residual_norms=[float(r) for r in norms],
+            time=elapsed,
+            nonfinite_evals=ctx.nonfinite_evals,
+        )
+
+    def _raise_if_failed(self, stats: SolveStats):
+        ctx = self._ctx
+        nonfinite_norm = any(not math.isfinite(r) for r in stats.residual_norms)
+        if not stats.converged and (ctx.nonfinite_evals or nonfinite_norm
+                                    or stats.reason_name == "DIVERGED_FUNCTION_NANORINF"):
+            where = (f"first at f evaluation {ctx.first_nonfinite_eval} of "
+                     f"{stats.function_evals}" if ctx.first_nonfinite_eval else
+                     "in the residual norm")
+            raise DEQNonFiniteError(
+                f"the fixed-point solve produced NaN/Inf ({where}); SNES reason "
+                f"{stats.reason_name} after {stats.iterations} iterations. The cell f(z, x) "
+                f"returned non-finite values: check its inputs and weights, or use a more "
+                f"damped solver (e.g. -snes_anderson_beta 0.5)",
+                reason=stats.reason, reason_name=stats.reason_name,
+                iterations=stats.iterations, history=stats.residual_norms, stats=stats)
+        if stats.converged:
+            return
+        detail = ""
+        if stats.reason_name == "DIVERGED_LINEAR_SOLVE":
+            ksp_reason = int(self.snes.getKSP().getConvergedReason())
+            detail = f" (inner KSP: {ksp_reason_name(ksp_reason)})"
+        hint = {
+            "DIVERGED_MAX_IT": "raise -snes_max_it, loosen -snes_rtol, or try a faster "
+                               "method (-snes_type anderson, newtonls)",
+            "DIVERGED_DTOL": "the iteration grows: the cell may not be contractive "
+                             "(estimate the spectral radius of J_f)",
+            "DIVERGED_LINE_SEARCH": "try -snes_linesearch_type basic or a damped Anderson",
+        }.get(stats.reason_name, "see -snes_monitor and -snes_converged_reason")
+        raise DEQConvergenceError(
+            f"fixed-point solve did not converge: {stats.reason_name}{detail} after "
+            f"{stats.iterations} iterations ({stats.function_evals} f evals), ||F|| "
+            f"{stats.initial_residual:.3e} -> {stats.final_residual:.3e}; {hint}",
+            reason=stats.reason, reason_name=stats.reason_name, iterations=stats.iterations,
+            history=stats.residual_norms, stats=stats)
+
+    # -- lifetime -------------------------------------------------------------------
+    def _destroy_vectors(self):
+        for obj in (self._F, self._J):
+            if obj is not None:
+                obj.destroy()
+        self._F = self._J = None
+
+    def destroy(self):
+        """Free the PETSc objects (collective over ``comm``); do not leave it to the GC."""
+        self._destroy_vectors()
+        if self.snes is not None:
+            self.snes.destroy()
+            self.snes = None
+        self._layout = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.destroy()
+
+    def view(self, viewer=None):
+        self.snes.view(viewer)
