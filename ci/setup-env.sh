@@ -64,6 +64,30 @@ if ! "$venv/bin/python" -c "import petsc4py" 2>/dev/null; then
     pip install -q --no-build-isolation -c "$constraints" petsc4py
 fi
 
+# 4b. The PETSc build writes the absolute path of the venv it was built in into
+#     the RUNPATH of libpetsc and petsc4py, and pip's wheel cache hands that
+#     binary to every later venv (a CI clone elsewhere would load another venv's
+#     libmpi, or none). Point them at this venv, relative to $ORIGIN.
+"$venv/bin/python" - <<'PY'
+import glob, os, subprocess, sys, sysconfig
+site = sysconfig.get_paths()["purelib"]
+venv_lib = os.path.join(sys.prefix, "lib")
+petsc_lib = os.path.join(site, "petsc", "lib")
+files = glob.glob(os.path.join(petsc_lib, "libpetsc.so*")) + \
+    glob.glob(os.path.join(site, "petsc4py", "lib", "**", "*.so"), recursive=True)
+for f in files:
+    with open(f, "rb") as fh:
+        if os.path.islink(f) or fh.read(4) != b"\x7fELF":   # libpetsc.so is a linker script
+            continue
+    dirs = [petsc_lib, venv_lib] if "petsc4py" in f else [venv_lib]
+    want = ":".join("$ORIGIN/" + os.path.relpath(d, os.path.dirname(f)) for d in dirs)
+    have = subprocess.run(["patchelf", "--print-rpath", f], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    if have != want:
+        subprocess.run(["patchelf", "--set-rpath", want, f], check=True)
+        print(f"[setup] RUNPATH of {os.path.basename(f)}: {want}")
+PY
+
 # 5. torch, CPU build, before the package so its range resolves to it.
 pip install -q -c "$constraints" torch
 

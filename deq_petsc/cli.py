@@ -30,7 +30,7 @@ def _add_demo(sub):
                    help="model dtype (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device of the cell (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.set_defaults(run=_run_demo)
+    p.set_defaults(run=_run_demo, parser=p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,8 +91,10 @@ def _run_demo(args) -> int:
     PETSc.Sys.Print(f"{_versions()}\nDEQ cell: z = tanh(conv3x3(z) + x), Lipschitz "
                     f"{args.contraction}; state {args.batch}x{args.channels}x{args.size}x"
                     f"{args.size} = {problem.z0.numel()} unknowns, {args.dtype} on {device}")
-    # The demo shows the solver at work: monitors on unless the user chose otherwise.
-    with inserted_defaults("", {"snes_monitor": True, "snes_converged_reason": True}):
+    # The demo shows the solver at work: monitors on unless the user chose otherwise
+    # (SNES applies -snes_monitor_cancel before adding monitors, so honour it here).
+    shown = {} if PETSc.Options().hasName("snes_monitor_cancel") else {"snes_monitor": True}
+    with inserted_defaults("", {**shown, "snes_converged_reason": True}):
         solver = DEQSolver()
         try:
             z, stats = solver.solve(problem)
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import DEQError
 
     if "-help" in petsc_args and PETSc.COMM_WORLD.getRank() == 0:
-        parser.print_help()
+        getattr(args, "parser", parser).print_help()
     if args.version:
         PETSc.Sys.Print(_versions())
         return 0

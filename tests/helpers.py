@@ -1,0 +1,26 @@
+"""Running the CLI and MPI scripts in subprocesses, as a user would."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, timeout=300, env=None):
+    exe = shutil.which("deq-petsc", path=str(BIN)) or shutil.which("deq-petsc")
+    cmd = [exe] if exe else [sys.executable, "-m", "deq_petsc.cli"]
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def mpiexec(n, *args, timeout=300):
+    exe = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
+    if exe is None:
+        raise RuntimeError("mpiexec not found: run ci/setup-env.sh")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([exe, "-n", str(n), sys.executable] + [str(a) for a in args],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)

@@ -1,0 +1,72 @@
+"""The demo command, driven by PETSc options, in a subprocess as a user runs it."""
+
+import re
+
+import pytest
+
+from helpers import run_cli
+
+SMALL = ["--batch", "2", "--channels", "4", "--size", "8"]
+
+
+def test_demo_monitors_and_reports():
+    r = run_cli("demo", *SMALL, "-snes_type", "anderson", "-snes_anderson_m", "5")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    norms = [float(m) for m in re.findall(r"SNES Function norm ([0-9.eE+-]+)", out)]
+    assert len(norms) >= 3 and norms[-1] < 1e-8 * norms[0]
+    assert "Nonlinear solve converged due to CONVERGED_FNORM" in out
+    assert re.search(r"method\s+anderson", out)
+    check = float(re.search(r"check \|\|z\* - f\(z\*\)\|\| ([0-9.eE+-]+)", out).group(1))
+    assert check < 1e-7 * norms[0]
+
+
+def test_picard_through_options_and_log_view():
+    r = run_cli("demo", *SMALL, "-snes_type", "nrichardson", "-snes_linesearch_type", "basic",
+                "-snes_max_it", "1000", "-snes_monitor_cancel", "-log_view")
+    assert r.returncode == 0, r.stderr
+    assert "SNES Function norm" not in r.stdout
+    assert re.search(r"method\s+nrichardson", r.stdout)
+    assert "Performance Summary" in r.stdout
+    # our own events appear next to PETSc's
+    assert re.search(r"^DEQFunction\s+\d+", r.stdout, re.M)
+    assert re.search(r"^SNESSolve\s+1 ", r.stdout, re.M)
+
+
+def test_newton_krylov_uses_exact_jacobian_products():
+    r = run_cli("demo", *SMALL, "-snes_type", "newtonls", "-ksp_type", "gmres",
+                "-ksp_converged_reason")
+    assert r.returncode == 0, r.stderr
+    jvps = int(re.search(r"JVPs / VJPs\s+(\d+) / 0", r.stdout).group(1))
+    assert jvps > 0
+    assert "Linear solve converged" in r.stdout
+
+
+def test_help_lists_our_options_and_petscs():
+    r = run_cli("demo", *SMALL, "-help")
+    assert r.returncode == 0, r.stderr
+    for name in ("-deq_check_finite", "-deq_jvp", "-deq_stats_view", "-snes_type",
+                 "-snes_anderson_m", "--batch"):
+        assert name in r.stdout, name
+
+
+def test_divergence_is_a_clear_error_and_exit_code():
+    r = run_cli("demo", *SMALL, "-snes_type", "nrichardson", "-snes_linesearch_type", "basic",
+                "-snes_max_it", "3")
+    assert r.returncode == 1
+    assert "DIVERGED_MAX_IT" in r.stdout + r.stderr
+    assert "did not converge" in r.stdout + r.stderr
+
+
+def test_option_typo_is_reported_by_petsc():
+    r = run_cli("demo", *SMALL, "-snes_typo", "ngmres")
+    assert r.returncode == 0, r.stderr
+    text = r.stdout + r.stderr
+    assert re.search(r"Option left: name:-snes_typo value: ngmres", text), text[-2000:]
+
+
+@pytest.mark.parametrize("bad", [["stray"], ["--no-such-flag"]])
+def test_unknown_arguments_are_rejected(bad):
+    r = run_cli("demo", *bad)
+    assert r.returncode == 2
+    assert "unrecognised arguments" in r.stderr
