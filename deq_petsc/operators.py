@@ -12,7 +12,7 @@ from __future__ import annotations
 from petsc4py import PETSc
 
 from .interop import TensorLayout
-from .problem import FixedPointProblem, Linearization
+from .problem import DEFAULT_JVP_MODE, FixedPointProblem, Linearization
 
 _JVP_EVENT = PETSc.Log.Event("DEQJvp")
 _VJP_EVENT = PETSc.Log.Event("DEQVjp")
@@ -25,7 +25,8 @@ class ResidualJacobian:
     callback) before products; products count themselves for the statistics.
     """
 
-    def __init__(self, problem: FixedPointProblem, layout: TensorLayout, jvp_mode: str = "forward"):
+    def __init__(self, problem: FixedPointProblem, layout: TensorLayout,
+                 jvp_mode: str = DEFAULT_JVP_MODE):
         self.problem = problem
         self.layout = layout
         self.jvp_mode = jvp_mode

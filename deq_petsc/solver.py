@@ -31,7 +31,7 @@ from .interop import TensorLayout, vec_local_view
 from .operators import ResidualJacobian, create_residual_jacobian
 from .petsc_options import (OptionsHelp, inserted_defaults, ksp_reason_name,
                             snes_reason_name)
-from .problem import JVP_MODES, FixedPointProblem
+from .problem import DEFAULT_JVP_MODE, JVP_MODES, FixedPointProblem
 
 _FUNCTION_EVENT = PETSc.Log.Event("DEQFunction")
 _SOLVE_EVENT = PETSc.Log.Event("DEQSolve")
@@ -125,7 +125,8 @@ class _SNESContext:
                 out = vec_local_view(F, "w")
                 torch.sub(vec_local_view(X, "r"), fz, out=out)
                 self.function_evals += 1
-                if self.check_finite and not bool(torch.isfinite(out).all()):
+                # One reduction, no temporary: a NaN/Inf entry makes the sum non-finite.
+                if self.check_finite and not bool(torch.isfinite(out.sum())):
                     self.nonfinite_evals += 1
                     if self.first_nonfinite_eval is None:
                         self.first_nonfinite_eval = self.function_evals
@@ -160,7 +161,7 @@ class DEQSolver:
     Our own options (``-help`` lists them)::
 
         -<prefix>deq_check_finite <true>   test each f evaluation for NaN/Inf
-        -<prefix>deq_jvp <forward>         forward-mode JVPs or reverse (double backward)
+        -<prefix>deq_jvp <reverse>         JVPs by double backward, or forward-mode AD
         -<prefix>deq_stats_view            print the statistics of every solve
     """
 
@@ -180,15 +181,16 @@ class DEQSolver:
         self._help = (OptionsHelp("DEQ solver (deq_petsc)", self.prefix, self.comm)
                       .add("deq_check_finite", "true", "Test every f(z, x) for NaN/Inf and "
                            "report the first bad evaluation")
-                      .add("deq_jvp", "forward", f"Jacobian-vector products: {'|'.join(JVP_MODES)}"
-                           " (reverse: double backward, for ops without forward-mode AD)")
+                      .add("deq_jvp", DEFAULT_JVP_MODE, "Jacobian-vector products: "
+                           f"{'|'.join(JVP_MODES)} (reverse: double backward through one "
+                           "graph per Newton step; forward: dual numbers, no graph kept)")
                       .add("deq_stats_view", "false", "Print the statistics of every solve"))
 
     # -- set-up ---------------------------------------------------------------------
     def _read_own_options(self):
         opts = PETSc.Options(self.prefix)
         check_finite = opts.getBool("deq_check_finite", True)
-        jvp_mode = opts.getString("deq_jvp", "forward")
+        jvp_mode = opts.getString("deq_jvp", DEFAULT_JVP_MODE)
         if jvp_mode not in JVP_MODES:
             raise ValueError(f"-{self.prefix}deq_jvp must be one of {JVP_MODES}, got {jvp_mode!r}")
         self.stats_view = opts.getBool("deq_stats_view", False)

@@ -11,16 +11,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, timeout=300, env=None):
-    exe = shutil.which("deq-petsc", path=str(BIN)) or shutil.which("deq-petsc")
+    exe = cli_path()
     cmd = [exe] if exe else [sys.executable, "-m", "deq_petsc.cli"]
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def mpiexec(n, *args, timeout=300):
+def mpiexec(n, *args, timeout=300, python=True):
+    """``mpiexec -n N [python] args...`` from the project root, one thread per rank."""
     exe = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
     if exe is None:
         raise RuntimeError("mpiexec not found: run ci/setup-env.sh")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([exe, "-n", str(n), sys.executable] + [str(a) for a in args],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    cmd = [exe, "-n", str(n)] + ([sys.executable] if python else []) + [str(a) for a in args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def cli_path():
+    return shutil.which("deq-petsc", path=str(BIN)) or shutil.which("deq-petsc")
