@@ -15,6 +15,11 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "DEQ": "deq_petsc.layer",
+    "LayerStats": "deq_petsc.layer",
+    "AdjointSolver": "deq_petsc.adjoint",
+    "AdjointStats": "deq_petsc.adjoint",
+    "spectral_radius": "deq_petsc.diagnostics",
     "DEQSolver": "deq_petsc.solver",
     "SolveStats": "deq_petsc.solver",
     "FixedPointProblem": "deq_petsc.problem",

@@ -30,3 +30,11 @@ def test_demo_under_mpiexec_reproduces_the_serial_history():
     p, s = _norms(par.stdout), _norms(ser.stdout)
     assert len(p) == len(s) >= 5          # printed once (rank 0), same iteration count
     assert max(abs(a - b) for a, b in zip(p, s)) <= 1e-10 * s[0]
+
+
+@pytest.mark.mpi
+def test_distributed_implicit_gradient_matches_serial_on_two_ranks():
+    r = mpiexec(2, "tests/mpi/distributed_gradient.py")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("anderson", "newtonls"):
+        assert f"{name}: ranks=2" in r.stdout and "FAIL" not in r.stdout, r.stdout

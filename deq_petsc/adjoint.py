@@ -1,0 +1,228 @@
+"""The backward pass of a DEQ: solve ``(I - J_f(z*))^T u = g`` for the implicit gradient.
+
+Implicit differentiation turns ``dL/dz*`` (``g``) into ``u``; the layer then
+backpropagates ``u`` through one application of ``f``, so training costs the
+same memory at any number of forward iterations. The solve is pluggable
+(jaxopt's ``root_vjp`` idea) and chosen with options under the adjoint prefix
+(default ``adjoint_``)::
+
+    -adjoint_deq_method ksp        PETSc KSP on (I - J_f)^T, matrix-free by VJPs (default)
+                                   -adjoint_ksp_type gmres -adjoint_ksp_rtol 1e-8
+                                   -adjoint_ksp_monitor -adjoint_ksp_converged_reason
+    -adjoint_deq_method snes       the adjoint fixed point u = J_f^T u + g with a SNES
+                                   (-adjoint_snes_type anderson); implied by giving
+                                   -adjoint_snes_type
+    -adjoint_deq_method jfb        Jacobian-free backprop: u = g (Fung et al. 2022)
+    -adjoint_deq_method phantom    k damped steps u <- lam (J^T u + g) + (1 - lam) u from 0,
+                                   the gradient of k unrolled damped steps at z*
+                                   (phantom gradient, Geng et al. 2021):
+                                   -adjoint_deq_phantom_steps 5 -adjoint_deq_phantom_damping 1
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from petsc4py import PETSc
+
+from .errors import DEQConvergenceError
+from .interop import TensorLayout
+from .operators import ResidualJacobian, create_residual_jacobian
+from .petsc_options import OptionsHelp, inserted_defaults, ksp_reason_name
+from .problem import FixedPointProblem, Linearization
+
+ADJOINT_METHODS = ("ksp", "snes", "jfb", "phantom")
+
+_ADJOINT_EVENT = PETSc.Log.Event("DEQAdjoint")
+
+#: Program defaults of the adjoint KSP (the options database overrides them).
+DEFAULT_KSP_OPTIONS = {"ksp_type": "gmres", "ksp_rtol": 1e-8, "ksp_max_it": 200}
+
+
+@dataclass
+class AdjointStats:
+    """What one backward solve cost and how it ended."""
+
+    method: str
+    converged: bool
+    reason_name: str
+    iterations: int
+    vjp_count: int
+    residual_norms: list[float] = field(default_factory=list)
+    time: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        res = (f"; ||r|| {self.residual_norms[0]:.3e} -> {self.residual_norms[-1]:.3e}"
+               if self.residual_norms else "")
+        return (f"adjoint {self.method}: {self.reason_name} after {self.iterations} its, "
+                f"{self.vjp_count} VJPs{res} in {self.time:.4f} s")
+
+
+class AdjointSolver:
+    """Solves ``(I - J_f(z*))^T u = g``; owns the adjoint KSP (or SNES) and its prefix."""
+
+    def __init__(self, prefix: str = "adjoint_", comm=None, method: str | None = None,
+                 ksp_options: dict | None = None, snes_options: dict | None = None):
+        self.prefix = prefix
+        self.comm = PETSc.COMM_SELF if comm is None else comm
+        self._method_arg = method
+        self.ksp_defaults = {**DEFAULT_KSP_OPTIONS, **(ksp_options or {})}
+        self.snes_options = snes_options
+        self._ksp: PETSc.KSP | None = None
+        self._snes_solver = None
+        self._layout: TensorLayout | None = None
+        self._jac_ctx: ResidualJacobian | None = None
+        self._J: PETSc.Mat | None = None
+        self._JT: PETSc.Mat | None = None
+        self.last_stats: AdjointStats | None = None
+        self._help = (OptionsHelp("DEQ adjoint (deq_petsc)", prefix, self.comm)
+                      .add("deq_method", "ksp", f"Backward solve: {'|'.join(ADJOINT_METHODS)} "
+                           "(-{0}snes_type implies snes)".format(prefix), "AdjointSolver")
+                      .add("deq_phantom_steps", 5, "Unrolled steps of the phantom gradient",
+                           "AdjointSolver")
+                      .add("deq_phantom_damping", 1.0, "Damping lam of the phantom gradient",
+                           "AdjointSolver"))
+        self.method = self._read_method()
+
+    # -- options --------------------------------------------------------------------
+    def _read_method(self) -> str:
+        opts = PETSc.Options(self.prefix)
+        default = self._method_arg or ("snes" if opts.hasName("snes_type") else "ksp")
+        method = opts.getString("deq_method", default)
+        if method not in ADJOINT_METHODS:
+            raise ValueError(f"-{self.prefix}deq_method must be one of {ADJOINT_METHODS}, "
+                             f"got {method!r}")
+        self.phantom_steps = opts.getInt("deq_phantom_steps", 5)
+        self.phantom_damping = opts.getReal("deq_phantom_damping", 1.0)
+        if self.phantom_steps < 1 or not 0 < self.phantom_damping <= 1:
+            raise ValueError(f"-{self.prefix}deq_phantom_steps must be >= 1 and "
+                             f"-{self.prefix}deq_phantom_damping in (0, 1]")
+        self._help.print_if_requested()
+        return method
+
+    # -- solve ----------------------------------------------------------------------
+    def solve(self, problem: FixedPointProblem, z_star: torch.Tensor, g: torch.Tensor):
+        """``u`` with ``(I - J_f(z*))^T u = g`` (or its approximation by the chosen method)."""
+        _ADJOINT_EVENT.begin()
+        start = time.perf_counter()
+        try:
+            if self.method == "jfb":
+                u, stats = g.clone(), AdjointStats("jfb", True, "JACOBIAN_FREE", 0, 0)
+            else:
+                lin = problem.linearize(z_star)
+                if self.method == "phantom":
+                    u, stats = self._phantom(lin, g)
+                elif self.method == "snes":
+                    u, stats = self._snes(lin, g)
+                else:
+                    u, stats = self._ksp_solve(problem, z_star, g)
+        finally:
+            _ADJOINT_EVENT.end()
+        stats.time = time.perf_counter() - start
+        self.last_stats = stats
+        if not stats.converged:
+            hint = (f"raise -{self.prefix}ksp_max_it or -{self.prefix}ksp_gmres_restart, or "
+                    f"loosen -{self.prefix}ksp_rtol" if self.method == "ksp" else
+                    f"use -{self.prefix}deq_method ksp (GMRES needs no contraction), or raise "
+                    f"-{self.prefix}snes_max_it")
+            raise DEQConvergenceError(
+                f"adjoint solve ({stats.method}) did not converge: {stats.reason_name} after "
+                f"{stats.iterations} iterations"
+                + (f", ||r|| {stats.residual_norms[0]:.3e} -> {stats.residual_norms[-1]:.3e}"
+                   if stats.residual_norms else "")
+                + f"; the gradient would be wrong. {hint}. If it persists, estimate the "
+                f"spectral radius of J_f at z* (DEQ.spectral_radius()): near or above 1 the "
+                f"adjoint system is (nearly) singular",
+                reason_name=stats.reason_name, iterations=stats.iterations,
+                history=stats.residual_norms, stats=stats)
+        return u, stats
+
+    def _phantom(self, lin: Linearization, g: torch.Tensor):
+        lam = self.phantom_damping
+        u = torch.zeros_like(g)
+        for _ in range(self.phantom_steps):
+            u = lam * (lin.vjp(u) + g) + (1 - lam) * u
+        return u, AdjointStats("phantom", True, f"UNROLLED_{self.phantom_steps}",
+                               self.phantom_steps, lin.vjp_count)
+
+    def _snes(self, lin: Linearization, g: torch.Tensor):
+        from .solver import DEQSolver  # the adjoint fixed point is itself a (linear) DEQ
+
+        if self._snes_solver is None:
+            self._snes_solver = DEQSolver(prefix=self.prefix, comm=self.comm,
+                                          options=self.snes_options, check_convergence=False)
+        fixed_point = FixedPointProblem(lambda u, rhs: lin.vjp(u) + rhs, g, z0=g)
+        u, s = self._snes_solver.solve(fixed_point)
+        return u, AdjointStats(f"snes/{s.snes_type}", s.converged, s.reason_name, s.iterations,
+                               lin.vjp_count, s.residual_norms)
+
+    def _setup_ksp(self, layout: TensorLayout, problem: FixedPointProblem):
+        if layout == self._layout:
+            return
+        self._destroy_operators()
+        if self._ksp is None:
+            self._ksp = PETSc.KSP().create(comm=self.comm)
+            self._ksp.setOptionsPrefix(self.prefix)
+        self._jac_ctx = ResidualJacobian(problem, layout)
+        self._J = create_residual_jacobian(self._jac_ctx, comm=self.comm)
+        self._JT = PETSc.Mat().createTranspose(self._J)   # MatMult -> our multTranspose
+        self._ksp.setOperators(self._JT)
+        self._ksp.getPC().setType(PETSc.PC.Type.NONE)     # a python Mat has no entries
+        self._ksp.setInitialGuessNonzero(True)            # start from u = g (the JFB guess)
+        with inserted_defaults(self.prefix, self.ksp_defaults):
+            self._ksp.setFromOptions()
+        max_it = self._ksp.getTolerances()[3]
+        self._ksp.setConvergenceHistory(length=int(max_it) + 1)
+        self._layout = layout
+
+    def _ksp_solve(self, problem: FixedPointProblem, z_star: torch.Tensor, g: torch.Tensor):
+        layout = TensorLayout.like(g)
+        self._setup_ksp(layout, problem)
+        ctx = self._jac_ctx
+        ctx.problem = problem
+        ctx.set_point(z_star)
+        ctx.vjp_count = 0
+        u = g.detach().clone(memory_format=torch.contiguous_format)
+        b = layout.create_vec(g.detach().contiguous(), comm=self.comm)
+        x = layout.create_vec(u, comm=self.comm)   # zero-copy: the KSP writes into u
+        try:
+            self._ksp.solve(b, x)
+            if not layout.zero_copy:
+                u = layout.read(x).clone()
+        finally:
+            b.destroy()
+            x.destroy()
+        reason = int(self._ksp.getConvergedReason())
+        history = [float(r) for r in self._ksp.getConvergenceHistory()]
+        return u, AdjointStats(f"ksp/{self._ksp.getType()}", reason > 0, ksp_reason_name(reason),
+                               int(self._ksp.getIterationNumber()), ctx.vjp_count, history)
+
+    # -- lifetime -------------------------------------------------------------------
+    def _destroy_operators(self):
+        for obj in (self._JT, self._J):
+            if obj is not None:
+                obj.destroy()
+        self._J = self._JT = None
+        self._layout = None
+
+    def destroy(self):
+        self._destroy_operators()
+        if self._ksp is not None:
+            self._ksp.destroy()
+            self._ksp = None
+        if self._snes_solver is not None:
+            self._snes_solver.destroy()
+            self._snes_solver = None
+
+
+def residual_of_adjoint(lin: Linearization, u: torch.Tensor, g: torch.Tensor) -> float:
+    """``||(I - J^T) u - g|| / ||g||``: how well ``u`` solves the adjoint system."""
+    r = u - lin.vjp(u) - g
+    gn = float(g.norm())
+    return float(r.norm()) / gn if gn else math.nan

@@ -1,0 +1,145 @@
+"""``DEQ``: a ``torch.nn.Module`` whose output is the equilibrium of a cell.
+
+Forward: a PETSc SNES finds ``z* = f(z*, x)`` with no autograd graph kept
+through the iterations. The output is ``f(z*, x)`` computed once more with a
+graph (equal to ``z*`` up to the solver tolerance); a hook on it swaps the
+incoming gradient ``g = dL/dz*`` for the implicit one ``u = (I - J_f)^{-T} g``
+(:mod:`deq_petsc.adjoint`), and autograd carries ``u`` through that single
+application of ``f`` to the parameters and to ``x``:
+
+    dL/dtheta = (df/dtheta)^T u,   (I - J_f(z*))^T u = dL/dz*.
+
+So backward costs one ``f`` graph plus the adjoint solve, whatever the number
+of forward iterations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from petsc4py import PETSc
+from torch import nn
+
+from .adjoint import AdjointSolver, AdjointStats
+from .diagnostics import spectral_radius
+from .problem import FixedPointProblem
+from .solver import DEQSolver, SolveStats
+
+
+@dataclass
+class LayerStats:
+    """Statistics of the layer's last forward solve and of the backward that followed it."""
+
+    forward: SolveStats | None = None
+    backward: AdjointStats | None = None
+
+    def summary(self) -> str:
+        parts = [self.forward.summary() if self.forward else "no forward solve yet"]
+        if self.backward is not None:
+            parts.append(self.backward.summary())
+        return "\n".join(parts)
+
+
+class DEQ(nn.Module):
+    """Deep equilibrium layer around ``cell(z, x)``.
+
+    Parameters
+    ----------
+    cell:
+        ``f(z, x)`` returning a tensor shaped like ``z``; an ``nn.Module`` (its
+        parameters become the layer's) or any callable.
+    prefix:
+        Options prefix of the forward SNES (default none: ``-snes_type``).
+    adjoint_prefix:
+        Options prefix of the backward solve (default ``prefix + "adjoint_"``).
+    comm:
+        Communicator of the state (default: each process its own batch).
+    options, adjoint_options:
+        Program defaults of the forward SNES and of the adjoint KSP.
+    warm_start:
+        Start each forward solve from the previous ``z*`` when the shapes
+        match (a known DEQ speed-up when consecutive inputs are alike; off by
+        default because it makes a batch's result depend on the previous one).
+        ``-<prefix>deq_warm_start`` overrides it.
+    z_shape:
+        Shape of the state, or a function of ``x`` giving it (default:
+        ``x.shape``: the state is shaped like the injected input).
+    """
+
+    def __init__(self, cell: Callable[[torch.Tensor, Any], torch.Tensor], prefix: str = "",
+                 adjoint_prefix: str | None = None, comm=None, options: dict | None = None,
+                 adjoint_options: dict | None = None, warm_start: bool = False,
+                 z_shape=None):
+        super().__init__()
+        self.cell = cell
+        self.prefix = prefix
+        self.z_shape = z_shape
+        self.solver = DEQSolver(prefix=prefix, comm=comm, options=options)
+        self.adjoint = AdjointSolver(prefix=prefix + "adjoint_" if adjoint_prefix is None
+                                     else adjoint_prefix, comm=comm, ksp_options=adjoint_options)
+        self.warm_start = PETSc.Options(prefix).getBool("deq_warm_start", warm_start)
+        self.last_stats = LayerStats()
+        self._last_z: torch.Tensor | None = None
+        self._last_problem: FixedPointProblem | None = None
+
+    def _state_shape(self, x):
+        if self.z_shape is None:
+            return None
+        return tuple(self.z_shape(x)) if callable(self.z_shape) else tuple(self.z_shape)
+
+    def forward(self, x, z0: torch.Tensor | None = None) -> torch.Tensor:
+        x_const = _detach(x)
+        problem = FixedPointProblem(self.cell, x_const, z_shape=self._state_shape(x))
+        if z0 is None and self.warm_start and self._last_z is not None \
+                and self._last_z.shape == problem.z0.shape:
+            z0 = self._last_z
+        with torch.no_grad():
+            z_star, fstats = self.solver.solve(problem, z0)
+        self.last_stats = LayerStats(forward=fstats)
+        self._last_z = z_star.detach()
+        self._last_problem = problem
+        if not torch.is_grad_enabled():
+            return z_star
+
+        # One application of f with a graph: to the parameters and to x, not to z*.
+        # Autograd tells whether anything upstream wants a gradient.
+        z = self.cell(z_star, x)
+        if not z.requires_grad:
+            return z_star
+        stats = self.last_stats
+
+        def implicit_gradient(g):
+            if g is None:                 # an undefined gradient stays undefined
+                return None
+            u, bstats = self.adjoint.solve(problem, z_star, g)
+            stats.backward = bstats
+            return u
+
+        z.register_hook(implicit_gradient)
+        return z
+
+    @torch.no_grad()
+    def spectral_radius(self, iters: int = 50) -> float:
+        """Estimated spectral radius of ``J_f`` at the last ``z*`` (JVP power iteration)."""
+        if self._last_problem is None:
+            raise RuntimeError("call the layer once before estimating the spectral radius")
+        return spectral_radius(self._last_problem, self._last_z, iters=iters)
+
+    def destroy(self):
+        """Free the PETSc objects (collective over the layer's communicator)."""
+        self.solver.destroy()
+        self.adjoint.destroy()
+
+    def extra_repr(self) -> str:
+        return (f"prefix={self.prefix!r}, adjoint_prefix={self.adjoint.prefix!r}, "
+                f"adjoint={self.adjoint.method}, warm_start={self.warm_start}")
+
+
+def _detach(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_detach(t) for t in x)
+    return x
