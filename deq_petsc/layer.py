@@ -24,6 +24,7 @@ from torch import nn
 
 from .adjoint import AdjointSolver, AdjointStats
 from .diagnostics import spectral_radius
+from .petsc_options import OptionsHelp
 from .problem import FixedPointProblem
 from .solver import DEQSolver, SolveStats
 
@@ -80,6 +81,10 @@ class DEQ(nn.Module):
         self.adjoint = AdjointSolver(prefix=prefix + "adjoint_" if adjoint_prefix is None
                                      else adjoint_prefix, comm=comm, ksp_options=adjoint_options)
         self.warm_start = PETSc.Options(prefix).getBool("deq_warm_start", warm_start)
+        (OptionsHelp("DEQ layer (deq_petsc)", prefix, self.solver.comm)
+         .add("deq_warm_start", str(warm_start).lower(), "Start each forward solve from the "
+              "previous z* when the shapes match", "DEQ")
+         .print_if_requested())
         self.last_stats = LayerStats()
         self._last_z: torch.Tensor | None = None
         self._last_problem: FixedPointProblem | None = None
@@ -113,6 +118,11 @@ class DEQ(nn.Module):
         def implicit_gradient(g):
             if g is None:                 # an undefined gradient stays undefined
                 return None
+            if torch.is_grad_enabled():
+                raise NotImplementedError(
+                    "double backward through a DEQ layer is not supported: the adjoint "
+                    "solve keeps no graph, so backward(create_graph=True) would give wrong "
+                    "second derivatives. Use a Gauss-Newton product or an explicit network.")
             u, bstats = self.adjoint.solve(problem, z_star, g)
             stats.backward = bstats
             return u

@@ -274,3 +274,12 @@ def test_float32_model_gradients():
     assert implicit[0].dtype == torch.float32
     assert_close(implicit[0], explicit[0], 1e-5, "float32 dL/dW")
     layer.destroy()
+
+
+def test_double_backward_is_refused_not_wrong(small):
+    cell, x, target = small
+    layer = DEQ(cell, z_shape=lambda x: (x.shape[0], 8))
+    loss = ((layer(x) - target) ** 2).sum()
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.autograd.grad(loss, [cell.W], create_graph=True)
+    layer.destroy()
