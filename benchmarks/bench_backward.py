@@ -33,7 +33,9 @@ deq_petsc.init([sys.argv[0]])
 import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
+from common import add_cell_arguments  # noqa: E402
 from deq_petsc import DEQ  # noqa: E402
+from deq_petsc.diagnostics import SavedTensorBytes  # noqa: E402
 from deq_petsc.models import ConvTanhCell  # noqa: E402
 
 METHODS = {
@@ -46,22 +48,6 @@ METHODS = {
 }
 FORWARD = {"snes_type": "anderson", "snes_anderson_m": 5, "snes_rtol": 1e-6, "snes_atol": 0,
            "snes_stol": 0, "snes_max_it": 2000}
-
-
-class SavedBytes:
-    def __enter__(self):
-        self.total = 0
-
-        def pack(t):
-            self.total += t.numel() * t.element_size()
-            return t
-
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
 
 
 def build(args):
@@ -88,7 +74,7 @@ def clear(names):
 
 
 def implicit_run(layer, cell, x, target):
-    with SavedBytes() as saved:
+    with SavedTensorBytes() as saved:
         t0 = time.perf_counter()
         loss = ((layer(x) - target) ** 2).mean()
         t1 = time.perf_counter()
@@ -98,7 +84,7 @@ def implicit_run(layer, cell, x, target):
 
 
 def unrolled_run(cell, x, target, steps):
-    with SavedBytes() as saved:
+    with SavedTensorBytes() as saved:
         t0 = time.perf_counter()
         z = torch.zeros_like(x)
         for _ in range(steps):
@@ -140,15 +126,8 @@ def rss_child(args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--channels", type=int, default=16)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--contraction", type=float, default=0.95)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p = add_cell_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--rss", action="store_true", help="also measure peak RSS per method")
-    p.add_argument("--json")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()

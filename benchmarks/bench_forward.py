@@ -26,6 +26,7 @@ deq_petsc.init([sys.argv[0]])
 
 import torch  # noqa: E402
 
+from common import add_cell_arguments  # noqa: E402
 from deq_petsc import DEQSolver, FixedPointProblem  # noqa: E402
 from deq_petsc.models import ConvTanhCell  # noqa: E402
 from deq_petsc.reference import torch_anderson  # noqa: E402
@@ -124,18 +125,11 @@ def run_scenario(name, args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--channels", type=int, default=16)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--contraction", type=float, default=0.95)
+    p = add_cell_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--m", type=int, default=5)
     p.add_argument("--rtol", type=float, default=1e-6)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help=f"comma-separated subset of {list(SCENARIOS)}")
-    p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"conv DEQ cell tanh(conv3x3(z) + x): batch {args.batch}, {args.channels} channels, "

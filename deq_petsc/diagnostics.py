@@ -38,3 +38,26 @@ def spectral_radius(problem: FixedPointProblem, z: torch.Tensor, iters: int = 50
         v = w / norm
     tail = log_growth[len(log_growth) // 2:]
     return math.exp(sum(tail) / len(tail))
+
+
+class SavedTensorBytes:
+    """Count the bytes autograd saves for backward inside a ``with`` block.
+
+    The memory a training step keeps alive until ``backward()``: constant for a
+    DEQ layer, proportional to the iterations for unrolled autograd. Exact
+    (saved-tensor hooks), unlike process RSS.
+    """
+
+    def __enter__(self):
+        self.total = 0
+
+        def pack(t):
+            self.total += t.numel() * t.element_size()
+            return t
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from deq_petsc import DEQ, DEQConvergenceError
+from deq_petsc.diagnostics import SavedTensorBytes
 from deq_petsc.models import TanhCell
 
 from conftest import assert_close
@@ -147,24 +148,6 @@ def test_phantom_gradient_interpolates_between_jfb_and_exact(small):
     assert err(damped) < err(jfb)
 
 
-class _SavedBytes:
-    """Bytes autograd saves for backward, counted with saved-tensor hooks."""
-
-    def __enter__(self):
-        self.total = 0
-
-        def pack(t):
-            self.total += t.numel() * t.element_size()
-            return t
-
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
-
-
 def test_memory_does_not_grow_with_forward_iterations():
     x = torch.randn(16, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     saved, its = {}, {}
@@ -174,7 +157,7 @@ def test_memory_does_not_grow_with_forward_iterations():
             cell.b.mul_(1e-3)
         layer = DEQ(cell, options={"snes_type": "nrichardson", "snes_linesearch_type": "basic",
                                    "snes_rtol": 1e-12, "snes_max_it": 2000})
-        with _SavedBytes() as counter:
+        with SavedTensorBytes() as counter:
             z = layer(1e-3 * x)
         saved[contraction], its[contraction] = counter.total, layer.last_stats.forward.iterations
         z.sum().backward()                    # and backward runs
@@ -183,7 +166,7 @@ def test_memory_does_not_grow_with_forward_iterations():
     assert saved[0.95] == saved[0.2] > 0, saved
     # unrolled autograd through the same iterations would save ~its times as much
     cell = TanhCell(32, contraction=0.95, seed=9)
-    with _SavedBytes() as counter:
+    with SavedTensorBytes() as counter:
         z = torch.zeros(16, 32, dtype=torch.float64)
         for _ in range(its[0.95]):
             z = cell(z, 1e-3 * x)
