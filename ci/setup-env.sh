@@ -6,13 +6,13 @@
 #
 # Environment knobs:
 #   DEQ_PETSC_VENV        virtualenv folder (default: <repo>/.venv)
-#   DEQ_PETSC_EXTRAS      extras to install (default: test)
+#   DEQ_PETSC_EXTRAS      extras to install (default: test,data)
 #   PETSC_CONFIGURE_OPTIONS  passed through to PETSc's build (e.g. single precision)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${DEQ_PETSC_VENV:-$root/.venv}
-extras=${DEQ_PETSC_EXTRAS:-test}
+extras=${DEQ_PETSC_EXTRAS:-test,data}
 python=${PYTHON:-python3}
 constraints=$root/ci/constraints.txt
 

@@ -33,6 +33,54 @@ def _add_demo(sub):
     p.set_defaults(run=_run_demo, parser=p)
 
 
+def _add_data(sub):
+    p = sub.add_parser(
+        "data", allow_abbrev=False, add_help=False,
+        help="build (or load from the cache) a task's graph images and report them",
+        description="Build the graph-image data set of a science task from its DFT source, "
+                    "print its class balance per split and what was skipped, and optionally "
+                    "write a few images as PNGs.")
+    p.add_argument("--help", action="help", help="show this help message and exit")
+    p.add_argument("--task", required=True, choices=["polarity", "mof-pore", "crystals"])
+    p.add_argument("--limit", type=int, default=None,
+                   help="random subset size (default: the whole source)")
+    p.add_argument("--seed", type=int, default=0, help="subset and split seed (default: 0)")
+    p.add_argument("--csv", help="crystals only: a CSV with material_id, band_gap, cif")
+    p.add_argument("--cache-dir", help="default: $DEQ_PETSC_CACHE or ~/.cache/deq_petsc")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: 2)")
+    p.add_argument("--rebuild", action="store_true", help="ignore an existing cache entry")
+    p.add_argument("--png", metavar="DIR", help="write the first few images here as PNGs")
+    p.add_argument("--png-count", type=int, default=3)
+    p.set_defaults(run=_run_data, parser=p)
+
+
+def _run_data(args) -> int:
+    from pathlib import Path
+
+    from petsc4py import PETSc
+
+    from .data import load_task
+    from .data.graph_image import GraphImage, render_png
+
+    options = {"csv": args.csv} if args.csv else {}
+    data = load_task(args.task, limit=args.limit, seed=args.seed, cache_dir=args.cache_dir,
+                     n_jobs=args.jobs, rebuild=args.rebuild, **options)
+    PETSc.Sys.Print(data.summary())
+    if args.png:
+        out = Path(args.png)
+        out.mkdir(parents=True, exist_ok=True)
+        for k in range(min(args.png_count, len(data.ids))):
+            image = data.images[k].numpy()
+            used = int((image.any(axis=(0, 1)) | image.any(axis=(0, 2))).sum())
+            graph = GraphImage(image, [str(i) for i in range(used)], data.channels)
+            label = data.classes[int(data.labels[k])]
+            path = render_png(graph, out / f"{args.task}-{data.ids[k]}.png",
+                              title=f"{args.task} {data.ids[k]}: {label} "
+                                    f"({data.targets[k]:.3f})")
+            PETSc.Sys.Print(f"  wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deq-petsc", allow_abbrev=False, add_help=False,
@@ -42,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print versions and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(sub)
+    _add_data(sub)
     return parser
 
 

@@ -35,3 +35,11 @@ class DEQNonFiniteError(DEQConvergenceError):
 
 class DEQOptionsError(DEQError):
     """An option value PETSc accepted but this package cannot honour."""
+
+
+class DEQInputError(DEQError, ValueError):
+    """An input the science tasks cannot use: invalid SMILES or CIF, too large, ..."""
+
+
+class DEQCacheError(DEQError):
+    """A cache entry that is corrupt or stale (it is rebuilt, never used)."""

@@ -1,0 +1,105 @@
+"""Content-addressed on-disk cache of built datasets, verified on every load.
+
+An entry's name is a hash of everything that determines its contents (task,
+representation version, parameters, the source files' size and modification
+time, subset size, seed), so a changed parameter or source is a different
+entry and a stale one is never picked up. Each array is stored with its
+BLAKE2 digest; a truncated or altered file fails verification and the entry is
+rebuilt. Entries are written into a temporary folder and renamed into place,
+so a killed build leaves no half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DEQCacheError
+
+FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("DEQ_PETSC_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "deq_petsc")
+    return Path(root)
+
+
+def fingerprint(path) -> dict:
+    """Identity of a source file: name, size and modification time."""
+    st = os.stat(path)
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def cache_key(params: dict) -> str:
+    blob = json.dumps({"format": FORMAT_VERSION, **params}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 23), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class DatasetCache:
+    """Arrays plus JSON metadata under ``root/<name>/<key>/``."""
+
+    def __init__(self, root=None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def path(self, name: str, key: str) -> Path:
+        return self.root / name / key
+
+    def load(self, name: str, key: str):
+        """``(arrays, meta)`` of a verified entry; ``None`` if absent.
+
+        Raises :class:`DEQCacheError` if the entry exists but is corrupt.
+        """
+        entry = self.path(name, key)
+        meta_file = entry / "meta.json"
+        if not entry.exists():
+            return None
+        try:
+            meta = json.loads(meta_file.read_text())
+            arrays = {}
+            for array_name, digest in meta["digests"].items():
+                file = entry / f"{array_name}.npy"
+                if _digest(file) != digest:
+                    raise DEQCacheError(f"{file} does not match its recorded digest")
+                arrays[array_name] = np.load(file, allow_pickle=False)
+        except DEQCacheError:
+            raise
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+            raise DEQCacheError(f"cache entry {entry} is unreadable: {err}") from None
+        return arrays, meta
+
+    def store(self, name: str, key: str, arrays: dict, meta: dict) -> Path:
+        entry = self.path(name, key)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=entry.parent))
+        try:
+            digests = {}
+            for array_name, array in arrays.items():
+                file = tmp / f"{array_name}.npy"
+                np.save(file, np.ascontiguousarray(array), allow_pickle=False)
+                digests[array_name] = _digest(file)
+            (tmp / "meta.json").write_text(json.dumps({**meta, "digests": digests}, indent=1,
+                                                      default=str))
+            self.discard(name, key)
+            os.replace(tmp, entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return entry
+
+    def discard(self, name: str, key: str) -> None:
+        shutil.rmtree(self.path(name, key), ignore_errors=True)

@@ -1,0 +1,403 @@
+"""The three science tasks of Deep AndersoNN, from real DFT data available offline.
+
+========  ===============================  ==========================================
+task      source                           classes (defaults)
+========  ===============================  ==========================================
+polarity  QM9 (PyPI ``qm9pack``): B3LYP/   weakly / strongly polar: dipole <= / > the
+          6-31G(2df,p) dipoles, 130,831    median of all of QM9 (2.475 D), so labels
+          molecules                        do not depend on ``limit``
+mof-pore  CoRE MOF 2019-ASR (PyPI          largest cavity diameter (Zeo++) < 5 A,
+          ``core-mof``): 12,020 CIFs       5-8 A, >= 8 A
+crystals  Materials Project PBE band gaps  metal (gap = 0 exactly, as PBE reports
+          (``shared/data/mp_crystals_      metals; the 141 entries with 0 < gap <
+          bandgap.csv.gz``, or any CSV     0.01 eV are semiconductors), semiconductor
+          with ``material_id, band_gap,    (0 < gap < 3 eV), insulator (>= 3 eV)
+          cif``)
+========  ===============================  ==========================================
+
+A build picks ``limit`` records at random (by ``seed``) from the source, renders
+their graph images (in parallel, with a progress bar), skips unusable inputs
+with a count and the first reasons, splits what was built 80/10/10 into
+train/validation/test (by the same seed) and caches the result.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import tarfile
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DEQCacheError, DEQInputError
+from .cache import DatasetCache, cache_key, fingerprint
+from .graph_image import (MOLECULE_CHANNELS, MOLECULE_SIZE, PERIODIC_CHANNELS, PERIODIC_SIZE,
+                          cif_image, smiles_image)
+
+REPRESENTATION_VERSION = 1
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+# -- sources -----------------------------------------------------------------------------
+def _package_dir(name: str) -> Path:
+    """A data package's folder without importing it (qm9pack's __init__ needs pkg_resources)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"the data package {name!r} is not installed: pip install -e .[data]")
+    return Path(spec.origin).parent
+
+
+def qm9_files() -> list[Path]:
+    return sorted((_package_dir("qm9pack") / "data").glob("qm9_part[0-9].csv"))
+
+
+def core_mof_files() -> tuple[Path, Path]:
+    data = _package_dir("CoRE_MOF") / "data"
+    return data / "2019-ASR.csv", data / "2019-ASR.tar.xz"
+
+
+def default_crystals_csv() -> Path | None:
+    """``../shared/data/mp_crystals_bandgap.csv.gz`` beside the project, or $DEQ_PETSC_CRYSTALS_CSV."""
+    env = os.environ.get("DEQ_PETSC_CRYSTALS_CSV")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "shared" / "data" / "mp_crystals_bandgap.csv.gz"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+@dataclass
+class Record:
+    id: str
+    payload: str          # SMILES, CIF text, or a path to a CIF file
+    target: float         # the DFT number the label comes from
+
+
+# -- tasks -------------------------------------------------------------------------------
+class Task:
+    name: str
+    kind: str             # "molecule" or "periodic"
+    classes: tuple[str, ...]
+    target_name: str
+
+    @property
+    def size(self) -> int:
+        return MOLECULE_SIZE if self.kind == "molecule" else PERIODIC_SIZE
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return MOLECULE_CHANNELS if self.kind == "molecule" else PERIODIC_CHANNELS
+
+    def params(self) -> dict:
+        raise NotImplementedError
+
+    def records(self, cache_root: Path) -> list[Record]:
+        raise NotImplementedError
+
+    def label(self, target: float) -> int:
+        raise NotImplementedError
+
+
+class PolarityTask(Task):
+    name, kind, target_name = "polarity", "molecule", "dipole (D)"
+    classes = ("weakly polar", "strongly polar")
+
+    def __init__(self, threshold: float | None = None):
+        self.threshold = threshold
+
+    def _read(self):
+        import pandas as pd
+        frames = [pd.read_csv(f, usecols=["Index", "SMILES", "Dipole_debye"]) for f in qm9_files()]
+        if not frames:
+            raise ImportError("qm9pack ships no qm9_part*.csv files")
+        df = pd.concat(frames, ignore_index=True)
+        if self.threshold is None:
+            self.threshold = float(np.median(df["Dipole_debye"].to_numpy()))
+        return df
+
+    def params(self):
+        if self.threshold is None:
+            self._read()
+        return {"threshold_debye": self.threshold,
+                "sources": [fingerprint(f) for f in qm9_files()]}
+
+    def records(self, cache_root):
+        df = self._read()
+        return [Record(f"qm9-{int(i)}", s, float(d))
+                for i, s, d in zip(df["Index"], df["SMILES"], df["Dipole_debye"])]
+
+    def label(self, target):
+        return int(target > self.threshold)
+
+
+class MofPoreTask(Task):
+    name, kind, target_name = "mof-pore", "periodic", "LCD (A)"
+    classes = ("LCD < 5 A", "5 <= LCD < 8 A", "LCD >= 8 A")
+
+    def __init__(self, edges=(5.0, 8.0)):
+        self.edges = tuple(float(e) for e in edges)
+
+    def params(self):
+        csv, archive = core_mof_files()
+        return {"edges": self.edges, "sources": [fingerprint(csv), fingerprint(archive)]}
+
+    def _extracted(self, cache_root: Path) -> Path:
+        """The archive's CIFs, extracted once (about 4 s, 266 MB) into the cache."""
+        _, archive = core_mof_files()
+        target = cache_root / "sources" / "core-mof-2019-ASR"
+        if (target / ".complete").exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".extract.", dir=target.parent))
+        with tarfile.open(archive, "r:xz") as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".cif")]
+            for m in members:
+                m.name = os.path.basename(m.name)   # flat, and nothing outside tmp
+            tar.extractall(tmp, members=members, filter="data")
+        (tmp / ".complete").write_text(str(len(members)))
+        try:
+            os.rename(tmp, target)       # atomic; fails if another process got there first
+        except OSError:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (target / ".complete").exists():
+                raise
+        return target
+
+    def records(self, cache_root):
+        import pandas as pd
+        csv, _ = core_mof_files()
+        df = pd.read_csv(csv, usecols=["filename", "LCD"])
+        folder = self._extracted(cache_root)
+        return [Record(str(name), str(folder / f"{name}.cif"), float(lcd))
+                for name, lcd in zip(df["filename"], df["LCD"])]
+
+    def label(self, target):
+        return int(np.searchsorted(self.edges, target, side="right"))
+
+
+class CrystalsTask(Task):
+    name, kind, target_name = "crystals", "periodic", "PBE band gap (eV)"
+    classes = ("metal", "semiconductor", "insulator")
+
+    def __init__(self, csv=None, metal_cutoff: float = 0.0, insulator_gap: float = 3.0):
+        self.csv = Path(csv) if csv is not None else default_crystals_csv()
+        if self.csv is None:
+            raise FileNotFoundError("no crystal data set: pass csv=... (columns material_id, "
+                                    "band_gap, cif) or set DEQ_PETSC_CRYSTALS_CSV")
+        self.metal_cutoff = metal_cutoff
+        self.insulator_gap = insulator_gap
+
+    def params(self):
+        return {"metal_cutoff_eV": self.metal_cutoff, "insulator_gap_eV": self.insulator_gap,
+                "sources": [fingerprint(self.csv)]}
+
+    def records(self, cache_root):
+        import pandas as pd
+        df = pd.read_csv(self.csv)
+        missing = {"material_id", "band_gap", "cif"} - set(df.columns)
+        if missing:
+            raise DEQInputError(f"{self.csv}: missing columns {sorted(missing)} (need "
+                                f"material_id, band_gap, cif)")
+        return [Record(str(m), c, float(g))
+                for m, c, g in zip(df["material_id"], df["cif"], df["band_gap"])]
+
+    def label(self, target):
+        if target <= self.metal_cutoff:
+            return 0
+        return 1 if target < self.insulator_gap else 2
+
+
+TASKS = {"polarity": PolarityTask, "mof-pore": MofPoreTask, "crystals": CrystalsTask}
+
+
+def make_task(name: str, **options) -> Task:
+    try:
+        return TASKS[name](**options)
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}") from None
+
+
+# -- building one image (runs in worker processes) ---------------------------------------
+def render(kind: str, payload: str, size: int):
+    """``(image float16, None)`` or ``(None, reason)``: bad inputs never raise out of here."""
+    try:
+        if kind == "molecule":
+            graph = smiles_image(payload, size)
+        else:
+            text = payload
+            if not payload.lstrip().startswith(("data_", "#")) and len(payload) < 4096 \
+                    and os.path.exists(payload):
+                text = Path(payload).read_text(errors="replace")
+            elif len(payload) < 4096 and payload.endswith(".cif"):
+                raise DEQInputError(f"CIF file not found: {payload}")
+            graph = cif_image(text, size)
+        if not np.all(np.isfinite(graph.image)):
+            raise DEQInputError("non-finite entries in the graph image")
+        return graph.image.astype(np.float16), None
+    except DEQInputError as err:
+        return None, str(err)
+    except Exception as err:  # a library failing deep inside on odd input: report, go on
+        return None, f"{type(err).__name__}: {err}"
+
+
+def _render_star(args):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return render(*args)
+
+
+# -- the data set ------------------------------------------------------------------------
+@dataclass
+class TaskData:
+    """Images, labels and the split of one task's build."""
+
+    task: str
+    classes: tuple[str, ...]
+    channels: tuple[str, ...]
+    images: "torch.Tensor"          # noqa: F821  (float32, [M, C, N, N])
+    labels: "torch.Tensor"          # noqa: F821  (int64, [M])
+    targets: np.ndarray
+    ids: list[str]
+    split_of: np.ndarray            # 0 train, 1 val, 2 test
+    params: dict
+    attempted: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    from_cache: bool = False
+    cache_path: str = ""
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split_of == SPLITS.index(split))
+
+    def split(self, split: str):
+        idx = self.indices(split)
+        return self.images[idx], self.labels[idx]
+
+    def class_balance(self) -> dict:
+        out = {}
+        for s in SPLITS:
+            counts = np.bincount(self.labels[self.indices(s)].numpy(), minlength=len(self.classes))
+            out[s] = {c: int(k) for c, k in zip(self.classes, counts)}
+        return out
+
+    def summary(self) -> str:
+        lines = [f"task {self.task}: {len(self.ids)} graph images {tuple(self.images.shape[1:])} "
+                 f"({'cache' if self.from_cache else 'built'}: {self.cache_path})",
+                 f"  channels: {', '.join(self.channels)}"]
+        for s, counts in self.class_balance().items():
+            total = sum(counts.values())
+            parts = ", ".join(f"{c} {k} ({100 * k / total:.0f}%)" if total else f"{c} 0"
+                              for c, k in counts.items())
+            lines.append(f"  {s:5s} {total:6d}: {parts}")
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} of {self.attempted} inputs; first: "
+                         + "; ".join(f"{i}: {r}" for i, r in self.skipped[:3]))
+        else:
+            lines.append(f"  skipped 0 of {self.attempted} inputs")
+        return "\n".join(lines)
+
+
+def load_task(name: str, limit: int | None = None, seed: int = 0, cache_dir=None,
+              n_jobs: int | None = None, progress: bool = True, rebuild: bool = False,
+              **task_options) -> TaskData:
+    """Build (or load from the cache) the graph-image data set of a task."""
+    import torch
+
+    task = make_task(name, **task_options)
+    cache = DatasetCache(cache_dir)
+    params = {"task": name, "representation": REPRESENTATION_VERSION, "size": task.size,
+              "limit": limit, "seed": seed, **task.params()}
+    key = cache_key(params)
+    entry = None
+    if not rebuild:
+        try:
+            entry = cache.load(name, key)
+        except DEQCacheError as err:
+            print(f"deq_petsc.data: {err}; rebuilding", file=sys.stderr)
+            cache.discard(name, key)
+    if entry is None:
+        arrays, meta = _build(task, limit, seed, cache.root, n_jobs, progress)
+        meta["params"] = params
+        path = cache.store(name, key, arrays, meta)
+        from_cache = False
+    else:
+        arrays, meta = entry
+        path = cache.path(name, key)
+        from_cache = True
+    return TaskData(task=name, classes=task.classes, channels=task.channels,
+                    images=torch.from_numpy(arrays["images"].astype(np.float32)),
+                    labels=torch.from_numpy(arrays["labels"].astype(np.int64)),
+                    targets=arrays["targets"], ids=[str(i) for i in arrays["ids"]],
+                    split_of=arrays["split"], params=meta["params"],
+                    attempted=meta["attempted"],
+                    skipped=[tuple(s) for s in meta["skipped"]], from_cache=from_cache,
+                    cache_path=str(path))
+
+
+def _build(task: Task, limit, seed, cache_root: Path, n_jobs, progress):
+    from tqdm.auto import tqdm
+
+    records = task.records(cache_root)
+    order = np.random.default_rng(seed).permutation(len(records))
+    if limit is not None:
+        order = order[:limit]
+    chosen = [records[i] for i in order]
+    jobs = [(task.kind, r.payload, task.size) for r in chosen]
+    n_jobs = n_jobs or min(2, os.cpu_count() or 1)
+    bar = tqdm(total=len(jobs), desc=f"{task.name} graph images", unit="img",
+               disable=not progress, file=sys.stderr)
+    results = []
+    if n_jobs > 1 and len(jobs) >= 64:
+        import multiprocessing
+        # fork, not spawn: spawn re-imports the caller's __main__, which breaks any
+        # script without a main guard. The workers only run RDKit/pymatgen/numpy (no
+        # torch, no MPI) and leave by os._exit, so no PETSc atexit handler runs there.
+        with multiprocessing.get_context("fork").Pool(n_jobs) as pool:
+            for res in pool.imap(_render_star, jobs, chunksize=16):
+                results.append(res)
+                bar.update()
+    else:
+        for job in jobs:
+            results.append(_render_star(job))
+            bar.update()
+    bar.close()
+
+    images, labels, targets, ids, skipped = [], [], [], [], []
+    for record, (image, reason) in zip(chosen, results):
+        if image is None:
+            skipped.append((record.id, reason))
+            continue
+        images.append(image)
+        labels.append(task.label(record.target))
+        targets.append(record.target)
+        ids.append(record.id)
+    if skipped:
+        print(f"deq_petsc.data: skipped {len(skipped)} of {len(chosen)} {task.name} inputs; "
+              f"first reasons: " + "; ".join(f"{i}: {r}" for i, r in skipped[:3]),
+              file=sys.stderr)
+    if not images:
+        raise DEQInputError(f"no usable inputs for {task.name} among {len(chosen)}")
+    m = len(images)
+    n_train = int(round(SPLIT_FRACTIONS[0] * m))
+    n_val = int(round(SPLIT_FRACTIONS[1] * m))
+    split = np.full(m, 2, dtype=np.int8)
+    split[:n_train] = 0
+    split[n_train:n_train + n_val] = 1
+    arrays = {"images": np.stack(images), "labels": np.asarray(labels, dtype=np.int64),
+              "targets": np.asarray(targets, dtype=np.float64),
+              "ids": np.asarray(ids, dtype=str), "split": split}
+    meta = {"attempted": len(chosen), "skipped": skipped, "classes": list(task.classes),
+            "channels": list(task.channels)}
+    return arrays, meta
+
+

@@ -1,0 +1,240 @@
+"""Graph images and the three science tasks (small subsets; full builds are benchmarks)."""
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("rdkit")
+pytest.importorskip("pymatgen")
+
+from pymatgen.core import Lattice, Structure  # noqa: E402
+from rdkit import Chem  # noqa: E402
+
+from deq_petsc.data import (cif_image, load_task, make_task, mol_from_smiles,  # noqa: E402
+                            molecule_image, render_png, smiles_image, structure_image)
+from deq_petsc.data.tasks import default_crystals_csv  # noqa: E402
+from deq_petsc.errors import DEQInputError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("deq_cache")
+
+
+# -- molecules -------------------------------------------------------------------------
+def test_ethanol_adjacency():
+    g = smiles_image("CCO")
+    bonds = g.image[0]
+    assert g.image.shape == (5, 32, 32) and len(g.nodes) == 9
+    assert sorted(g.nodes) == ["C", "C", "H", "H", "H", "H", "H", "H", "O"]
+    assert np.array_equal(bonds, bonds.T)
+    assert bonds.sum() / 2 == 8                      # C-C, C-O, O-H and five C-H
+    degree = dict(zip(g.nodes, (bonds > 0).sum(axis=1)))
+    assert degree["O"] == 2
+    assert sorted((bonds > 0).sum(axis=1)[[i for i, s in enumerate(g.nodes) if s == "C"]]) == [4, 4]
+    assert np.all(g.image[:, 9:, :] == 0) and np.all(g.image[:, :, 9:] == 0)   # padding
+    z = np.diag(g.image[3])[:9] * 10
+    assert sorted(np.round(z).astype(int)) == [1, 1, 1, 1, 1, 1, 6, 6, 8]
+    o = g.nodes.index("O")
+    assert g.image[4, o, o] < -0.3                   # the Gasteiger charge of the O
+
+
+def test_benzene_adjacency_and_symmetry():
+    g = smiles_image("c1ccccc1")
+    bonds = g.image[0]
+    carbons = [i for i, s in enumerate(g.nodes) if s == "C"]
+    assert len(g.nodes) == 12 and len(carbons) == 6
+    assert bonds.sum() / 2 == 6 * 1.5 + 6 * 1.0       # aromatic ring and six C-H
+    ring = bonds[np.ix_(carbons, carbons)]
+    assert np.all(ring.sum(axis=1) == 3.0)            # every C: two aromatic bonds
+    assert np.array_equal(bonds, bonds.T)
+    assert np.allclose(g.image[2], -g.image[2].T + 2 * np.diag(np.diag(g.image[2])))
+
+
+@pytest.mark.parametrize("smiles", ["OCC", "C(O)C", "[H]OCC"])
+def test_canonical_order_does_not_depend_on_the_input_numbering(smiles):
+    assert np.array_equal(smiles_image(smiles).image, smiles_image("CCO").image)
+
+
+def test_canonical_order_under_random_renumbering():
+    mol = mol_from_smiles("CC(=O)Nc1ccc(O)cc1")          # paracetamol
+    reference = molecule_image(mol).image
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        perm = [int(i) for i in rng.permutation(mol.GetNumAtoms())]
+        assert np.array_equal(molecule_image(Chem.RenumberAtoms(mol, perm)).image, reference)
+
+
+@pytest.mark.parametrize("bad, reason", [("C1CC", "SMILES"), ("C(C)(C)(C)(C)C", "valence"),
+                                         ("", "empty"), ("not a molecule", "SMILES")])
+def test_invalid_smiles_is_a_clear_error(bad, reason):
+    with pytest.raises(DEQInputError, match=reason):
+        smiles_image(bad)
+
+
+def test_molecule_too_large_for_the_image():
+    with pytest.raises(DEQInputError, match="does not fit"):
+        smiles_image("C" * 12)                          # 12 C + 26 H = 38 atoms > 32
+
+
+# -- periodic structures ---------------------------------------------------------------
+def rock_salt():
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
+                                     [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_rock_salt_has_six_neighbours_per_atom():
+    g = structure_image(rock_salt())
+    assert g.nodes == ["Na", "Cl"]
+    assert g.info["mean_coordination"] == 6.0
+    # 4 Na x 6 Cl neighbours counted from each side, per atom of the 8-atom cell
+    assert g.image[0, 0, 1] == g.image[0, 1, 0] == pytest.approx(3.0)
+    assert g.image[0, 0, 0] == g.image[0, 1, 1] == 0.0   # Na-Na at 3.99 A is not a bond
+    assert g.image[1, 0, 1] == pytest.approx(1 / 2.82, rel=1e-6)
+    assert g.image[4, 0, 0] == pytest.approx(4 / 5.64 ** 3 * 10)
+
+
+@pytest.mark.parametrize("spacegroup, species, coords, a, cn", [
+    ("Fm-3m", ["Cu"], [[0, 0, 0]], 3.61, 12),
+    ("Fd-3m", ["Si"], [[0, 0, 0]], 5.43, 4),
+])
+def test_coordination_of_simple_solids(spacegroup, species, coords, a, cn):
+    s = Structure.from_spacegroup(spacegroup, Lattice.cubic(a), species, coords)
+    assert structure_image(s).info["mean_coordination"] == cn
+
+
+def test_species_image_does_not_depend_on_the_cell():
+    s = rock_salt()
+    reference = structure_image(s).image
+    supercell = s.copy()
+    supercell.make_supercell([2, 1, 3])
+    assert np.allclose(structure_image(supercell).image, reference, atol=1e-6)
+    assert np.allclose(structure_image(s.get_primitive_structure()).image, reference, atol=1e-6)
+
+
+def test_invalid_cif_is_a_clear_error():
+    text = rock_salt().to(fmt="cif")
+    for bad in ("garbage", text[: len(text) // 3]):
+        with pytest.raises(DEQInputError):
+            cif_image(bad)
+
+
+def test_render_png(tmp_path):
+    path = render_png(smiles_image("CCO"), tmp_path / "ethanol.png", title="ethanol")
+    with open(path, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# -- tasks: labels from the source numbers ---------------------------------------------
+def test_polarity_labels_hand_checked():
+    task = make_task("polarity")
+    assert task.params()["threshold_debye"] == pytest.approx(2.475, abs=0.01)   # QM9 median
+    by_id = {r.id: r for r in task.records(None)}
+    for qm9_index, smiles, dipole, label in [(1, "C", 0.0, 0), (3, "O", 1.8511, 0),
+                                             (5, "C#N", 2.8937, 1), (8, "CO", 1.5258, 0)]:
+        r = by_id[f"qm9-{qm9_index}"]
+        assert (r.payload, r.target) == (smiles, pytest.approx(dipole))
+        assert task.label(r.target) == label
+
+
+def test_crystal_labels_hand_checked():
+    if default_crystals_csv() is None:
+        pytest.skip("shared/data/mp_crystals_bandgap.csv.gz not beside the project")
+    task = make_task("crystals")
+    by_id = {r.id: r for r in task.records(None)}
+    for mp_id, gap, label in [("mp-149", 0.8527, "semiconductor"), ("mp-2534", 0.1839,
+                              "semiconductor"), ("mp-22862", 5.1451, "insulator"),
+                              ("mp-1143", 6.0436, "insulator"), ("mp-30", 0.0, "metal")]:
+        assert by_id[mp_id].target == pytest.approx(gap)
+        assert task.classes[task.label(by_id[mp_id].target)] == label
+    nacl = cif_image(by_id["mp-22862"].payload)
+    assert nacl.nodes == ["Na", "Cl"] and nacl.info["mean_coordination"] == 6.0
+
+
+def test_mof_labels_hand_checked(cache_dir):
+    task = make_task("mof-pore")
+    by_id = {r.id: r for r in task.records(cache_dir)}
+    for name, lcd, label in [("ACECIV_ion_b", 3.5991, 0), ("ACOCOM_clean", 24.60642, 2),
+                             ("1499489-acs.cgd.6b01265_1499490_clean", 10.85017, 2)]:
+        assert by_id[name].target == pytest.approx(lcd)
+        assert task.label(by_id[name].target) == label
+    assert task.label(5.0) == 1 and task.label(7.99) == 1 and task.label(8.0) == 2
+    g = cif_image(open(by_id["ACECIV_ion_b"].payload).read())
+    assert {"Pb", "K"} <= set(g.nodes)
+
+
+# -- builds, splits and the cache -------------------------------------------------------
+def test_build_split_balance_and_cache(cache_dir):
+    d = load_task("polarity", limit=40, seed=3, cache_dir=cache_dir, progress=False)
+    assert not d.from_cache and len(d.ids) == 40 and d.attempted == 40
+    assert d.images.shape == (40, 5, 32, 32) and d.images.dtype.is_floating_point
+    sizes = {s: len(d.indices(s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 32, "val": 4, "test": 4}
+    balance = d.class_balance()
+    assert sum(sum(c.values()) for c in balance.values()) == 40
+    assert "strongly polar" in d.summary()
+
+    again = load_task("polarity", limit=40, seed=3, cache_dir=cache_dir, progress=False)
+    assert again.from_cache and again.ids == d.ids
+    assert np.array_equal(again.images.numpy(), d.images.numpy())
+    assert np.array_equal(again.split_of, d.split_of)
+
+    other = load_task("polarity", limit=40, seed=4, cache_dir=cache_dir, progress=False)
+    assert not other.from_cache and other.ids != d.ids
+
+
+def test_truncated_cache_file_is_rebuilt(cache_dir, capsys):
+    d = load_task("polarity", limit=20, seed=5, cache_dir=cache_dir, progress=False)
+    entry = [p for p in (cache_dir / "polarity").iterdir()
+             if (p / "meta.json").exists() and d.cache_path.endswith(p.name)][0]
+    images = entry / "images.npy"
+    data = images.read_bytes()
+    images.write_bytes(data[: len(data) // 2])
+    rebuilt = load_task("polarity", limit=20, seed=5, cache_dir=cache_dir, progress=False)
+    assert not rebuilt.from_cache
+    assert "does not match its recorded digest" in capsys.readouterr().err
+    assert np.array_equal(rebuilt.images.numpy(), d.images.numpy())
+    assert load_task("polarity", limit=20, seed=5, cache_dir=cache_dir,
+                     progress=False).from_cache
+
+
+def test_a_changed_parameter_is_a_different_entry(cache_dir):
+    a = load_task("polarity", limit=20, seed=6, cache_dir=cache_dir, progress=False)
+    b = load_task("polarity", limit=20, seed=6, cache_dir=cache_dir, progress=False,
+                  threshold=1.0)
+    assert not b.from_cache and a.cache_path != b.cache_path
+    assert b.labels.sum() >= a.labels.sum()
+
+
+def test_bad_inputs_in_a_users_csv_are_counted_not_fatal(cache_dir, tmp_path):
+    good = rock_salt().to(fmt="cif")
+    rows = [("x-1", 5.0, good), ("x-2", 0.0, "data_broken\n_cell_length_a 1\n"),
+            ("x-3", 1.0, good), ("x-4", 2.0, "no cif at all"), ("x-5", 0.0, good)]
+    csv = tmp_path / "mine.csv.gz"
+    with gzip.open(csv, "wt") as fh:
+        pd.DataFrame(rows, columns=["material_id", "band_gap", "cif"]).to_csv(fh, index=False)
+    d = load_task("crystals", csv=csv, cache_dir=cache_dir, progress=False, seed=0)
+    assert d.attempted == 5 and len(d.ids) == 3
+    assert sorted(i for i, _ in d.skipped) == ["x-2", "x-4"]
+    assert all(reason for _, reason in d.skipped)
+    assert sorted(d.ids) == ["x-1", "x-3", "x-5"]
+    labels = dict(zip(d.ids, d.labels.tolist()))
+    assert labels == {"x-1": 2, "x-3": 1, "x-5": 0}
+    assert "skipped 2 of 5" in d.summary()
+
+
+def test_users_csv_without_the_columns_is_rejected(cache_dir, tmp_path):
+    csv = tmp_path / "wrong.csv"
+    pd.DataFrame({"id": [1], "gap": [0.0]}).to_csv(csv, index=False)
+    with pytest.raises(DEQInputError, match="missing columns"):
+        load_task("crystals", csv=csv, cache_dir=cache_dir, progress=False)
+
+
+def test_mof_subset_builds_in_parallel(cache_dir):
+    d = load_task("mof-pore", limit=70, seed=0, cache_dir=cache_dir, progress=False, n_jobs=2)
+    assert d.attempted == 70 and len(d.ids) + len(d.skipped) == 70
+    assert d.images.shape[1:] == (5, 16, 16)
+    assert set(d.labels.tolist()) <= {0, 1, 2}
+    assert (d.images[:, 4].sum(dim=(1, 2)) > 0).all()       # every MOF has a density
