@@ -75,7 +75,9 @@ class AdjointSolver:
         self.prefix = prefix
         self.comm = PETSc.COMM_SELF if comm is None else comm
         self._method_arg = method
-        self.ksp_defaults = {**DEFAULT_KSP_OPTIONS, **(ksp_options or {})}
+        ksp_options = dict(ksp_options or {})
+        self._accept_max_it_default = bool(ksp_options.pop("deq_accept_max_it", False))
+        self.ksp_defaults = {**DEFAULT_KSP_OPTIONS, **ksp_options}
         self.snes_options = snes_options
         self._ksp: PETSc.KSP | None = None
         self._snes_solver = None
@@ -90,7 +92,10 @@ class AdjointSolver:
                       .add("deq_phantom_steps", 5, "Unrolled steps of the phantom gradient",
                            "AdjointSolver")
                       .add("deq_phantom_damping", 1.0, "Damping lam of the phantom gradient",
-                           "AdjointSolver"))
+                           "AdjointSolver")
+                      .add("deq_accept_max_it", "false", "Use the last iterate when the adjoint "
+                           "solve reaches its iteration limit (an inexact gradient, counted in "
+                           "the stats) instead of raising", "AdjointSolver"))
         self.method = self._read_method()
 
     # -- options --------------------------------------------------------------------
@@ -101,6 +106,7 @@ class AdjointSolver:
         if method not in ADJOINT_METHODS:
             raise ValueError(f"-{self.prefix}deq_method must be one of {ADJOINT_METHODS}, "
                              f"got {method!r}")
+        self.accept_max_it = opts.getBool("deq_accept_max_it", self._accept_max_it_default)
         self.phantom_steps = opts.getInt("deq_phantom_steps", 5)
         self.phantom_damping = opts.getReal("deq_phantom_damping", 1.0)
         if self.phantom_steps < 1 or not 0 < self.phantom_damping <= 1:
@@ -129,7 +135,9 @@ class AdjointSolver:
             _ADJOINT_EVENT.end()
         stats.time = time.perf_counter() - start
         self.last_stats = stats
-        if not stats.converged:
+        usable = self.accept_max_it and stats.reason_name == "DIVERGED_MAX_IT" and \
+            bool(torch.isfinite(u).all())
+        if not stats.converged and not usable:
             hint = (f"raise -{self.prefix}ksp_max_it or -{self.prefix}ksp_gmres_restart, or "
                     f"loosen -{self.prefix}ksp_rtol" if self.method == "ksp" else
                     f"use -{self.prefix}deq_method ksp (GMRES needs no contraction), or raise "
@@ -168,6 +176,8 @@ class AdjointSolver:
     def _setup_ksp(self, layout: TensorLayout, problem: FixedPointProblem):
         if layout == self._layout:
             return
+        if self._ksp is not None and self._layout is not None:
+            self._ksp.reset()          # a KSP cannot take operators of another size without it
         self._destroy_operators()
         if self._ksp is None:
             self._ksp = PETSc.KSP().create(comm=self.comm)

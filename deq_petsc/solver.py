@@ -163,13 +163,16 @@ class DEQSolver:
         -<prefix>deq_check_finite <true>   test each f evaluation for NaN/Inf
         -<prefix>deq_jvp <reverse>         JVPs by double backward, or forward-mode AD
         -<prefix>deq_stats_view            print the statistics of every solve
+        -<prefix>deq_accept_max_it         DIVERGED_MAX_IT gives the last iterate (training)
     """
 
     def __init__(self, prefix: str = "", comm=None, options: dict | None = None,
                  check_convergence: bool = True):
         self.prefix = prefix or ""
         self.comm = PETSc.COMM_SELF if comm is None else comm
-        self.defaults = {**DEFAULT_OPTIONS, **(options or {})}
+        options = dict(options or {})
+        self.accept_max_it = bool(options.pop("deq_accept_max_it", False))
+        self.defaults = {**DEFAULT_OPTIONS, **options}
         self.check_convergence = check_convergence
         self.snes = PETSc.SNES().create(comm=self.comm)
         self.snes.setOptionsPrefix(self.prefix)
@@ -184,7 +187,10 @@ class DEQSolver:
                       .add("deq_jvp", DEFAULT_JVP_MODE, "Jacobian-vector products: "
                            f"{'|'.join(JVP_MODES)} (reverse: double backward through one "
                            "graph per Newton step; forward: dual numbers, no graph kept)")
-                      .add("deq_stats_view", "false", "Print the statistics of every solve"))
+                      .add("deq_stats_view", "false", "Print the statistics of every solve")
+                      .add("deq_accept_max_it", "false", "Use the last iterate when -snes_max_it "
+                           "is reached (counted in the stats) instead of raising; NaN and other "
+                           "divergence still raise"))
 
     # -- set-up ---------------------------------------------------------------------
     def _read_own_options(self):
@@ -194,6 +200,7 @@ class DEQSolver:
         if jvp_mode not in JVP_MODES:
             raise ValueError(f"-{self.prefix}deq_jvp must be one of {JVP_MODES}, got {jvp_mode!r}")
         self.stats_view = opts.getBool("deq_stats_view", False)
+        self.accept_max_it = opts.getBool("deq_accept_max_it", self.accept_max_it)
         return check_finite, jvp_mode
 
     def _setup(self, layout: TensorLayout, problem: FixedPointProblem):
@@ -299,6 +306,9 @@ class DEQSolver:
                 reason=stats.reason, reason_name=stats.reason_name,
                 iterations=stats.iterations, history=stats.residual_norms, stats=stats)
         if stats.converged:
+            return
+        if self.accept_max_it and stats.reason_name == "DIVERGED_MAX_IT" and \
+                math.isfinite(stats.final_residual):
             return
         detail = ""
         if stats.reason_name == "DIVERGED_LINEAR_SOLVE":

@@ -10,7 +10,7 @@ SMALL = ["--batch", "2", "--channels", "4", "--size", "8"]
 
 
 def test_demo_monitors_and_reports():
-    r = run_cli("demo", *SMALL, "-snes_type", "anderson", "-snes_anderson_m", "5")
+    r = run_cli("solve", *SMALL, "-snes_type", "anderson", "-snes_anderson_m", "5")
     assert r.returncode == 0, r.stderr
     out = r.stdout
     norms = [float(m) for m in re.findall(r"SNES Function norm ([0-9.eE+-]+)", out)]
@@ -22,7 +22,7 @@ def test_demo_monitors_and_reports():
 
 
 def test_picard_through_options_and_log_view():
-    r = run_cli("demo", *SMALL, "-snes_type", "nrichardson", "-snes_linesearch_type", "basic",
+    r = run_cli("solve", *SMALL, "-snes_type", "nrichardson", "-snes_linesearch_type", "basic",
                 "-snes_max_it", "1000", "-snes_monitor_cancel", "-log_view")
     assert r.returncode == 0, r.stderr
     assert "SNES Function norm" not in r.stdout
@@ -34,7 +34,7 @@ def test_picard_through_options_and_log_view():
 
 
 def test_newton_krylov_uses_exact_jacobian_products():
-    r = run_cli("demo", *SMALL, "-snes_type", "newtonls", "-ksp_type", "gmres",
+    r = run_cli("solve", *SMALL, "-snes_type", "newtonls", "-ksp_type", "gmres",
                 "-ksp_converged_reason")
     assert r.returncode == 0, r.stderr
     jvps = int(re.search(r"JVPs / VJPs\s+(\d+) / 0", r.stdout).group(1))
@@ -43,7 +43,7 @@ def test_newton_krylov_uses_exact_jacobian_products():
 
 
 def test_help_lists_our_options_and_petscs():
-    r = run_cli("demo", *SMALL, "-help")
+    r = run_cli("solve", *SMALL, "-help")
     assert r.returncode == 0, r.stderr
     for name in ("-deq_check_finite", "-deq_jvp", "-deq_stats_view", "-snes_type",
                  "-snes_anderson_m", "--batch"):
@@ -51,7 +51,7 @@ def test_help_lists_our_options_and_petscs():
 
 
 def test_divergence_is_a_clear_error_and_exit_code():
-    r = run_cli("demo", *SMALL, "-snes_type", "nrichardson", "-snes_linesearch_type", "basic",
+    r = run_cli("solve", *SMALL, "-snes_type", "nrichardson", "-snes_linesearch_type", "basic",
                 "-snes_max_it", "3")
     assert r.returncode == 1
     assert "DIVERGED_MAX_IT" in r.stdout + r.stderr
@@ -59,7 +59,7 @@ def test_divergence_is_a_clear_error_and_exit_code():
 
 
 def test_option_typo_is_reported_by_petsc():
-    r = run_cli("demo", *SMALL, "-snes_typo", "ngmres")
+    r = run_cli("solve", *SMALL, "-snes_typo", "ngmres")
     assert r.returncode == 0, r.stderr
     text = r.stdout + r.stderr
     assert re.search(r"Option left: name:-snes_typo value: ngmres", text), text[-2000:]
@@ -67,6 +67,6 @@ def test_option_typo_is_reported_by_petsc():
 
 @pytest.mark.parametrize("bad", [["stray"], ["--no-such-flag"]])
 def test_unknown_arguments_are_rejected(bad):
-    r = run_cli("demo", *bad)
+    r = run_cli("solve", *bad)
     assert r.returncode == 2
     assert "unrecognised arguments" in r.stderr

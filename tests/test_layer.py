@@ -266,3 +266,24 @@ def test_double_backward_is_refused_not_wrong(small):
     with pytest.raises(NotImplementedError, match="double backward"):
         torch.autograd.grad(loss, [cell.W], create_graph=True)
     layer.destroy()
+
+
+@pytest.mark.parametrize("method", [{}, {"adjoint_snes_type": "anderson"}])
+def test_batch_size_changes_between_backward_passes(method):
+    cell = TanhCell(8, 5, contraction=0.8, seed=15)
+    from petsc4py import PETSc
+    for k, v in method.items():
+        PETSc.Options().setValue(k, v)
+    try:
+        layer = DEQ(cell, options=TIGHT, adjoint_options=EXACT_ADJOINT,
+                    z_shape=lambda x: (x.shape[0], 8))
+        for batch in (6, 3, 6, 1):
+            x = torch.randn(batch, 5, dtype=torch.float64,
+                            generator=torch.Generator().manual_seed(batch))
+            (g,) = grads(layer(x).pow(2).sum(), [cell.W])
+            (ref,) = grads(unrolled(cell, x).pow(2).sum(), [cell.W])
+            assert_close(g, ref, 1e-6, f"dL/dW at batch {batch}")
+        layer.destroy()
+    finally:
+        for k in method:
+            PETSc.Options().delValue(k)

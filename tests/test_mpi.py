@@ -22,7 +22,7 @@ def _norms(text):
 
 @pytest.mark.mpi
 def test_demo_under_mpiexec_reproduces_the_serial_history():
-    args = ["demo", "--batch", "4", "--channels", "4", "--size", "8"]
+    args = ["solve", "--batch", "4", "--channels", "4", "--size", "8"]
     par = mpiexec(2, cli_path(), *args, python=False)
     ser = run_cli(*args)
     assert par.returncode == 0 and ser.returncode == 0, par.stderr + ser.stderr

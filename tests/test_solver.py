@@ -232,3 +232,19 @@ def test_stats_summary_and_dict():
     assert d["converged"] and d["reason_name"] == stats.reason_name
     assert "anderson" in stats.summary() and stats.reason_name in stats.summary()
     assert solver.last_stats is stats
+
+
+def test_accept_max_it_returns_the_last_iterate_but_not_nan(petsc_options):
+    cell, x, problem = tanh_problem(contraction=0.9, seed=5)
+    with DEQSolver(options={"snes_max_it": 3, "deq_accept_max_it": True}) as solver:
+        z, stats = solver.solve(problem)
+    assert stats.reason_name == "DIVERGED_MAX_IT" and not stats.converged
+    assert stats.final_residual < stats.initial_residual
+    petsc_options({"deq_accept_max_it": "false"})       # the command line wins
+    with DEQSolver(options={"snes_max_it": 3, "deq_accept_max_it": True}) as solver:
+        with pytest.raises(DEQConvergenceError, match="DIVERGED_MAX_IT"):
+            solver.solve(problem)
+    nan_problem = FixedPointProblem(lambda z, x: z * float("nan"), x, z_shape=(4, 8))
+    with DEQSolver(options={"snes_max_it": 3, "deq_accept_max_it": True}) as solver:
+        with pytest.raises(DEQNonFiniteError):
+            solver.solve(nan_problem)

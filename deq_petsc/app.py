@@ -1,0 +1,274 @@
+"""The commands of ``deq-petsc`` (parsing and PETSc start-up live in :mod:`deq_petsc.cli`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from petsc4py import PETSc
+
+from .errors import DEQError, DEQInputError
+
+
+def say(*lines):
+    PETSc.Sys.Print("\n".join(str(x) for x in lines))
+
+
+def versions() -> str:
+    import petsc4py
+
+    from . import __version__
+    v = ".".join(map(str, PETSc.Sys.getVersion()))
+    return (f"deq_petsc {__version__}; PETSc {v} ({PETSc.ScalarType.__name__} scalars), "
+            f"petsc4py {petsc4py.__version__}, torch {torch.__version__}")
+
+
+def _load_data(args, task=None, limit=None, seed=None):
+    from .data import load_task
+    options = {"csv": args.csv} if getattr(args, "csv", None) else {}
+    return load_task(task or args.task, limit=limit, seed=seed,
+                     cache_dir=getattr(args, "cache_dir", None), n_jobs=getattr(args, "jobs", None),
+                     progress=not getattr(args, "no_progress", False), **options)
+
+
+# -- data ---------------------------------------------------------------------------------
+def run_data(args) -> int:
+    from .data.graph_image import GraphImage, render_png
+
+    data = _load_data(args, limit=args.limit, seed=args.seed)
+    say(data.summary())
+    if args.png:
+        out = Path(args.png)
+        out.mkdir(parents=True, exist_ok=True)
+        for k in range(min(args.png_count, len(data.ids))):
+            image = data.images[k].numpy()
+            used = int((image.any(axis=(0, 1)) | image.any(axis=(0, 2))).sum())
+            graph = GraphImage(image, [str(i) for i in range(used)], data.channels)
+            label = data.classes[int(data.labels[k])]
+            path = render_png(graph, out / f"{args.task}-{data.ids[k]}.png",
+                              title=f"{args.task} {data.ids[k]}: {label} ({data.targets[k]:.3f})")
+            say(f"  wrote {path}")
+    return 0
+
+
+# -- training -----------------------------------------------------------------------------
+def _train_config(args, task, kind="deq", depth=8):
+    from .train import TrainConfig
+    return TrainConfig(task=task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       seed=args.seed, width=args.width, kind=kind, depth=depth,
+                       limit=args.limit, jac_reg=args.jac_reg)
+
+
+def _report(report: dict, stats_line: str = "") -> str:
+    from .train.metrics import format_report
+    return (format_report(report) + f"\nforward iterations per batch {report['forward_its']:.1f}, "
+            f"{1e3 * report['seconds_per_sample']:.3f} ms per sample" + stats_line)
+
+
+def run_train(args) -> int:
+    from .train import Trainer
+    from .train.checkpoint import DEQCheckpointError
+
+    out = Path(args.out or f"runs/{args.task}")
+    if (out / "checkpoint.pt").exists() and not (args.resume or args.overwrite):
+        raise DEQCheckpointError(f"{out} already holds a checkpoint: pass --resume to continue "
+                                 f"it, --overwrite to start over, or another --out")
+    if args.resume and not (out / "checkpoint.pt").exists():
+        raise DEQCheckpointError(f"--resume: no checkpoint in {out}")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = _load_data(args, limit=args.limit, seed=args.seed)
+    say(versions(), data.summary())
+    trainer = Trainer(_train_config(args, args.task, args.model, args.depth), data, out,
+                      progress=not args.no_progress, log=say)
+    try:
+        if args.resume:
+            epoch = trainer.resume()
+            say(f"resuming {out} after epoch {epoch}")
+        trainer.fit()
+        report = trainer.finish()
+        eq = trainer.model.equilibrium
+        snes = f"\nforward solver: {eq.solver.snes.getType()}" if args.model == "deq" else ""
+        say(f"test split ({args.task}, {args.model}):", _report(report, snes),
+            f"wrote {out}/checkpoint.pt, metrics.csv, curves.png, confusion.png, report.json")
+    finally:
+        trainer.destroy()
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from .train import evaluate, load_model
+
+    model, state = load_model(args.checkpoint)
+    cfg = state["train_config"]
+    task = args.task or cfg["task"]
+    if task != cfg["task"]:
+        raise DEQInputError(f"{args.checkpoint} was trained on {cfg['task']!r}, not {task!r}")
+    limit = args.limit if args.limit is not None else cfg["limit"]
+    seed = args.seed if args.seed is not None else cfg["seed"]
+    data = _load_data(args, task=task, limit=limit, seed=seed)
+    try:
+        report = evaluate(model, data, args.split, args.batch_size)
+        solver = ""
+        if model.config.kind == "deq":
+            s = model.equilibrium.solver.snes
+            solver = f"\nforward solver: {s.getType()} (rtol {s.getTolerances()[0]:g})"
+        say(f"{args.checkpoint} on the {args.split} split of {task} ({len(data.indices(args.split))} "
+            f"samples):", _report(report, solver))
+    finally:
+        model.destroy()
+    return 0
+
+
+def run_predict(args) -> int:
+    from .data import cif_image, smiles_image
+    from .train import load_model
+
+    model, state = load_model(args.checkpoint)
+    task = state["task"]
+    try:
+        molecular = task["name"] == "polarity"
+        if args.smiles is not None and not molecular:
+            raise DEQInputError(f"this model classifies {task['name']}: give --cif, not --smiles")
+        if args.cif is not None and molecular:
+            raise DEQInputError("this model classifies molecules: give --smiles, not --cif")
+        if args.smiles is not None:
+            graph = smiles_image(args.smiles)
+            what = f"SMILES {args.smiles}"
+        else:
+            path = Path(args.cif)
+            if not path.is_file():
+                raise DEQInputError(f"no such CIF file: {path}")
+            graph = cif_image(path.read_text(errors="replace"))
+            what = f"{path.name} ({graph.info['formula']})"
+        with torch.no_grad():
+            probs = torch.softmax(model(torch.from_numpy(graph.image)[None]), dim=1)[0]
+        best = int(probs.argmax())
+        say(f"{what}: {task['classes'][best]} (p = {probs[best]:.3f})",
+            "  " + ", ".join(f"{c}: {p:.3f}" for c, p in zip(task["classes"], probs.tolist())))
+    finally:
+        model.destroy()
+    return 0
+
+
+# -- the main job ---------------------------------------------------------------------------
+SOLVERS = {
+    "anderson": {"snes_type": "anderson", "snes_anderson_m": 5},
+    "picard": {"snes_type": "nrichardson", "snes_linesearch_type": "basic"},
+}
+
+
+def run_demo(args) -> int:
+    from .train import Trainer, evaluate
+    from .train.plots import plot_comparison
+
+    class DemoArgs:
+        task, csv, jobs, no_progress = "polarity", None, None, args.no_progress
+        cache_dir = args.cache_dir
+
+    data = _load_data(DemoArgs, limit=args.limit, seed=args.seed)
+    say(versions(), data.summary(),
+        f"training the polarity DEQ with each solver to rtol {args.rtol:g} (forward and "
+        f"adjoint), {args.epochs} epochs, same seed and data")
+    out = Path(args.out)
+    results, histories = {}, {}
+    for name, options in SOLVERS.items():
+        opts = {**options, "snes_rtol": args.rtol}
+        trainer = Trainer(_train_config(args, "polarity"), data, out / name, prefix=f"{name}_",
+                          solver_options=opts, adjoint_options={"ksp_rtol": args.rtol},
+                          progress=not args.no_progress,
+                          log=lambda line, n=name: say(f"[{n}] {line}"))
+        try:
+            history = trainer.fit()
+            report = trainer.finish()
+            results[name] = dict(accuracy=report["accuracy"],
+                                 baseline=report["majority_baseline"],
+                                 train_time=history[-1]["elapsed"],
+                                 forward_its=sum(h["forward_its"] for h in history) / len(history),
+                                 backward_its=sum(h["backward_its"] for h in history) / len(history),
+                                 inference_its=report["forward_its"],
+                                 inference_ms=1e3 * report["seconds_per_sample"])
+            histories[name] = history
+        finally:
+            trainer.destroy()
+    a, p = results["anderson"], results["picard"]
+    rows = [f"{'solver':10s} {'test acc':>8s} {'train s':>8s} {'fwd its':>8s} {'bwd its':>8s} "
+            f"{'infer its':>9s} {'ms/sample':>9s}"]
+    for name, r in results.items():
+        rows.append(f"{name:10s} {r['accuracy']:8.3f} {r['train_time']:8.1f} "
+                    f"{r['forward_its']:8.1f} {r['backward_its']:8.1f} {r['inference_its']:9.1f} "
+                    f"{r['inference_ms']:9.3f}")
+    rows.append(f"Picard / Anderson: training time {p['train_time'] / a['train_time']:.2f}x, "
+                f"inference time {p['inference_ms'] / a['inference_ms']:.2f}x, forward "
+                f"iterations {p['forward_its'] / a['forward_its']:.2f}x (training) and "
+                f"{p['inference_its'] / a['inference_its']:.2f}x (inference); majority-class "
+                f"baseline {a['baseline']:.3f}")
+    say(*rows)
+    plot_comparison(histories, out / "comparison.png",
+                    title=f"polarity DEQ: Anderson vs Picard (rtol {args.rtol:g})")
+    (out / "summary.json").write_text(json.dumps(results, indent=1))
+    say(f"wrote {out}/comparison.png, summary.json, and per-solver runs in {out}/anderson, "
+        f"{out}/picard")
+    return 0
+
+
+def run_solve(args) -> int:
+    from .models import ConvTanhCell
+    from .petsc_options import inserted_defaults
+    from .problem import FixedPointProblem
+    from .solver import DEQSolver
+
+    comm = PETSc.COMM_WORLD
+    rank, size = comm.getRank(), comm.getSize()
+    if args.batch < size:
+        raise SystemExit(f"deq-petsc demo: --batch {args.batch} is smaller than the "
+                         f"{size} MPI ranks")
+    dtype = getattr(torch, args.dtype)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    cell = ConvTanhCell(args.channels, args.size, contraction=args.contraction,
+                        seed=args.seed, dtype=dtype).to(device)
+    x_all = torch.randn(args.batch, args.channels, args.size, args.size, dtype=dtype,
+                        generator=torch.Generator().manual_seed(args.seed + 1))
+    # Under mpiexec each rank owns a contiguous share of the batch; the state is
+    # one Vec over COMM_WORLD, so norms (and Anderson's mixing) are global.
+    x = torch.tensor_split(x_all, size)[rank].to(device)
+    problem = FixedPointProblem(cell, x)
+
+    unknowns = x_all.numel()
+    PETSc.Sys.Print(f"{versions()}\nDEQ cell: z = tanh(conv3x3(z) + x), Lipschitz "
+                    f"{args.contraction}; state {args.batch}x{args.channels}x{args.size}x"
+                    f"{args.size} = {unknowns} unknowns on {size} rank(s), {args.dtype} on "
+                    f"{device}", comm=comm)
+    # The demo shows the solver at work: monitors on unless the user chose otherwise
+    # (SNES applies -snes_monitor_cancel before adding monitors, so honour it here).
+    shown = {} if PETSc.Options().hasName("snes_monitor_cancel") else {"snes_monitor": True}
+    with inserted_defaults("", {**shown, "snes_converged_reason": True}):
+        solver = DEQSolver(comm=comm)
+        try:
+            z, stats = solver.solve(problem)
+        finally:
+            solver.destroy()
+    with torch.no_grad():
+        local = float((z - cell(z, x)).double().pow(2).sum())
+    check = comm.tompi4py().allreduce(local) ** 0.5
+    PETSc.Sys.Print(
+        "Solve statistics\n"
+        f"  method               {stats.snes_type}\n"
+        f"  converged reason     {stats.reason_name}\n"
+        f"  iterations           {stats.iterations}\n"
+        f"  f evaluations        {stats.function_evals}\n"
+        f"  JVPs / VJPs          {stats.jvp_count} / {stats.vjp_count}\n"
+        f"  linear iterations    {stats.linear_iterations}\n"
+        f"  ||F(z0)|| -> ||F(z*)|| {stats.initial_residual:.3e} -> {stats.final_residual:.3e} "
+        f"(relative {stats.relative_residual:.2e})\n"
+        f"  check ||z* - f(z*)|| {check:.3e}\n"
+        f"  wall time            {stats.time:.4f} s ({1e3 * stats.time_per_function_eval:.3f} "
+        f"ms per f evaluation)", comm=comm)
+    return 0
+
+
+
+
+COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate,
+            "predict": run_predict, "data": run_data, "solve": run_solve}

@@ -1,0 +1,74 @@
+"""Training curves, confusion matrices and solver comparisons as PNGs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(history: list[dict], path, title: str = "") -> str:
+    plt = _plt()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax2.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
+    ax2.plot(epochs, [h["val_acc"] for h in history], "s-", label="validation")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    ax3.plot(epochs, [h["forward_its"] for h in history], "o-", label="forward")
+    ax3.plot(epochs, [h["backward_its"] for h in history], "s-", label="backward")
+    ax3.set(xlabel="epoch", ylabel="mean iterations per batch", title="solver iterations")
+    for ax in (ax1, ax2, ax3):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_confusion(cm: np.ndarray, classes, path, title: str = "") -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(classes), 1.2 + 1.2 * len(classes)),
+                           constrained_layout=True)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]}\n{100 * norm[i, j]:.0f}%", ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=9)
+    ax.set_xticks(range(len(classes)), classes, rotation=20)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (test)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_comparison(histories: dict, path, title: str = "") -> str:
+    """Validation accuracy and training loss against cumulative wall time, one line per run."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    for name, history in histories.items():
+        t = [h["elapsed"] for h in history]
+        ax1.plot(t, [h["train_loss"] for h in history], "o-", label=name)
+        ax2.plot(t, [h["val_acc"] for h in history], "o-", label=name)
+    ax1.set(xlabel="training wall time (s)", ylabel="training loss", title="loss vs time")
+    ax2.set(xlabel="training wall time (s)", ylabel="validation accuracy",
+            title="accuracy vs time")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
