@@ -132,7 +132,8 @@ class DEQ(nn.Module):
         z.register_hook(implicit_gradient)
         return z
 
-    def jacobian_penalty(self, samples: int = 1) -> torch.Tensor:
+    def jacobian_penalty(self, samples: int = 1,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
         """Hutchinson estimate of ``||J_f(z*)||_F^2 / dim`` at the last forward, differentiable.
 
         Added to the loss it keeps the cell contractive during training (Bai, Koltun and
@@ -140,6 +141,8 @@ class DEQ(nn.Module):
         without it training can push the spectral radius of ``J_f`` to 1, where the
         forward and adjoint solves slow down and then fail. Costs one ``f`` evaluation
         and one double-backward VJP per sample, through a single application of ``f``.
+        ``generator`` (a CPU generator) makes the random probes reproducible, e.g. so a
+        resumed training run draws what an uninterrupted one would.
         """
         if self._last_x is None:
             raise RuntimeError("jacobian_penalty() needs a forward pass with gradients first")
@@ -147,7 +150,7 @@ class DEQ(nn.Module):
         fz = self.cell(z, self._last_x)
         total = 0.0
         for _ in range(samples):
-            v = torch.randn_like(fz)
+            v = torch.randn(fz.shape, generator=generator, dtype=fz.dtype).to(fz.device)
             (vjp,) = torch.autograd.grad(fz, z, v, create_graph=True)
             total = total + vjp.pow(2).sum() / v.numel()
         return total / samples

@@ -251,6 +251,14 @@ def render(kind: str, payload: str, size: int):
         return None, f"{type(err).__name__}: {err}"
 
 
+def _worker_init():
+    """Forked workers must not keep the parent's PETSc signal handlers (a SIGTERM would
+    be reported as a PETSc crash and answered with MPI_Abort)."""
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGSEGV, signal.SIGFPE, signal.SIGBUS):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _render_star(args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -362,10 +370,17 @@ def _build(task: Task, limit, seed, cache_root: Path, n_jobs, progress):
         # fork, not spawn: spawn re-imports the caller's __main__, which breaks any
         # script without a main guard. The workers only run RDKit/pymatgen/numpy (no
         # torch, no MPI) and leave by os._exit, so no PETSc atexit handler runs there.
-        with multiprocessing.get_context("fork").Pool(n_jobs) as pool:
+        pool = multiprocessing.get_context("fork").Pool(n_jobs, initializer=_worker_init)
+        try:
             for res in pool.imap(_render_star, jobs, chunksize=16):
                 results.append(res)
                 bar.update()
+            pool.close()           # let the workers finish and exit on their own ...
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()            # ... rather than be killed by Pool.__exit__'s SIGTERM
     else:
         for job in jobs:
             results.append(_render_star(job))

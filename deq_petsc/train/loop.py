@@ -159,8 +159,11 @@ class Trainer:
         elapsed = self.history[-1]["elapsed"] if self.history else 0.0
         for epoch in range(self.start_epoch, self.cfg.epochs):
             self.model.train()
+            # Everything random in an epoch comes from generators seeded by (seed, epoch):
+            # a resumed run draws exactly what an uninterrupted one would.
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
             order = torch.randperm(n, generator=g)
+            probes = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch + 7919)
             sums = dict(loss=0.0, correct=0, f_its=0, f_evals=0, b_its=0, unconverged=0,
                         unconverged_adjoint=0, batches=0, jac=0.0)
             bar = tqdm(range(0, n, self.cfg.batch_size), disable=not self.progress,
@@ -172,7 +175,7 @@ class Trainer:
                 loss = loss_fn(logits, y[idx])
                 objective = loss
                 if self.cfg.jac_reg > 0 and self.cfg.kind == "deq":
-                    penalty = self.model.equilibrium.jacobian_penalty()
+                    penalty = self.model.equilibrium.jacobian_penalty(generator=probes)
                     objective = loss + self.cfg.jac_reg * penalty
                     sums["jac"] += float(penalty.detach())
                 self.opt.zero_grad(set_to_none=True)

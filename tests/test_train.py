@@ -1,0 +1,110 @@
+"""Training, resuming, checkpoints and the train/evaluate/predict commands on tiny subsets."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("rdkit")
+
+from deq_petsc.data import load_task  # noqa: E402
+from deq_petsc.train import Trainer, TrainConfig, load_checkpoint  # noqa: E402
+from deq_petsc.train.checkpoint import DEQCheckpointError  # noqa: E402
+
+from helpers import run_cli  # noqa: E402
+
+TINY = dict(task="polarity", batch_size=32, width=8, lr=3e-3, seed=1)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("train_cache")
+
+
+@pytest.fixture(scope="module")
+def tiny(cache_dir):
+    return load_task("polarity", limit=160, seed=1, cache_dir=cache_dir, progress=False)
+
+
+def test_training_lowers_the_loss_and_writes_the_run(tiny, tmp_path):
+    trainer = Trainer(TrainConfig(epochs=4, **TINY), tiny, tmp_path, progress=False,
+                      log=lambda *a: None)
+    history = trainer.fit()
+    report = trainer.finish()
+    trainer.destroy()
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(h["forward_its"] > 0 and h["backward_its"] > 0 for h in history)
+    for name in ("checkpoint.pt", "metrics.csv", "metrics.json", "curves.png",
+                 "confusion.png", "report.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    rows = (tmp_path / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4 and rows[0].startswith("epoch,train_loss")
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["accuracy"] == pytest.approx(report["accuracy"])
+    assert sum(sum(r) for r in saved["confusion"]) == len(tiny.indices("test"))
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 4
+
+
+def test_resume_matches_an_uninterrupted_run(tiny, tmp_path):
+    cfg = TrainConfig(epochs=3, **TINY)
+    straight = Trainer(cfg, tiny, tmp_path / "straight", progress=False, log=lambda *a: None)
+    straight.fit()
+    # "killed" after epoch 1: a run that stops there, then a new process resumes it
+    first = Trainer(TrainConfig(epochs=1, **TINY), tiny, tmp_path / "resumed", progress=False,
+                    log=lambda *a: None)
+    first.fit()
+    first.destroy()
+    resumed = Trainer(cfg, tiny, tmp_path / "resumed", progress=False, log=lambda *a: None)
+    assert resumed.resume() == 1
+    resumed.fit()
+    for a, b in zip(straight.history, resumed.history):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "forward_its"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+    for (name, p), q in zip(straight.model.state_dict().items(),
+                            resumed.model.state_dict().values()):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-8), name
+    straight.destroy()
+    resumed.destroy()
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny, tmp_path):
+    trainer = Trainer(TrainConfig(epochs=1, **TINY), tiny, tmp_path, progress=False,
+                      log=lambda *a: None)
+    trainer.fit()
+    path = tmp_path / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DEQCheckpointError, match="corrupt or truncated"):
+        trainer.resume()
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(DEQCheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
+    trainer.destroy()
+
+
+def test_train_cli_passes_petsc_options_and_predicts(cache_dir, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--task", "polarity", "--limit", "120", "--epochs", "1", "--width",
+                "8", "--seed", "1", "--out", out, "--cache-dir", cache_dir, "--no-progress",
+                "-snes_type", "ngmres", "-adjoint_ksp_type", "bcgs")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "forward solver: ngmres" in r.stdout
+    assert re.search(r"accuracy [0-9.]+ on \d+ samples; majority-class baseline", r.stdout)
+    ckpt = out / "checkpoint.pt"
+
+    ok = run_cli("predict", "--checkpoint", ckpt, "--smiles", "CC(=O)O")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert re.search(r"SMILES CC\(=O\)O: (weakly|strongly) polar \(p = 0\.\d+\)", ok.stdout)
+    bad = run_cli("predict", "--checkpoint", ckpt, "--smiles", "C1CC")
+    assert bad.returncode == 1 and "unparsable SMILES 'C1CC'" in bad.stdout + bad.stderr
+
+    ev = run_cli("evaluate", "--checkpoint", ckpt, "--cache-dir", cache_dir,
+                 "-snes_type", "nrichardson", "-snes_linesearch_type", "basic")
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    assert "forward solver: nrichardson" in ev.stdout
+
+    again = run_cli("train", "--task", "polarity", "--limit", "120", "--epochs", "1",
+                    "--out", out, "--cache-dir", cache_dir, "--no-progress")
+    assert again.returncode == 1 and "already holds a checkpoint" in again.stdout + again.stderr
