@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo    set up the environment if needed, then run the main job
 #   make test    set up the environment if needed, then run the test suite
-# Pass extra arguments with ARGS, e.g.  make demo ARGS="-snes_type ngmres -log_view"
+# Pass extra arguments with ARGS, e.g.  make demo ARGS="--epochs 2 -anderson_snes_anderson_m 3"
 
 ARGS ?=
 

@@ -57,7 +57,8 @@ def _train_config(args, task, kind="deq", depth=8):
     from .train import TrainConfig
     return TrainConfig(task=task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        seed=args.seed, width=args.width, kind=kind, depth=depth,
-                       limit=args.limit, jac_reg=args.jac_reg)
+                       limit=args.limit, jac_reg=args.jac_reg, cell=args.cell,
+                       gamma=args.gamma)
 
 
 def _report(report: dict, stats_line: str = "") -> str:

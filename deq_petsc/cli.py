@@ -37,11 +37,17 @@ def _data_arguments(p, required_task=True, limit_default=None):
 def _training_arguments(p, epochs=10):
     p.add_argument("--epochs", type=int, default=epochs, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's step size (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam's step size (default: %(default)s)")
     p.add_argument("--width", type=int, default=16, help="channels of the state (default: 16)")
-    p.add_argument("--jac-reg", type=float, default=0.5,
-                   help="weight of the Jacobian penalty that keeps the cell contractive "
-                        "(default: %(default)s; 0 turns it off)")
+    p.add_argument("--cell", choices=["contractive", "resnet"], default="contractive",
+                   help="contractive: tanh(gamma W2 relu(W1 z) + x), Lip <= gamma by "
+                        "construction; resnet: the implicit-layers tutorial cell (default: "
+                        "contractive)")
+    p.add_argument("--gamma", type=float, default=0.9,
+                   help="Lipschitz bound of the contractive cell (default: %(default)s)")
+    p.add_argument("--jac-reg", type=float, default=0.0,
+                   help="weight of a Jacobian-norm penalty, for cells that are not contractive "
+                        "by construction (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -108,3 +108,20 @@ def test_train_cli_passes_petsc_options_and_predicts(cache_dir, tmp_path):
     again = run_cli("train", "--task", "polarity", "--limit", "120", "--epochs", "1",
                     "--out", out, "--cache-dir", cache_dir, "--no-progress")
     assert again.returncode == 1 and "already holds a checkpoint" in again.stdout + again.stderr
+
+
+def test_demo_command_compares_anderson_and_picard(cache_dir, tmp_path):
+    out = tmp_path / "demo"
+    r = run_cli("demo", "--limit", "100", "--epochs", "1", "--width", "8", "--out", out,
+                "--cache-dir", cache_dir, "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"^anderson\s+0\.\d+", r.stdout, re.M)
+    assert re.search(r"^picard\s+0\.\d+", r.stdout, re.M)
+    assert re.search(r"Picard / Anderson: training time [0-9.]+x, inference time [0-9.]+x",
+                     r.stdout)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"anderson", "picard"}
+    assert summary["picard"]["forward_its"] > 0 and summary["anderson"]["forward_its"] > 0
+    for name in ("comparison.png", "anderson/curves.png", "picard/confusion.png",
+                 "anderson/checkpoint.pt"):
+        assert (out / name).stat().st_size > 0, name

@@ -3,11 +3,14 @@
     images --inject--> x --equilibrium z* = f(z*, x)--> z* --head--> logits
 
 * injection: conv3x3 (in_channels -> width) + GroupNorm;
-* cell (the implicit-layers tutorial's ResNet cell, GroupNorm so that samples
-  stay independent of each other):
-  ``f(z, x) = GN(relu(z + GN(x + conv2(GN(relu(conv1(z)))))))``,
-  convolutions initialised at small weights (std 0.01) so that ``f`` starts
-  well inside contraction;
+* cell, by default :class:`ContractiveCell`,
+  ``f(z, x) = tanh(gamma W2 relu(W1 z) + x)`` with ``Lip(f) <= gamma = 0.9``
+  by construction; or (``cell="resnet"``) the implicit-layers tutorial's cell
+  ``f(z, x) = GN(relu(z + GN(x + conv2(GN(relu(conv1(z)))))))``, which starts
+  contractive (spectral radius of ``J_f`` 0.75 at initialisation here) but
+  which training drove to 0.99-1.19 on the polarity task within 2-4 epochs,
+  with or without a Jacobian penalty: its outer GroupNorm is scale-invariant,
+  so ``J_f`` stays close to a projection;
 * head: GroupNorm, 4x4 average pooling, linear.
 
 ``kind="deq"`` solves the equilibrium with PETSc (:class:`~deq_petsc.layer.DEQ`,
@@ -43,6 +46,55 @@ class ResNetCell(nn.Module):
         return self.norm3(torch.relu(z + self.norm2(x + self.conv2(y))))
 
 
+class ContractiveCell(nn.Module):
+    """``f(z, x) = tanh(gamma * W2 relu(W1 z) + x)`` with ``Lip(f) <= gamma < 1`` by construction.
+
+    Each convolution is divided by its operator norm on ``image_size`` images
+    (zero padding), estimated by power iteration with one image-sized vector per
+    convolution; tanh and relu are 1-Lipschitz. So the equilibrium exists, is
+    unique, Picard converges, and ``I - J_f`` stays invertible however training
+    moves the weights -- unlike cells that only start out contractive. The
+    power-iteration vectors advance once per training step
+    (:meth:`step_power_iteration`), never inside a solve, so ``f`` is one fixed
+    function for the whole forward and backward solve; the norm itself,
+    ``||conv(v)||`` at the current vector, is differentiable in the weights.
+    """
+
+    def __init__(self, width: int, image_size: int, gamma: float = 0.9, kernel_size: int = 3):
+        super().__init__()
+        if not 0 < gamma < 1:
+            raise ValueError(f"gamma must be in (0, 1), got {gamma}")
+        self.gamma = gamma
+        self.pad = kernel_size // 2
+        self.conv1 = nn.Conv2d(width, width, kernel_size, padding=self.pad, bias=False)
+        self.conv2 = nn.Conv2d(width, width, kernel_size, padding=self.pad, bias=False)
+        for i in (1, 2):
+            v = torch.randn(1, width, image_size, image_size,
+                            generator=torch.Generator().manual_seed(i))
+            self.register_buffer(f"v{i}", v / v.norm())
+        for _ in range(100):           # converge once; then one step per training step
+            self.step_power_iteration()
+
+    @torch.no_grad()
+    def step_power_iteration(self):
+        for conv, name in ((self.conv1, "v1"), (self.conv2, "v2")):
+            v = getattr(self, name)
+            w = nn.functional.conv_transpose2d(
+                nn.functional.conv2d(v, conv.weight, padding=self.pad), conv.weight,
+                padding=self.pad)
+            v.copy_(w / w.norm().clamp_min(1e-12))
+
+    def _normalized(self, conv, v):
+        sigma = nn.functional.conv2d(v, conv.weight, padding=self.pad).norm()
+        return conv.weight / sigma.clamp_min(1e-12)
+
+    def forward(self, z, x):
+        w1 = self._normalized(self.conv1, self.v1)
+        w2 = self._normalized(self.conv2, self.v2)
+        y = torch.relu(nn.functional.conv2d(z, w1, padding=self.pad))
+        return torch.tanh(self.gamma * nn.functional.conv2d(y, w2, padding=self.pad) + x)
+
+
 class WeightTied(nn.Module):
     """The cell applied ``depth`` times from zero, one set of weights (the explicit baseline)."""
 
@@ -69,6 +121,8 @@ class ClassifierConfig:
     groups: int = 4
     kind: str = "deq"              # "deq" or "explicit"
     depth: int = 8                 # explicit only
+    cell: str = "contractive"      # "contractive" (Lip <= gamma) or "resnet" (tutorial cell)
+    gamma: float = 0.9             # contractive cell's Lipschitz bound
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +138,12 @@ class GraphImageClassifier(nn.Module):
         w, g = config.width, config.groups
         self.inject = nn.Sequential(nn.Conv2d(config.in_channels, w, 3, padding=1),
                                     nn.GroupNorm(g, w))
-        cell = ResNetCell(w, g)
+        if config.cell == "contractive":
+            cell = ContractiveCell(w, config.image_size, config.gamma)
+        elif config.cell == "resnet":
+            cell = ResNetCell(w, g)
+        else:
+            raise ValueError(f"cell must be 'contractive' or 'resnet', got {config.cell!r}")
         if config.kind == "deq":
             self.equilibrium = DEQ(cell, prefix=prefix, comm=comm, options=solver_options,
                                    adjoint_options=adjoint_options)
@@ -95,6 +154,9 @@ class GraphImageClassifier(nn.Module):
                                   nn.Flatten(), nn.Linear(w * pooled * pooled, config.n_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        cell = self.equilibrium.cell
+        if self.training and torch.is_grad_enabled() and hasattr(cell, "step_power_iteration"):
+            cell.step_power_iteration()          # between solves, never inside one
         return self.head(self.equilibrium(self.inject(images)))
 
     @property

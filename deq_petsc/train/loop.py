@@ -42,7 +42,7 @@ class TrainConfig:
     task: str
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     seed: int = 0
     width: int = 16
@@ -50,7 +50,9 @@ class TrainConfig:
     depth: int = 8
     limit: int | None = None
     eval_batch_size: int = 256
-    jac_reg: float = 0.5
+    jac_reg: float = 0.0
+    cell: str = "contractive"
+    gamma: float = 0.9
     extra: dict = field(default_factory=dict)
 
 
@@ -58,7 +60,8 @@ def build_model(cfg: TrainConfig, data: TaskData, prefix: str = "", comm=None,
                 solver_options: dict | None = None, adjoint_options: dict | None = None):
     model_cfg = ClassifierConfig(in_channels=data.images.shape[1],
                                  image_size=data.images.shape[-1], n_classes=len(data.classes),
-                                 width=cfg.width, kind=cfg.kind, depth=cfg.depth)
+                                 width=cfg.width, kind=cfg.kind, depth=cfg.depth,
+                                 cell=cfg.cell, gamma=cfg.gamma)
     torch.manual_seed(cfg.seed)
     return GraphImageClassifier(model_cfg, prefix=prefix, comm=comm,
                                 solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
