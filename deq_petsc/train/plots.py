@@ -12,6 +12,17 @@ def _plt():
     return plt
 
 
+def _finish(plt, fig, axes, path, title: str) -> str:
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
 def plot_curves(history: list[dict], path, title: str = "") -> str:
     plt = _plt()
     epochs = [h["epoch"] for h in history]
@@ -25,14 +36,7 @@ def plot_curves(history: list[dict], path, title: str = "") -> str:
     ax3.plot(epochs, [h["forward_its"] for h in history], "o-", label="forward")
     ax3.plot(epochs, [h["backward_its"] for h in history], "s-", label="backward")
     ax3.set(xlabel="epoch", ylabel="mean iterations per batch", title="solver iterations")
-    for ax in (ax1, ax2, ax3):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return _finish(plt, fig, (ax1, ax2, ax3), path, title)
 
 
 def plot_confusion(cm: np.ndarray, classes, path, title: str = "") -> str:
@@ -64,11 +68,4 @@ def plot_comparison(histories: dict, path, title: str = "") -> str:
     ax1.set(xlabel="training wall time (s)", ylabel="training loss", title="loss vs time")
     ax2.set(xlabel="training wall time (s)", ylabel="validation accuracy",
             title="accuracy vs time")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return _finish(plt, fig, (ax1, ax2), path, title)
