@@ -27,6 +27,8 @@ def versions() -> str:
 def _load_data(args, task=None, limit=None, seed=None):
     from .data import load_task
     options = {"csv": args.csv} if getattr(args, "csv", None) else {}
+    if limit is not None and limit <= 0:
+        limit = None                       # --limit 0: the whole source
     return load_task(task or args.task, limit=limit, seed=seed,
                      cache_dir=getattr(args, "cache_dir", None), n_jobs=getattr(args, "jobs", None),
                      progress=not getattr(args, "no_progress", False), **options)

@@ -26,7 +26,7 @@ def _command(sub, name, help, description):
 def _data_arguments(p, required_task=True, limit_default=None):
     p.add_argument("--task", required=required_task, choices=TASKS, default=None)
     p.add_argument("--limit", type=int, default=limit_default,
-                   help="random subset of the source (default: %(default)s)")
+                   help="random subset of the source; 0 for all of it (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None if not required_task else 0,
                    help="subset, split and initialisation seed (default: 0)")
     p.add_argument("--csv", help="crystals only: a CSV with material_id, band_gap, cif")
