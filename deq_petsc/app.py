@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from petsc4py import PETSc
 
-from .errors import DEQError, DEQInputError
+from .errors import DEQInputError
 
 
 def say(*lines):
@@ -24,21 +24,33 @@ def versions() -> str:
             f"petsc4py {petsc4py.__version__}, torch {torch.__version__}")
 
 
-def _load_data(args, task=None, limit=None, seed=None):
+def _load_data(task, limit, seed, cache_dir=None, jobs=None, csv=None, progress=True):
     from .data import load_task
-    options = {"csv": args.csv} if getattr(args, "csv", None) else {}
     if limit is not None and limit <= 0:
         limit = None                       # --limit 0: the whole source
-    return load_task(task or args.task, limit=limit, seed=seed,
-                     cache_dir=getattr(args, "cache_dir", None), n_jobs=getattr(args, "jobs", None),
-                     progress=not getattr(args, "no_progress", False), **options)
+    return load_task(task, limit=limit, seed=seed, cache_dir=cache_dir, n_jobs=jobs,
+                     progress=progress, **({"csv": csv} if csv else {}))
+
+
+def _args_data(args, task=None, limit=None, seed=None):
+    """The data set named by a command's --task/--limit/--seed/--csv/--cache-dir/--jobs."""
+    return _load_data(task or args.task, limit, seed, cache_dir=args.cache_dir, jobs=args.jobs,
+                      csv=args.csv, progress=not getattr(args, "no_progress", False))
+
+
+def _solver_line(model) -> str:
+    """The forward solver a DEQ model ran with ('' for the explicit model)."""
+    if model.config.kind != "deq":
+        return ""
+    snes = model.equilibrium.solver.snes
+    return f"\nforward solver: {snes.getType()} (rtol {snes.getTolerances()[0]:g})"
 
 
 # -- data ---------------------------------------------------------------------------------
 def run_data(args) -> int:
     from .data.graph_image import GraphImage, render_png
 
-    data = _load_data(args, limit=args.limit, seed=args.seed)
+    data = _args_data(args, limit=args.limit, seed=args.seed)
     say(data.summary())
     if args.png:
         out = Path(args.png)
@@ -79,8 +91,7 @@ def run_train(args) -> int:
                                  f"it, --overwrite to start over, or another --out")
     if args.resume and not (out / "checkpoint.pt").exists():
         raise DEQCheckpointError(f"--resume: no checkpoint in {out}")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    data = _load_data(args, limit=args.limit, seed=args.seed)
+    data = _args_data(args, limit=args.limit, seed=args.seed)
     say(versions(), data.summary())
     trainer = Trainer(_train_config(args, args.task, args.model, args.depth), data, out,
                       progress=not args.no_progress, log=say)
@@ -90,9 +101,8 @@ def run_train(args) -> int:
             say(f"resuming {out} after epoch {epoch}")
         trainer.fit()
         report = trainer.finish()
-        eq = trainer.model.equilibrium
-        snes = f"\nforward solver: {eq.solver.snes.getType()}" if args.model == "deq" else ""
-        say(f"test split ({args.task}, {args.model}):", _report(report, snes),
+        say(f"test split ({args.task}, {args.model}):",
+            _report(report, _solver_line(trainer.model)),
             f"wrote {out}/checkpoint.pt, metrics.csv, curves.png, confusion.png, report.json")
     finally:
         trainer.destroy()
@@ -103,21 +113,17 @@ def run_evaluate(args) -> int:
     from .train import evaluate, load_model
 
     model, state = load_model(args.checkpoint)
-    cfg = state["train_config"]
-    task = args.task or cfg["task"]
-    if task != cfg["task"]:
-        raise DEQInputError(f"{args.checkpoint} was trained on {cfg['task']!r}, not {task!r}")
-    limit = args.limit if args.limit is not None else cfg["limit"]
-    seed = args.seed if args.seed is not None else cfg["seed"]
-    data = _load_data(args, task=task, limit=limit, seed=seed)
     try:
+        cfg = state["train_config"]
+        task = args.task or cfg["task"]
+        if task != cfg["task"]:
+            raise DEQInputError(f"{args.checkpoint} was trained on {cfg['task']!r}, not {task!r}")
+        limit = args.limit if args.limit is not None else cfg["limit"]
+        seed = args.seed if args.seed is not None else cfg["seed"]
+        data = _args_data(args, task=task, limit=limit, seed=seed)
         report = evaluate(model, data, args.split, args.batch_size)
-        solver = ""
-        if model.config.kind == "deq":
-            s = model.equilibrium.solver.snes
-            solver = f"\nforward solver: {s.getType()} (rtol {s.getTolerances()[0]:g})"
-        say(f"{args.checkpoint} on the {args.split} split of {task} ({len(data.indices(args.split))} "
-            f"samples):", _report(report, solver))
+        say(f"{args.checkpoint} on the {args.split} split of {task} "
+            f"({len(data.indices(args.split))} samples):", _report(report, _solver_line(model)))
     finally:
         model.destroy()
     return 0
@@ -162,14 +168,11 @@ SOLVERS = {
 
 
 def run_demo(args) -> int:
-    from .train import Trainer, evaluate
+    from .train import Trainer
     from .train.plots import plot_comparison
 
-    class DemoArgs:
-        task, csv, jobs, no_progress = "polarity", None, None, args.no_progress
-        cache_dir = args.cache_dir
-
-    data = _load_data(DemoArgs, limit=args.limit, seed=args.seed)
+    data = _load_data("polarity", args.limit, args.seed, cache_dir=args.cache_dir,
+                      progress=not args.no_progress)
     say(versions(), data.summary(),
         f"training the polarity DEQ with each solver to rtol {args.rtol:g} (forward and "
         f"adjoint), {args.epochs} epochs, same seed and data")
