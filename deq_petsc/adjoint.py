@@ -21,7 +21,6 @@ same memory at any number of forward iterations. The solve is pluggable
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -123,14 +122,12 @@ class AdjointSolver:
         try:
             if self.method == "jfb":
                 u, stats = g.clone(), AdjointStats("jfb", True, "JACOBIAN_FREE", 0, 0)
+            elif self.method == "ksp":      # the Mat context holds its own linearization
+                u, stats = self._ksp_solve(problem, z_star, g)
+            elif self.method == "phantom":
+                u, stats = self._phantom(problem.linearize(z_star), g)
             else:
-                lin = problem.linearize(z_star)
-                if self.method == "phantom":
-                    u, stats = self._phantom(lin, g)
-                elif self.method == "snes":
-                    u, stats = self._snes(lin, g)
-                else:
-                    u, stats = self._ksp_solve(problem, z_star, g)
+                u, stats = self._snes(problem.linearize(z_star), g)
         finally:
             _ADJOINT_EVENT.end()
         stats.time = time.perf_counter() - start
@@ -233,9 +230,3 @@ class AdjointSolver:
             self._snes_solver.destroy()
             self._snes_solver = None
 
-
-def residual_of_adjoint(lin: Linearization, u: torch.Tensor, g: torch.Tensor) -> float:
-    """``||(I - J^T) u - g|| / ||g||``: how well ``u`` solves the adjoint system."""
-    r = u - lin.vjp(u) - g
-    gn = float(g.norm())
-    return float(r.norm()) / gn if gn else math.nan

@@ -1,7 +1,8 @@
 """The fixed-point problem ``z = f(z, x)``: residual, JVPs and VJPs of ``f`` in ``z``.
 
-JVPs are forward-mode (dual numbers), VJPs reverse-mode through one retained
-autograd graph per linearization point.
+VJPs are reverse-mode through one retained autograd graph per linearization
+point; JVPs either reuse that graph (double backward, the default) or use
+forward-mode dual numbers.
 
 Pure torch: no PETSc here. Products act on the whole batch tensor at once
 (the batch is one vector to the solver).
@@ -26,6 +27,7 @@ def _forward_jvp(fn, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     with torch.no_grad(), fwAD.dual_level():
         tangent = fwAD.unpack_dual(fn(fwAD.make_dual(z, v))).tangent
     return torch.zeros_like(z) if tangent is None else tangent
+
 
 JVP_MODES = ("reverse", "forward")
 #: Reverse (double backward) by default: on the conv cells here it was faster per

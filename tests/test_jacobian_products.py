@@ -4,7 +4,6 @@ dense Jacobians and each other."""
 import numpy as np
 import pytest
 import torch
-from petsc4py import PETSc
 
 from deq_petsc.interop import TensorLayout
 from deq_petsc.models import ConvTanhCell, TanhCell

@@ -24,7 +24,6 @@ train/validation/test (by the same seed) and caches the result.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
 import tarfile
@@ -87,6 +86,7 @@ class Record:
 class Task:
     name: str
     kind: str             # "molecule" or "periodic"
+    payload: str          # what a Record's payload is: "smiles", "cif" (text) or "cif_file"
     classes: tuple[str, ...]
     target_name: str
 
@@ -110,6 +110,7 @@ class Task:
 
 class PolarityTask(Task):
     name, kind, target_name = "polarity", "molecule", "dipole (D)"
+    payload = "smiles"
     classes = ("weakly polar", "strongly polar")
 
     def __init__(self, threshold: float | None = None):
@@ -142,6 +143,7 @@ class PolarityTask(Task):
 
 class MofPoreTask(Task):
     name, kind, target_name = "mof-pore", "periodic", "LCD (A)"
+    payload = "cif_file"
     classes = ("LCD < 5 A", "5 <= LCD < 8 A", "LCD >= 8 A")
 
     def __init__(self, edges=(5.0, 8.0)):
@@ -188,6 +190,7 @@ class MofPoreTask(Task):
 
 class CrystalsTask(Task):
     name, kind, target_name = "crystals", "periodic", "PBE band gap (eV)"
+    payload = "cif"
     classes = ("metal", "semiconductor", "insulator")
 
     def __init__(self, csv=None, metal_cutoff: float = 0.0, insulator_gap: float = 3.0):
@@ -229,19 +232,18 @@ def make_task(name: str, **options) -> Task:
 
 
 # -- building one image (runs in worker processes) ---------------------------------------
-def render(kind: str, payload: str, size: int):
+def render(payload_kind: str, payload: str, size: int):
     """``(image float16, None)`` or ``(None, reason)``: bad inputs never raise out of here."""
     try:
-        if kind == "molecule":
+        if payload_kind == "smiles":
             graph = smiles_image(payload, size)
+        elif payload_kind == "cif":
+            graph = cif_image(payload, size)
         else:
-            text = payload
-            if not payload.lstrip().startswith(("data_", "#")) and len(payload) < 4096 \
-                    and os.path.exists(payload):
-                text = Path(payload).read_text(errors="replace")
-            elif len(payload) < 4096 and payload.endswith(".cif"):
+            path = Path(payload)
+            if not path.is_file():
                 raise DEQInputError(f"CIF file not found: {payload}")
-            graph = cif_image(text, size)
+            graph = cif_image(path.read_text(errors="replace"), size)
         if not np.all(np.isfinite(graph.image)):
             raise DEQInputError("non-finite entries in the graph image")
         return graph.image.astype(np.float16), None
@@ -360,7 +362,7 @@ def _build(task: Task, limit, seed, cache_root: Path, n_jobs, progress):
     if limit is not None:
         order = order[:limit]
     chosen = [records[i] for i in order]
-    jobs = [(task.kind, r.payload, task.size) for r in chosen]
+    jobs = [(task.payload, r.payload, task.size) for r in chosen]
     n_jobs = n_jobs or min(2, os.cpu_count() or 1)
     bar = tqdm(total=len(jobs), desc=f"{task.name} graph images", unit="img",
                disable=not progress, file=sys.stderr)

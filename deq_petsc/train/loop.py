@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,6 @@ class TrainConfig:
     jac_reg: float = 0.0
     cell: str = "contractive"
     gamma: float = 0.9
-    extra: dict = field(default_factory=dict)
 
 
 def build_model(cfg: TrainConfig, data: TaskData, prefix: str = "", comm=None,
