@@ -44,6 +44,77 @@ DEFAULT_KSP_OPTIONS = {"ksp_type": "gmres", "ksp_gmres_restart": 10, "ksp_rtol":
                        "ksp_max_it": 200}
 
 
+class ImplicitKSP:
+    """A KSP on ``I - J_f(z*)`` (tangents) or on its transpose (adjoints), matrix-free.
+
+    Tangents ``dz = (I - J_f)^{-1} r`` are forward-mode implicit differentiation
+    (Gauss-Newton products, Jacobians of DEQ outputs); adjoints
+    ``u = (I - J_f)^{-T} g`` are the backward pass. Both start from the right-hand
+    side (the Jacobian-free guess), which is right when ``J_f`` is small. The
+    operators are rebuilt only when the state's layout changes.
+    """
+
+    def __init__(self, prefix: str, comm, defaults: dict, transpose: bool):
+        self.prefix, self.comm, self.transpose = prefix, comm, transpose
+        self.defaults = defaults
+        self.ksp = PETSc.KSP().create(comm=comm)
+        self.ksp.setOptionsPrefix(prefix)
+        self._layout: TensorLayout | None = None
+        self._ctx: ResidualJacobian | None = None
+        self._mats: list[PETSc.Mat] = []
+
+    def _setup(self, layout: TensorLayout, problem: FixedPointProblem):
+        if layout == self._layout:
+            return
+        if self._layout is not None:
+            self.ksp.reset()          # a KSP cannot take operators of another size without it
+        self._destroy_operators()
+        self._ctx = ResidualJacobian(problem, layout)
+        J = create_residual_jacobian(self._ctx, comm=self.comm)
+        self._mats = [J]
+        if self.transpose:
+            self._mats.append(PETSc.Mat().createTranspose(J))  # MatMult -> our multTranspose
+        self.ksp.setOperators(self._mats[-1])
+        self.ksp.getPC().setType(PETSc.PC.Type.NONE)     # a python Mat has no entries
+        self.ksp.setInitialGuessNonzero(True)            # start from the right-hand side
+        with inserted_defaults(self.prefix, self.defaults):
+            self.ksp.setFromOptions()
+        self.ksp.setConvergenceHistory(length=int(self.ksp.getTolerances()[3]) + 1)
+        self._layout = layout
+
+    def solve(self, problem: FixedPointProblem, z_star: torch.Tensor, rhs: torch.Tensor):
+        """``(solution, reason, iterations, residual history, products)``."""
+        layout = TensorLayout.like(rhs)
+        self._setup(layout, problem)
+        ctx = self._ctx
+        ctx.problem = problem
+        ctx.set_point(z_star)
+        ctx.vjp_count = ctx.jvp_count = 0
+        sol = rhs.detach().clone(memory_format=torch.contiguous_format)
+        b = layout.create_vec(rhs.detach().contiguous(), comm=self.comm)
+        x = layout.create_vec(sol, comm=self.comm)   # zero-copy: the KSP writes into sol
+        try:
+            self.ksp.solve(b, x)
+            if not layout.zero_copy:
+                sol = layout.read(x).clone()
+        finally:
+            b.destroy()
+            x.destroy()
+        history = [float(r) for r in self.ksp.getConvergenceHistory()]
+        return (sol, int(self.ksp.getConvergedReason()), int(self.ksp.getIterationNumber()),
+                history, ctx.vjp_count if self.transpose else ctx.jvp_count)
+
+    def _destroy_operators(self):
+        for mat in reversed(self._mats):
+            mat.destroy()
+        self._mats = []
+        self._layout = None
+
+    def destroy(self):
+        self._destroy_operators()
+        self.ksp.destroy()
+
+
 @dataclass
 class AdjointStats:
     """What one backward solve cost and how it ended."""
@@ -78,12 +149,8 @@ class AdjointSolver:
         self._accept_max_it_default = bool(ksp_options.pop("deq_accept_max_it", False))
         self.ksp_defaults = {**DEFAULT_KSP_OPTIONS, **ksp_options}
         self.snes_options = snes_options
-        self._ksp: PETSc.KSP | None = None
+        self._ksp: ImplicitKSP | None = None
         self._snes_solver = None
-        self._layout: TensorLayout | None = None
-        self._jac_ctx: ResidualJacobian | None = None
-        self._J: PETSc.Mat | None = None
-        self._JT: PETSc.Mat | None = None
         self.last_stats: AdjointStats | None = None
         self._help = (OptionsHelp("DEQ adjoint (deq_petsc)", prefix, self.comm)
                       .add("deq_method", "ksp", f"Backward solve: {'|'.join(ADJOINT_METHODS)} "
@@ -170,59 +237,15 @@ class AdjointSolver:
         return u, AdjointStats(f"snes/{s.snes_type}", s.converged, s.reason_name, s.iterations,
                                lin.vjp_count, s.residual_norms)
 
-    def _setup_ksp(self, layout: TensorLayout, problem: FixedPointProblem):
-        if layout == self._layout:
-            return
-        if self._ksp is not None and self._layout is not None:
-            self._ksp.reset()          # a KSP cannot take operators of another size without it
-        self._destroy_operators()
-        if self._ksp is None:
-            self._ksp = PETSc.KSP().create(comm=self.comm)
-            self._ksp.setOptionsPrefix(self.prefix)
-        self._jac_ctx = ResidualJacobian(problem, layout)
-        self._J = create_residual_jacobian(self._jac_ctx, comm=self.comm)
-        self._JT = PETSc.Mat().createTranspose(self._J)   # MatMult -> our multTranspose
-        self._ksp.setOperators(self._JT)
-        self._ksp.getPC().setType(PETSc.PC.Type.NONE)     # a python Mat has no entries
-        self._ksp.setInitialGuessNonzero(True)            # start from u = g (the JFB guess)
-        with inserted_defaults(self.prefix, self.ksp_defaults):
-            self._ksp.setFromOptions()
-        max_it = self._ksp.getTolerances()[3]
-        self._ksp.setConvergenceHistory(length=int(max_it) + 1)
-        self._layout = layout
-
     def _ksp_solve(self, problem: FixedPointProblem, z_star: torch.Tensor, g: torch.Tensor):
-        layout = TensorLayout.like(g)
-        self._setup_ksp(layout, problem)
-        ctx = self._jac_ctx
-        ctx.problem = problem
-        ctx.set_point(z_star)
-        ctx.vjp_count = 0
-        u = g.detach().clone(memory_format=torch.contiguous_format)
-        b = layout.create_vec(g.detach().contiguous(), comm=self.comm)
-        x = layout.create_vec(u, comm=self.comm)   # zero-copy: the KSP writes into u
-        try:
-            self._ksp.solve(b, x)
-            if not layout.zero_copy:
-                u = layout.read(x).clone()
-        finally:
-            b.destroy()
-            x.destroy()
-        reason = int(self._ksp.getConvergedReason())
-        history = [float(r) for r in self._ksp.getConvergenceHistory()]
-        return u, AdjointStats(f"ksp/{self._ksp.getType()}", reason > 0, ksp_reason_name(reason),
-                               int(self._ksp.getIterationNumber()), ctx.vjp_count, history)
+        if self._ksp is None:
+            self._ksp = ImplicitKSP(self.prefix, self.comm, self.ksp_defaults, transpose=True)
+        u, reason, its, history, vjps = self._ksp.solve(problem, z_star, g)
+        return u, AdjointStats(f"ksp/{self._ksp.ksp.getType()}", reason > 0,
+                               ksp_reason_name(reason), its, vjps, history)
 
     # -- lifetime -------------------------------------------------------------------
-    def _destroy_operators(self):
-        for obj in (self._JT, self._J):
-            if obj is not None:
-                obj.destroy()
-        self._J = self._JT = None
-        self._layout = None
-
     def destroy(self):
-        self._destroy_operators()
         if self._ksp is not None:
             self._ksp.destroy()
             self._ksp = None

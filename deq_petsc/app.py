@@ -69,20 +69,23 @@ def run_data(args) -> int:
 # -- training -----------------------------------------------------------------------------
 def _train_config(args, task, kind="deq", depth=8):
     from .train import TrainConfig
+    trainer = getattr(args, "trainer", "adam")
+    dtype = getattr(args, "dtype", None) or ("float64" if trainer == "tao" else "float32")
     return TrainConfig(task=task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        seed=args.seed, width=args.width, kind=kind, depth=depth,
                        limit=args.limit, jac_reg=args.jac_reg, cell=args.cell,
-                       gamma=args.gamma)
+                       gamma=args.gamma, objective=getattr(args, "objective", "classify"),
+                       dtype=dtype, tao_batch=getattr(args, "tao_batch", 0))
 
 
-def _report(report: dict, stats_line: str = "") -> str:
-    from .train.metrics import format_report
-    return (format_report(report) + f"\nforward iterations per batch {report['forward_its']:.1f}, "
-            f"{1e3 * report['seconds_per_sample']:.3f} ms per sample" + stats_line)
+def _report(report: dict, objective, stats_line: str = "") -> str:
+    return (objective.format(report) + f"\nforward iterations per batch "
+            f"{report['forward_its']:.1f}, {1e3 * report['seconds_per_sample']:.3f} ms per "
+            f"sample" + stats_line)
 
 
 def run_train(args) -> int:
-    from .train import Trainer
+    from .train import TaoTrainer, Trainer
     from .train.checkpoint import DEQCheckpointError
 
     out = Path(args.out or f"runs/{args.task}")
@@ -93,24 +96,26 @@ def run_train(args) -> int:
         raise DEQCheckpointError(f"--resume: no checkpoint in {out}")
     data = _args_data(args, limit=args.limit, seed=args.seed)
     say(versions(), data.summary())
-    trainer = Trainer(_train_config(args, args.task, args.model, args.depth), data, out,
-                      progress=not args.no_progress, log=say)
+    kind = TaoTrainer if args.trainer == "tao" else Trainer
+    trainer = kind(_train_config(args, args.task, args.model, args.depth), data, out,
+                   progress=not args.no_progress, log=say)
     try:
         if args.resume:
             epoch = trainer.resume()
             say(f"resuming {out} after epoch {epoch}")
         trainer.fit()
         report = trainer.finish()
-        say(f"test split ({args.task}, {args.model}):",
-            _report(report, _solver_line(trainer.model)),
-            f"wrote {out}/checkpoint.pt, metrics.csv, curves.png, confusion.png, report.json")
+        plot = "confusion.png" if "confusion" in report else "parity.png"
+        say(f"test split ({args.task} {trainer.objective.name}, {args.model}, "
+            f"{trainer.name}):", _report(report, trainer.objective, _solver_line(trainer.model)),
+            f"wrote {out}/checkpoint.pt, metrics.csv, curves.png, {plot}, report.json")
     finally:
         trainer.destroy()
     return 0
 
 
 def run_evaluate(args) -> int:
-    from .train import evaluate, load_model
+    from .train import evaluate, load_model, objective_of
 
     model, state = load_model(args.checkpoint)
     try:
@@ -121,9 +126,11 @@ def run_evaluate(args) -> int:
         limit = args.limit if args.limit is not None else cfg["limit"]
         seed = args.seed if args.seed is not None else cfg["seed"]
         data = _args_data(args, task=task, limit=limit, seed=seed)
-        report = evaluate(model, data, args.split, args.batch_size)
+        objective = objective_of(state, data)
+        report = evaluate(model, data, args.split, args.batch_size, objective)
         say(f"{args.checkpoint} on the {args.split} split of {task} "
-            f"({len(data.indices(args.split))} samples):", _report(report, _solver_line(model)))
+            f"({len(data.indices(args.split))} samples):",
+            _report(report, objective, _solver_line(model)))
     finally:
         model.destroy()
     return 0
@@ -131,7 +138,8 @@ def run_evaluate(args) -> int:
 
 def run_predict(args) -> int:
     from .data import cif_image, smiles_image
-    from .train import load_model
+    from .train import load_model, objective_of
+    from .train.loop import model_dtype
 
     model, state = load_model(args.checkpoint)
     task = state["task"]
@@ -151,10 +159,8 @@ def run_predict(args) -> int:
             graph = cif_image(path.read_text(errors="replace"))
             what = f"{path.name} ({graph.info['formula']})"
         with torch.no_grad():
-            probs = torch.softmax(model(torch.from_numpy(graph.image)[None]), dim=1)[0]
-        best = int(probs.argmax())
-        say(f"{what}: {task['classes'][best]} (p = {probs[best]:.3f})",
-            "  " + ", ".join(f"{c}: {p:.3f}" for c, p in zip(task["classes"], probs.tolist())))
+            out = model(torch.from_numpy(graph.image)[None].to(model_dtype(model)))
+        say(f"{what}: {objective_of(state).answer(out.float())}")
     finally:
         model.destroy()
     return 0

@@ -76,12 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
     _training_arguments(p, epochs=4)
 
     p = _command(sub, "train", "train a DEQ (or its explicit twin) on a science task",
-                 "Train a graph-image classifier with a torch optimizer (Adam). The DEQ's "
-                 "forward solve takes -snes_* options, its backward -adjoint_* options. "
-                 "Writes checkpoint.pt (every epoch, atomically), metrics.csv/json, "
-                 "curves.png, and at the end report.json and confusion.png.")
+                 "Train a graph-image model to classify a task's labels or regress its DFT "
+                 "target, with a torch optimizer (Adam, the default) or a PETSc TAO solver "
+                 "(--trainer tao -tao_type lmvm|nls|ntr|bntr|brgn ..., -train_hessian "
+                 "gauss-newton|exact). The DEQ's forward solve takes -snes_* options, its "
+                 "backward -adjoint_* options. Writes checkpoint.pt (every epoch, atomically), "
+                 "metrics.csv/json, curves.png, and at the end report.json and confusion.png "
+                 "(classification) or parity.png (regression).")
     _data_arguments(p, limit_default=2000)
     _training_arguments(p)
+    p.add_argument("--objective", choices=["classify", "regress"], default="classify",
+                   help="classify the task's labels, or regress the DFT number they come "
+                        "from (dipole, LCD, band gap) with an MSE loss (default: classify)")
+    p.add_argument("--trainer", choices=["adam", "tao"], default="adam",
+                   help="torch Adam over mini-batches, or a PETSc TAO solve per epoch on "
+                        "--tao-batch samples, chosen by -tao_type (default: adam)")
+    p.add_argument("--tao-batch", type=int, default=0,
+                   help="TAO only: samples per epoch's objective (a fresh seeded draw each "
+                        "epoch); 0 for the whole training split (default: 0)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="the model's precision (default: float32 for adam, float64 for tao, "
+                        "whose line searches need an accurate objective)")
     p.add_argument("--model", choices=["deq", "explicit"], default="deq",
                    help="DEQ, or the same cell applied --depth times (default: deq)")
     p.add_argument("--depth", type=int, default=8, help="explicit model's depth (default: 8)")
@@ -99,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--batch-size", type=int, default=256)
 
-    p = _command(sub, "predict", "classify a new molecule or structure with a trained model",
+    p = _command(sub, "predict", "ask a trained model about a new molecule or structure",
                  "Polarity models take --smiles; mof-pore and crystals models take --cif.")
     p.add_argument("--checkpoint", required=True)
     what = p.add_mutually_exclusive_group(required=True)

@@ -22,9 +22,10 @@ import torch
 from petsc4py import PETSc
 from torch import nn
 
-from .adjoint import AdjointSolver, AdjointStats
+from .adjoint import AdjointSolver, AdjointStats, ImplicitKSP
 from .diagnostics import spectral_radius
-from .petsc_options import OptionsHelp
+from .errors import DEQConvergenceError
+from .petsc_options import OptionsHelp, ksp_reason_name
 from .problem import FixedPointProblem
 from .solver import DEQSolver, SolveStats
 
@@ -89,6 +90,7 @@ class DEQ(nn.Module):
         self._last_z: torch.Tensor | None = None
         self._last_x = None
         self._last_problem: FixedPointProblem | None = None
+        self._tangent: ImplicitKSP | None = None
 
     def _state_shape(self, x):
         if self.z_shape is None:
@@ -96,8 +98,14 @@ class DEQ(nn.Module):
         return tuple(self.z_shape(x)) if callable(self.z_shape) else tuple(self.z_shape)
 
     def forward(self, x, z0: torch.Tensor | None = None) -> torch.Tensor:
-        x_const = _detach(x)
-        problem = FixedPointProblem(self.cell, x_const, z_shape=self._state_shape(x))
+        z_star, problem = self.solve_fixed_point(x, z0)
+        if not torch.is_grad_enabled():
+            return z_star
+        return self.attach(z_star, x, problem)
+
+    def solve_fixed_point(self, x, z0: torch.Tensor | None = None):
+        """``(z*, problem)`` for input ``x``, solved by the SNES with no graph kept."""
+        problem = FixedPointProblem(self.cell, _detach(x), z_shape=self._state_shape(x))
         if z0 is None and self.warm_start and self._last_z is not None \
                 and self._last_z.shape == problem.z0.shape:
             z0 = self._last_z
@@ -106,9 +114,16 @@ class DEQ(nn.Module):
         self.last_stats = LayerStats(forward=fstats)
         self._last_z = z_star.detach()
         self._last_problem = problem
-        if not torch.is_grad_enabled():
-            return z_star
+        return z_star, problem
 
+    def attach(self, z_star: torch.Tensor, x, problem: FixedPointProblem) -> torch.Tensor:
+        """``f(z*, x)`` with a graph to the parameters and ``x`` whose gradient is implicit.
+
+        Backpropagating ``g`` through it solves the adjoint system, so the result is
+        ``d z*/d(theta, x)^T g`` although the graph holds one application of ``f``.
+        Each backward through it (``retain_graph=True`` allows several, e.g. the
+        Jacobian-transpose products of a Gauss-Newton matrix) is one adjoint solve.
+        """
         # One application of f with a graph: to the parameters and to x, not to z*.
         # Autograd tells whether anything upstream wants a gradient.
         z = self.cell(z_star, x)
@@ -131,6 +146,30 @@ class DEQ(nn.Module):
 
         z.register_hook(implicit_gradient)
         return z
+
+    def tangent(self, z_star: torch.Tensor, problem: FixedPointProblem,
+                rhs: torch.Tensor) -> torch.Tensor:
+        """``(I - J_f(z*))^{-1} rhs``: forward-mode implicit differentiation.
+
+        With ``rhs`` the tangent of ``f(z*, x)`` along a direction of the parameters
+        and of ``x`` (``z*`` held fixed), the result is the tangent of ``z*`` itself.
+        A PETSc KSP on the matrix-free ``I - J_f`` (options prefix
+        ``<prefix>tangent_``, program defaults those of the adjoint KSP).
+        """
+        if self._tangent is None:
+            self._tangent = ImplicitKSP(self.prefix + "tangent_", self.solver.comm,
+                                        self.adjoint.ksp_defaults, transpose=False)
+        accept = self.adjoint.accept_max_it
+        dz, reason, its, history, _ = self._tangent.solve(problem, z_star, rhs)
+        usable = accept and ksp_reason_name(reason) == "DIVERGED_MAX_IT" and \
+            bool(torch.isfinite(dz).all())
+        if reason <= 0 and not usable:
+            raise DEQConvergenceError(
+                f"tangent solve (I - J_f) dz = r did not converge: {ksp_reason_name(reason)} "
+                f"after {its} iterations; raise -{self.prefix}tangent_ksp_max_it or loosen "
+                f"-{self.prefix}tangent_ksp_rtol", reason=reason,
+                reason_name=ksp_reason_name(reason), iterations=its, history=history)
+        return dz
 
     def jacobian_penalty(self, samples: int = 1,
                          generator: torch.Generator | None = None) -> torch.Tensor:
@@ -168,6 +207,9 @@ class DEQ(nn.Module):
         """Free the PETSc objects (collective over the layer's communicator)."""
         self.solver.destroy()
         self.adjoint.destroy()
+        if self._tangent is not None:
+            self._tangent.destroy()
+            self._tangent = None
 
     def extra_repr(self) -> str:
         return (f"prefix={self.prefix!r}, adjoint_prefix={self.adjoint.prefix!r}, "

@@ -24,6 +24,7 @@ def _reason_names(enum_class):
 
 SNES_REASONS = _reason_names(PETSc.SNES.ConvergedReason)
 KSP_REASONS = _reason_names(PETSc.KSP.ConvergedReason)
+TAO_REASONS = _reason_names(PETSc.TAO.ConvergedReason)
 
 
 def snes_reason_name(reason: int) -> str:
@@ -32,6 +33,10 @@ def snes_reason_name(reason: int) -> str:
 
 def ksp_reason_name(reason: int) -> str:
     return KSP_REASONS.get(int(reason), f"UNKNOWN_REASON_{int(reason)}")
+
+
+def tao_reason_name(reason: int) -> str:
+    return TAO_REASONS.get(int(reason), f"UNKNOWN_REASON_{int(reason)}")
 
 
 def _option_string(value) -> str | None:

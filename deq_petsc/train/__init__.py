@@ -1,7 +1,8 @@
-"""Training DEQ classifiers: torch optimizers (this package), checkpoints, metrics, plots."""
+"""Training graph-image DEQs: torch Adam or PETSc TAO, checkpoints, metrics, plots."""
 
 from .checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
-from .loop import TrainConfig, Trainer, evaluate, load_model, predict
+from .loop import TrainConfig, Trainer, evaluate, load_model, objective_of, predict
+from .tao import TaoTrainer
 
-__all__ = ["DEQCheckpointError", "TrainConfig", "Trainer", "evaluate", "load_checkpoint",
-           "load_model", "predict", "save_checkpoint"]
+__all__ = ["DEQCheckpointError", "TaoTrainer", "TrainConfig", "Trainer", "evaluate",
+           "load_checkpoint", "load_model", "objective_of", "predict", "save_checkpoint"]

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..data.tasks import TaskData
 from ..models.graph_classifier import ClassifierConfig, GraphImageClassifier
 from .checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
-from .metrics import classification_report, confusion_matrix
-from .plots import plot_confusion, plot_curves
+from .objectives import Classification, make_objective
+from .plots import plot_confusion, plot_curves, plot_parity
 
 #: Program defaults of the solves when training (the command line wins): DEQ
 #: tolerances (the implicit-layers tutorial trains at 1e-2 to 1e-3) rather than
@@ -53,19 +52,23 @@ class TrainConfig:
     jac_reg: float = 0.0
     cell: str = "contractive"
     gamma: float = 0.9
+    objective: str = "classify"     # or "regress": the task's DFT target, MSE
+    dtype: str = "float32"          # the model's; the TAO trainer uses float64
+    tao_batch: int = 0              # TAO: samples per epoch's objective (0: all)
 
 
-def build_model(cfg: TrainConfig, data: TaskData, prefix: str = "", comm=None,
+def build_model(cfg: TrainConfig, data: TaskData, out_dim: int, prefix: str = "", comm=None,
                 solver_options: dict | None = None, adjoint_options: dict | None = None):
     model_cfg = ClassifierConfig(in_channels=data.images.shape[1],
-                                 image_size=data.images.shape[-1], n_classes=len(data.classes),
+                                 image_size=data.images.shape[-1], n_classes=out_dim,
                                  width=cfg.width, kind=cfg.kind, depth=cfg.depth,
                                  cell=cfg.cell, gamma=cfg.gamma)
     torch.manual_seed(cfg.seed)
-    return GraphImageClassifier(model_cfg, prefix=prefix, comm=comm,
-                                solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
-                                adjoint_options={**TRAIN_ADJOINT_OPTIONS,
-                                                 **(adjoint_options or {})})
+    model = GraphImageClassifier(model_cfg, prefix=prefix, comm=comm,
+                                 solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
+                                 adjoint_options={**TRAIN_ADJOINT_OPTIONS,
+                                                  **(adjoint_options or {})})
+    return model.to(getattr(torch, cfg.dtype))
 
 
 def _solver_counts(model):
@@ -78,14 +81,19 @@ def _solver_counts(model):
             int(not f.converged), int(b is not None and not b.converged))
 
 
+def model_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
 @torch.no_grad()
 def predict(model, images: torch.Tensor, batch_size: int = 256):
-    """Logits for ``images``, plus (mean forward iterations, f evaluations, seconds)."""
+    """Outputs for ``images``, plus (mean forward iterations, f evaluations, seconds)."""
     model.eval()
     logits, its, evals = [], [], 0
+    dtype = model_dtype(model)
     start = time.perf_counter()
     for i in range(0, len(images), batch_size):
-        logits.append(model(images[i:i + batch_size]))
+        logits.append(model(images[i:i + batch_size].to(dtype)))
         f_its, f_evals, *_ = _solver_counts(model)
         its.append(f_its)
         evals += f_evals
@@ -93,15 +101,16 @@ def predict(model, images: torch.Tensor, batch_size: int = 256):
     return torch.cat(logits), (float(np.mean(its)) if its else 0.0, evals, elapsed)
 
 
-def evaluate(model, data: TaskData, split: str = "test", batch_size: int = 256) -> dict:
-    images, labels = data.split(split)
-    logits, (its, evals, elapsed) = predict(model, images, batch_size)
-    loss = float(nn.functional.cross_entropy(logits, labels))
-    cm = confusion_matrix(labels.numpy(), logits.argmax(1).numpy(), len(data.classes))
-    report = classification_report(cm, data.classes)
-    report.update(split=split, loss=loss, confusion=cm.tolist(), forward_its=its,
-                  function_evals=evals, seconds=elapsed,
-                  seconds_per_sample=elapsed / max(len(labels), 1))
+def evaluate(model, data: TaskData, split: str = "test", batch_size: int = 256,
+             objective=None) -> dict:
+    """Test-style report of ``model`` on a split: the objective's metrics plus solver cost."""
+    objective = objective or Classification(data.classes)
+    images = data.images[data.indices(split)]
+    y = objective.targets(data, split)
+    out, (its, evals, elapsed) = predict(model, images, batch_size)
+    report = objective.report(out.float(), y, data)
+    report.update(split=split, forward_its=its, function_evals=evals, seconds=elapsed,
+                  seconds_per_sample=elapsed / max(len(y), 1))
     return report
 
 
@@ -114,13 +123,19 @@ class Trainer:
         self.cfg, self.data, self.out = cfg, data, Path(out_dir)
         self.prefix = prefix
         self.progress, self.log = progress, log
-        self.model = build_model(cfg, data, prefix=prefix, solver_options=solver_options,
-                                 adjoint_options=adjoint_options)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
-                                    weight_decay=cfg.weight_decay)
+        self.objective = make_objective(cfg.objective, data)
+        self.model = build_model(cfg, data, self.objective.out_dim, prefix=prefix,
+                                 solver_options=solver_options, adjoint_options=adjoint_options)
+        self.opt = self._make_optimizer()
         self.history: list[dict] = []
         self.start_epoch = 0
         self.out.mkdir(parents=True, exist_ok=True)
+
+    name = "adam"
+
+    def _make_optimizer(self):
+        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr,
+                                weight_decay=self.cfg.weight_decay)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -128,8 +143,9 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------
     def state(self, epoch: int) -> dict:
-        return {"epoch": epoch, "model": self.model.state_dict(),
-                "optimizer": self.opt.state_dict(), "history": self.history,
+        return {"epoch": epoch, "model": self.model.state_dict(), "trainer": self.name,
+                "optimizer": self.opt.state_dict() if self.opt is not None else None,
+                "objective": self.objective.state(), "history": self.history,
                 "train_config": asdict(self.cfg), "model_config": self.model.config.as_dict(),
                 "task": {"name": self.data.task, "classes": list(self.data.classes),
                          "channels": list(self.data.channels), "params": self.data.params},
@@ -143,97 +159,131 @@ class Trainer:
                 f"checkpoint {path or self.checkpoint_path} is for task "
                 f"{state['train_config']['task']!r} with model {state['model_config']}, not "
                 f"this run's {self.cfg.task!r} / {self.model.config.as_dict()}")
+        if state.get("trainer", "adam") != self.name:
+            raise DEQCheckpointError(f"checkpoint {path or self.checkpoint_path} was written "
+                                     f"by the {state.get('trainer', 'adam')} trainer, not "
+                                     f"{self.name}")
         self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
+        if self.opt is not None:
+            self.opt.load_state_dict(state["optimizer"])
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"])
         return self.start_epoch
 
     # -- training -----------------------------------------------------------------------
     def fit(self) -> list[dict]:
-        from tqdm.auto import tqdm
-
-        X, y = self.data.split("train")
-        n = len(y)
-        if n == 0:
+        X = self.data.images[self.data.indices("train")].to(model_dtype(self.model))
+        y = self.objective.targets(self.data, "train")
+        if len(y) == 0:
             raise ValueError("no training samples")
-        loss_fn = nn.CrossEntropyLoss()
+        m = self.objective.metric
         elapsed = self.history[-1]["elapsed"] if self.history else 0.0
         for epoch in range(self.start_epoch, self.cfg.epochs):
-            self.model.train()
-            # Everything random in an epoch comes from generators seeded by (seed, epoch):
-            # a resumed run draws exactly what an uninterrupted one would.
-            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-            order = torch.randperm(n, generator=g)
-            probes = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch + 7919)
-            sums = dict(loss=0.0, correct=0, f_its=0, f_evals=0, b_its=0, unconverged=0,
-                        unconverged_adjoint=0, batches=0, jac=0.0)
-            bar = tqdm(range(0, n, self.cfg.batch_size), disable=not self.progress,
-                       desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False)
             start = time.perf_counter()
-            for i in bar:
-                idx = order[i:i + self.cfg.batch_size]
-                logits = self.model(X[idx])
-                loss = loss_fn(logits, y[idx])
-                objective = loss
-                if self.cfg.jac_reg > 0 and self.cfg.kind == "deq":
-                    penalty = self.model.equilibrium.jacobian_penalty(generator=probes)
-                    objective = loss + self.cfg.jac_reg * penalty
-                    sums["jac"] += float(penalty.detach())
-                self.opt.zero_grad(set_to_none=True)
-                objective.backward()
-                self.opt.step()
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"training loss became {loss.item()} in epoch "
-                                             f"{epoch + 1}; lower --lr")
-                f_its, f_evals, b_its, unconv, unconv_b = _solver_counts(self.model)
-                sums["loss"] += loss.item() * len(idx)
-                sums["correct"] += int((logits.argmax(1) == y[idx]).sum())
-                sums["f_its"] += f_its
-                sums["f_evals"] += f_evals
-                sums["b_its"] += b_its
-                sums["unconverged"] += unconv
-                sums["unconverged_adjoint"] += unconv_b
-                sums["batches"] += 1
-                bar.set_postfix(loss=f"{sums['loss'] / min(i + len(idx), n):.4f}",
-                                acc=f"{sums['correct'] / min(i + len(idx), n):.3f}",
-                                fwd_its=f"{sums['f_its'] / sums['batches']:.1f}")
-            bar.close()
+            sums = self._train_epoch(epoch, X, y)
             train_time = time.perf_counter() - start
             elapsed += train_time
-            val = evaluate(self.model, self.data, "val", self.cfg.eval_batch_size)
-            row = {"epoch": epoch + 1, "train_loss": sums["loss"] / n,
-                   "train_acc": sums["correct"] / n, "val_loss": val["loss"],
-                   "val_acc": val["accuracy"],
-                   "forward_its": sums["f_its"] / sums["batches"],
-                   "forward_f_evals": sums["f_evals"] / sums["batches"],
-                   "backward_its": sums["b_its"] / sums["batches"],
-                   "jacobian_penalty": sums["jac"] / sums["batches"],
+            val = evaluate(self.model, self.data, "val", self.cfg.eval_batch_size,
+                           self.objective)
+            batches = max(sums.pop("batches"), 1)
+            samples = sums.pop("samples", len(y))
+            row = {"epoch": epoch + 1, "train_loss": sums.pop("loss") / samples,
+                   f"train_{m}": sums.pop("metric") / samples, "val_loss": val["loss"],
+                   f"val_{m}": val[{"acc": "accuracy"}.get(m, m)],
+                   "forward_its": sums.pop("f_its") / batches,
+                   "forward_f_evals": sums.pop("f_evals") / batches,
+                   "backward_its": sums.pop("b_its") / batches,
+                   "jacobian_penalty": sums.pop("jac") / batches,
                    "inexact_forward": sums["unconverged"],
-                   "inexact_adjoint": sums["unconverged_adjoint"], "epoch_time": train_time,
-                   "elapsed": elapsed}
+                   "inexact_adjoint": sums["unconverged_adjoint"]}
+            unconverged = (sums.pop("unconverged"), sums.pop("unconverged_adjoint"))
+            row.update(sums)                 # trainer-specific counters
+            row.update(epoch_time=train_time, elapsed=elapsed)
             self.history.append(row)
-            self.log(f"epoch {epoch + 1:3d}: loss {row['train_loss']:.4f} acc "
-                     f"{row['train_acc']:.3f} | val loss {row['val_loss']:.4f} acc "
-                     f"{row['val_acc']:.3f} | fwd its {row['forward_its']:.1f} bwd its "
+            self.log(f"epoch {epoch + 1:3d}: loss {row['train_loss']:.4f} {m} "
+                     f"{row[f'train_{m}']:.3f} | val loss {row['val_loss']:.4f} {m} "
+                     f"{row[f'val_{m}']:.3f} | fwd its {row['forward_its']:.1f} bwd its "
                      f"{row['backward_its']:.1f}"
-                     + (f" | at iteration limit: {sums['unconverged']} forward, "
-                        f"{sums['unconverged_adjoint']} adjoint of {sums['batches']}"
-                        if sums["unconverged"] or sums["unconverged_adjoint"] else "")
-                     + f" | {train_time:.1f} s")
+                     + (f" | at iteration limit: {unconverged[0]} forward, "
+                        f"{unconverged[1]} adjoint of {batches}" if any(unconverged) else "")
+                     + self._epoch_note(row) + f" | {train_time:.1f} s")
             self._write_metrics()
             save_checkpoint(self.state(epoch + 1), self.checkpoint_path)
             plot_curves(self.history, self.out / "curves.png",
-                        title=f"{self.cfg.task} ({self.cfg.kind})")
+                        title=f"{self.cfg.task} {self.objective.name} ({self.cfg.kind}, "
+                        f"{self.name})", metric=m, metric_label=self.objective.metric_label,
+                        loss_label=self.objective.loss_label)
         return self.history
+
+    def _epoch_note(self, row: dict) -> str:
+        return ""
+
+    @staticmethod
+    def _new_sums() -> dict:
+        return dict(loss=0.0, metric=0.0, f_its=0, f_evals=0, b_its=0, unconverged=0,
+                    unconverged_adjoint=0, batches=0, jac=0.0)
+
+    def _count_solves(self, sums: dict) -> None:
+        f_its, f_evals, b_its, unconv, unconv_b = _solver_counts(self.model)
+        sums["f_its"] += f_its
+        sums["f_evals"] += f_evals
+        sums["b_its"] += b_its
+        sums["unconverged"] += unconv
+        sums["unconverged_adjoint"] += unconv_b
+        sums["batches"] += 1
+
+    def _train_epoch(self, epoch: int, X: torch.Tensor, y: torch.Tensor) -> dict:
+        """One pass of Adam over the shuffled training split; returns the epoch's sums."""
+        from tqdm.auto import tqdm
+
+        n = len(y)
+        self.model.train()
+        # Everything random in an epoch comes from generators seeded by (seed, epoch):
+        # a resumed run draws exactly what an uninterrupted one would.
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g)
+        probes = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch + 7919)
+        sums = self._new_sums()
+        bar = tqdm(range(0, n, self.cfg.batch_size), disable=not self.progress,
+                   desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False)
+        m = self.objective.metric
+        for i in bar:
+            idx = order[i:i + self.cfg.batch_size]
+            out = self.model(X[idx])
+            loss = self.objective.loss(out, y[idx])
+            objective = loss
+            if self.cfg.jac_reg > 0 and self.cfg.kind == "deq":
+                penalty = self.model.equilibrium.jacobian_penalty(generator=probes)
+                objective = loss + self.cfg.jac_reg * penalty
+                sums["jac"] += float(penalty.detach())
+            self.opt.zero_grad(set_to_none=True)
+            objective.backward()
+            self.opt.step()
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"training loss became {loss.item()} in epoch "
+                                         f"{epoch + 1}; lower --lr")
+            self._count_solves(sums)
+            sums["loss"] += loss.item() * len(idx)
+            sums["metric"] += self.objective.metric_sum(out, y[idx])
+            seen = min(i + len(idx), n)
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}",
+                            **{m: f"{sums['metric'] / seen:.3f}"},
+                            fwd_its=f"{sums['f_its'] / sums['batches']:.1f}")
+        bar.close()
+        return sums
 
     def finish(self) -> dict:
         """Test-split report, confusion matrix PNG, ``report.json``."""
-        report = evaluate(self.model, self.data, "test", self.cfg.eval_batch_size)
-        report["class_balance"] = self.data.class_balance()
+        report = evaluate(self.model, self.data, "test", self.cfg.eval_batch_size,
+                          self.objective)
         report["history"] = self.history
-        plot_confusion(np.array(report["confusion"]), self.data.classes,
-                       self.out / "confusion.png", title=f"{self.cfg.task}: test split")
+        if "confusion" in report:
+            plot_confusion(np.array(report["confusion"]), self.data.classes,
+                           self.out / "confusion.png", title=f"{self.cfg.task}: test split")
+        else:
+            plot_parity(report["true"], report["predicted"], self.out / "parity.png",
+                        label=self.objective.target_name,
+                        title=f"{self.cfg.task}: test split, MAE {report['mae']:.3f}")
         _write_json(self.out / "report.json", report)
         return report
 
@@ -257,12 +307,22 @@ def _write_json(path: Path, obj):
 
 
 def load_model(checkpoint, prefix: str | None = None, solver_options: dict | None = None):
-    """Rebuild the trained model of a checkpoint: ``(model, state)``."""
+    """Rebuild the trained model of a checkpoint: ``(model, state)``.
+
+    ``objective_of(state)`` gives what it was trained to predict.
+    """
     state = load_checkpoint(checkpoint)
     cfg = ClassifierConfig(**state["model_config"])
     model = GraphImageClassifier(cfg, prefix=state.get("prefix", "") if prefix is None else prefix,
                                  solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
                                  adjoint_options=TRAIN_ADJOINT_OPTIONS)
+    model.to(getattr(torch, state["train_config"].get("dtype", "float32")))
     model.load_state_dict(state["model"])
     model.eval()
     return model, state
+
+
+def objective_of(state: dict, data: TaskData | None = None):
+    """The objective a checkpoint's model was trained for (older ones: classification)."""
+    saved = state.get("objective") or {"name": "classify", "classes": state["task"]["classes"]}
+    return make_objective(saved["name"], data, saved)

@@ -23,16 +23,17 @@ def _finish(plt, fig, axes, path, title: str) -> str:
     return str(path)
 
 
-def plot_curves(history: list[dict], path, title: str = "") -> str:
+def plot_curves(history: list[dict], path, title: str = "", metric: str = "acc",
+                metric_label: str = "accuracy", loss_label: str = "cross-entropy") -> str:
     plt = _plt()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
-    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax2.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
-    ax2.plot(epochs, [h["val_acc"] for h in history], "s-", label="validation")
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    ax1.set(xlabel="epoch", ylabel=loss_label, title="loss")
+    ax2.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train")
+    ax2.plot(epochs, [h[f"val_{metric}"] for h in history], "s-", label="validation")
+    ax2.set(xlabel="epoch", ylabel=metric_label, title=metric_label)
     ax3.plot(epochs, [h["forward_its"] for h in history], "o-", label="forward")
     ax3.plot(epochs, [h["backward_its"] for h in history], "s-", label="backward")
     ax3.set(xlabel="epoch", ylabel="mean iterations per batch", title="solver iterations")
@@ -57,15 +58,27 @@ def plot_confusion(cm: np.ndarray, classes, path, title: str = "") -> str:
     return str(path)
 
 
-def plot_comparison(histories: dict, path, title: str = "") -> str:
-    """Validation accuracy and training loss against cumulative wall time, one line per run."""
+def plot_parity(true, predicted, path, label: str = "target", title: str = "") -> str:
+    """Predicted against DFT value for a regression's test split."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 4.4), constrained_layout=True)
+    ax.scatter(true, predicted, s=6, alpha=0.5)
+    lo, hi = float(min(min(true), min(predicted))), float(max(max(true), max(predicted)))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax.set(xlabel=f"DFT {label}", ylabel=f"predicted {label}", title=title or "parity")
+    return _finish(plt, fig, (ax,), path, "")
+
+
+def plot_comparison(histories: dict, path, title: str = "", metric: str = "acc",
+                    metric_label: str = "accuracy") -> str:
+    """Validation metric and training loss against cumulative wall time, one line per run."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     for name, history in histories.items():
         t = [h["elapsed"] for h in history]
         ax1.plot(t, [h["train_loss"] for h in history], "o-", label=name)
-        ax2.plot(t, [h["val_acc"] for h in history], "o-", label=name)
+        ax2.plot(t, [h[f"val_{metric}"] for h in history], "o-", label=name)
     ax1.set(xlabel="training wall time (s)", ylabel="training loss", title="loss vs time")
-    ax2.set(xlabel="training wall time (s)", ylabel="validation accuracy",
-            title="accuracy vs time")
+    ax2.set(xlabel="training wall time (s)", ylabel=f"validation {metric_label}",
+            title=f"{metric_label} vs time")
     return _finish(plt, fig, (ax1, ax2), path, title)

@@ -1,0 +1,433 @@
+"""Training with PETSc TAO: ``-tao_type`` picks the training algorithm as ``-snes_type`` picks the solver.
+
+The PETScML idea: scientific-ML losses are smooth, so the classic methods of
+unconstrained minimisation -- L-BFGS (``lmvm``, ``blmvm``), Newton-CG with a
+line search (``nls``, ``bnls``) or a trust region (``ntr``, ``bntr``),
+Gauss-Newton for least squares (``brgn``) -- are training algorithms too.
+
+* The parameters are one PETSc ``Vec``. In float64 (the TAO trainer's default)
+  the model's parameters are views of whichever vector TAO evaluates at, so
+  nothing is copied; a float32 model gets one cast per evaluation.
+* Objective and gradient come from torch over the epoch's (large) batch, in
+  chunks; through a DEQ the gradient is the implicit one (adjoint KSP).
+* Hessians are python ``Mat``s: ``-train_hessian gauss-newton`` (default;
+  ``J^T H_out J`` from a tangent and an adjoint solve per chunk, PSD -- PETScML's
+  method of choice with a trust region) or ``exact`` (double backward; explicit
+  networks only). ``brgn`` gets the residual and its Jacobian as a python ``Mat``.
+* One TAO solve per epoch (``-tao_max_it`` iterations, 20 unless given) from
+  the current weights, so a resumed run repeats an uninterrupted one. Reaching
+  ``-tao_max_it`` is the epoch's budget; any other negative converged reason
+  raises :class:`~deq_petsc.errors.DEQConvergenceError` naming it, leaving the
+  last checkpoint as it was (``-train_accept_failure`` keeps the iterate instead).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from petsc4py import PETSc
+
+from ..errors import DEQConvergenceError, DEQOptionsError
+from ..interop import TensorLayout
+from ..petsc_options import OptionsHelp, inserted_defaults, tao_reason_name
+from .curvature import HESSIANS, OutputJacobian, ParameterSlices
+from .loop import Trainer
+
+#: Program defaults of the TAO solve of each epoch (the command line wins).
+TAO_DEFAULTS = {"tao_type": "lmvm", "tao_max_it": 20}
+#: Line searches compare objective values and quasi-Newton updates difference
+#: gradients, so the DEQ solves behind them must be tighter than for Adam.
+TAO_SOLVER_OPTIONS = {"snes_rtol": 1e-6}
+TAO_ADJOINT_OPTIONS = {"ksp_rtol": 1e-6}
+#: Inner Krylov iterations of Newton-type methods (nls, ntr, bnls, bntr, ...) per step,
+#: unless -tao_<type>_ksp_max_it says otherwise: truncated Newton, as Hessian-free
+#: training does; every product costs a tangent and an adjoint solve through a DEQ.
+NEWTON_KSP_MAX_IT = 10
+
+_OBJECTIVE_EVENT = PETSc.Log.Event("TrainObjective")
+_HESSIAN_EVENT = PETSc.Log.Event("TrainHessianMult")
+
+
+class ParameterVector:
+    """A model's trainable parameters as one ``Vec``, and the model bound to any such ``Vec``."""
+
+    def __init__(self, slices: ParameterSlices, comm=None):
+        self.slices = slices
+        first = slices.params[0]
+        self.layout = TensorLayout(torch.Size([slices.numel]), first.dtype, first.device)
+        flat = slices.flatten([p.detach() for p in slices.params]).contiguous()
+        self.vec = self.layout.create_vec(flat, comm=comm)
+
+    def bind(self, X: PETSc.Vec) -> None:
+        """Make the parameters views of ``X`` (zero-copy) or of one cast of it."""
+        flat = self.layout.read(X)
+        for p, view in zip(self.slices.params, self.slices.split(flat).values()):
+            p.data = view
+
+    def release(self) -> None:
+        """Give the parameters their own memory again (before TAO's vectors go)."""
+        for p in self.slices.params:
+            p.data = p.data.clone()
+
+    def read(self, X: PETSc.Vec) -> torch.Tensor:
+        return self.layout.read(X)
+
+    def write(self, flat: torch.Tensor, Y: PETSc.Vec) -> None:
+        self.layout.write(flat, Y)
+
+    def destroy(self):
+        self.vec.destroy()
+
+
+class TrainingProblem:
+    """TAO's application context: loss, gradient, Hessian products and residuals by torch.
+
+    Its methods are the TAO and python-``Mat`` callbacks. An exception in a
+    callback is kept and re-raised after ``TAO.solve`` (PETSc would otherwise
+    turn it into a generic error code).
+    """
+
+    def __init__(self, model, objective, images, targets, params: ParameterVector,
+                 hessian: str = "gauss-newton", chunk: int = 256, on_model_call=None):
+        self.model, self.objective = model, objective
+        self.params, self.hessian_kind = params, hessian
+        self.n = len(targets)
+        self.chunks = [(images[i:i + chunk], targets[i:i + chunk])
+                       for i in range(0, self.n, chunk)]
+        self.on_model_call = on_model_call or (lambda: None)
+        self.curvature = None
+        self._jacobians = None
+        self._shift = 0.0
+        self.error: BaseException | None = None
+        self.counts = dict(objective=0, gradient=0, hessian=0, hessian_products=0,
+                           residual=0, jacobian=0, jacobian_products=0)
+        self.history: list[tuple[int, float, float, float]] = []
+        self._start = time.perf_counter()
+
+    # -- guarding callbacks -------------------------------------------------------------
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except BaseException as err:
+            self.error = self.error or err
+            raise
+
+    # -- objective and gradient --------------------------------------------------------
+    def _loss(self, X, with_grad: bool) -> float:
+        self.params.bind(X)
+        total = 0.0
+        if with_grad:
+            self.model.zero_grad(set_to_none=True)
+        for images, y in self.chunks:
+            with torch.set_grad_enabled(with_grad):
+                loss = self.objective.loss(self.model(images), y) * (len(y) / self.n)
+                if with_grad:
+                    loss.backward()
+            self.on_model_call()
+            total += float(loss.detach())
+        if not math.isfinite(total):
+            return float("inf")       # a line search backs off; TAO names a blow-up
+        return total
+
+    def objective_value(self, tao, X) -> float:
+        _OBJECTIVE_EVENT.begin()
+        try:
+            self.counts["objective"] += 1
+            return self._guard(self._loss, X, False)
+        finally:
+            _OBJECTIVE_EVENT.end()
+
+    def objective_gradient(self, tao, X, G) -> float:
+        _OBJECTIVE_EVENT.begin()
+        try:
+            self.counts["objective"] += 1
+            self.counts["gradient"] += 1
+            f = self._guard(self._loss, X, True)
+            grads = [p.grad for p in self.params.slices.params]
+            self.params.write(self.params.slices.flatten(grads), G)
+            return f
+        finally:
+            _OBJECTIVE_EVENT.end()
+
+    # -- Hessian (python Mat) ------------------------------------------------------------
+    def hessian(self, tao, X, H, P) -> None:
+        def setup():
+            self.params.bind(X)
+            self.curvature = HESSIANS[self.hessian_kind](self.model, self.objective, self.chunks,
+                                                         self.n, self.params.slices)
+            self._shift = 0.0
+            self.counts["hessian"] += 1
+        self._guard(setup)
+
+    def mult(self, mat, X, Y) -> None:
+        """Hessian (or Gauss-Newton) times ``X``, plus any shift TAO asked for."""
+        _HESSIAN_EVENT.begin()
+        try:
+            def product():
+                v = self.params.read(X).clone()
+                hv = self.curvature(v)
+                if self._shift:
+                    hv = hv + self._shift * v
+                self.params.write(hv, Y)
+                self.counts["hessian_products"] += 1
+            self._guard(product)
+        finally:
+            _HESSIAN_EVENT.end()
+
+    def shift(self, mat, alpha) -> None:
+        """``MatShift``: Newton methods regularise an indefinite Hessian with ``H + a I``."""
+        self._shift += float(alpha)
+
+    # -- least squares (brgn) ----------------------------------------------------------
+    def residual(self, tao, X, R) -> None:
+        def compute():
+            self.params.bind(X)
+            with torch.no_grad():
+                parts = []
+                for images, y in self.chunks:
+                    parts.append(self.objective.residual(self.model(images), y, self.n))
+                    self.on_model_call()
+            self.counts["residual"] += 1
+            r = torch.cat(parts).to(torch.float64)
+            R.getArray()[:] = r.numpy()
+        self._guard(compute)
+
+    def jacobian_residual(self, tao, X, J, P) -> None:
+        def setup():
+            self.params.bind(X)
+            self._jacobians = [OutputJacobian(self.model, images, self.params.slices)
+                               for images, _ in self.chunks]
+            self.counts["jacobian"] += 1
+        self._guard(setup)
+
+    # python Mat context of the residual's Jacobian: d r / d theta = J_out / sqrt(n)
+    class ResidualJacobian:
+        def __init__(self, problem: "TrainingProblem"):
+            self.problem = problem
+
+        def mult(self, mat, X, Y):
+            pb = self.problem
+            v = pb.params.read(X).clone()
+            jv = torch.cat([jac.jvp(v).reshape(-1) for jac in pb._jacobians])
+            Y.getArray()[:] = (jv / math.sqrt(pb.n)).to(torch.float64).numpy()
+            pb.counts["jacobian_products"] += 1
+
+        def multTranspose(self, mat, X, Y):
+            pb = self.problem
+            w = torch.from_numpy(X.getArray(readonly=True).copy()) / math.sqrt(pb.n)
+            total, offset = None, 0
+            for jac in pb._jacobians:
+                k = jac.out.numel()
+                part = jac.vjp(w[offset:offset + k].view_as(jac.out).to(jac.out.dtype))
+                total = part if total is None else total + part
+                offset += k
+            pb.params.write(total, Y)
+            pb.counts["jacobian_products"] += 1
+
+    # -- iteration hooks ----------------------------------------------------------------
+    def update(self, tao, its) -> None:
+        """Start of a TAO iteration: advance the contractive cell's norm estimates once.
+
+        Between iterations, as Adam's trainer does between steps, never inside one:
+        within an iteration (its line search, its Krylov solve) f is one function.
+        """
+        def step():
+            cell = getattr(getattr(self.model, "equilibrium", None), "cell", None)
+            if its > 0 and hasattr(cell, "step_power_iteration"):
+                self.params.bind(tao.getSolution())
+                cell.step_power_iteration()
+        self._guard(step)
+
+    def monitor(self, tao) -> None:
+        its, f, gnorm, *_ = tao.getSolutionStatus()
+        self.history.append((int(its), float(f), float(gnorm), time.perf_counter() - self._start))
+
+
+@dataclass
+class TaoResult:
+    """How one TAO training solve ended."""
+
+    tao_type: str
+    reason: int
+    reason_name: str
+    iterations: int
+    objective: float
+    gradient_norm: float
+    counts: dict
+    history: list          # (iteration, objective, gradient norm, seconds) per monitor call
+
+
+def _newton_ksp_defaults(tao) -> dict:
+    """Cap the Newton methods' inner Krylov solve (each product costs solves through a DEQ)."""
+    ksp = tao.getKSP()
+    if ksp is None or not ksp.handle:      # quasi-Newton and first-order types have none
+        return {}
+    return {f"{ksp.getOptionsPrefix() or ''}ksp_max_it": NEWTON_KSP_MAX_IT}
+
+
+def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
+              hessian: str = "gauss-newton", chunk: int = 256, accept_max_it: bool = False,
+              accept_failure: bool = False, on_model_call=None, defaults: dict | None = None
+              ) -> TaoResult:
+    """Minimise ``objective`` over ``model``'s parameters on one batch with a TAO solve.
+
+    The model's parameters hold the solution afterwards. A negative converged
+    reason raises :class:`DEQConvergenceError` naming it, except
+    ``DIVERGED_MAXITS`` with ``accept_max_it`` (a training epoch's budget) and any
+    with ``accept_failure``. Works for any ``nn.Module``; Gauss-Newton products
+    through a DEQ need the ``inject``/``equilibrium``/``head`` structure.
+    """
+    comm = PETSc.COMM_SELF if comm is None else comm
+    if hessian not in HESSIANS:
+        raise DEQOptionsError(f"-{prefix}train_hessian must be one of {sorted(HESSIANS)}, "
+                              f"got {hessian!r}")
+    slices = ParameterSlices(model)
+    params = ParameterVector(slices, comm=comm)
+    problem = TrainingProblem(model, objective, images, targets, params, hessian, chunk=chunk,
+                              on_model_call=on_model_call)
+    defaults = {**TAO_DEFAULTS, **(defaults or {})}
+    tao = PETSc.TAO().create(comm=comm)
+    mats = []
+    try:
+        tao.setOptionsPrefix(prefix)
+        tao_type = PETSc.Options(prefix).getString("tao_type", defaults.pop("tao_type"))
+        tao.setType(tao_type)
+        n = slices.numel
+        if tao_type == PETSc.TAO.Type.BRGN:
+            if not hasattr(objective, "residual"):
+                raise DEQOptionsError("-tao_type brgn is Gauss-Newton for least squares: "
+                                      "train with --objective regress")
+            rows = problem.n * objective.out_dim
+            R = PETSc.Vec().createSeq(rows, comm=comm)
+            J = PETSc.Mat().createPython(((rows, rows), (n, n)),
+                                         context=TrainingProblem.ResidualJacobian(problem),
+                                         comm=comm)
+            J.setUp()
+            mats += [R, J]
+            tao.setResidual(problem.residual, R)
+            tao.setJacobianResidual(problem.jacobian_residual, J, J)
+        else:
+            H = PETSc.Mat().createPython(((n, n), (n, n)), context=problem, comm=comm)
+            H.setUp()
+            mats.append(H)
+            tao.setObjective(problem.objective_value)
+            tao.setObjectiveGradient(problem.objective_gradient, None)
+            tao.setHessian(problem.hessian, H, H)
+        tao.setUpdate(problem.update)
+        tao.setMonitor(problem.monitor)
+        tao.setSolution(params.vec)
+        with inserted_defaults(prefix, defaults), \
+                inserted_defaults("", _newton_ksp_defaults(tao)):
+            tao.setFromOptions()
+        try:
+            tao.solve()
+        except PETSc.Error:
+            if problem.error is not None:
+                raise problem.error from None
+            raise
+        params.bind(params.vec)        # the solution (the last evaluation may be a trial)
+        its, f, gnorm, *_ = tao.getSolutionStatus()
+        reason = int(tao.getConvergedReason())
+        result = TaoResult(tao.getType(), reason, tao_reason_name(reason), int(its), float(f),
+                           float(gnorm), dict(problem.counts), problem.history)
+    finally:
+        params.release()
+        tao.destroy()
+        for obj in mats:
+            obj.destroy()
+        params.destroy()
+    budget = accept_max_it and result.reason_name == "DIVERGED_MAXITS"
+    if result.reason < 0 and not (budget or accept_failure):
+        raise DEQConvergenceError(
+            f"TAO {result.tao_type} did not converge: {result.reason_name} after "
+            f"{result.iterations} iterations (objective {result.objective:.6g}, gradient norm "
+            f"{result.gradient_norm:.3e}); {objective_hint(result.reason_name, prefix)}",
+            reason=result.reason, reason_name=result.reason_name, iterations=result.iterations,
+            history=[h[1] for h in result.history], stats=result)
+    return result
+
+
+def objective_hint(reason_name: str, prefix: str) -> str:
+    if reason_name == "DIVERGED_MAXITS":
+        return f"raise -{prefix}tao_max_it or loosen -{prefix}tao_gatol/-{prefix}tao_grtol"
+    if reason_name == "DIVERGED_MAXFCN":
+        return f"raise -{prefix}tao_max_funcs"
+    if reason_name == "DIVERGED_NAN":
+        return "the loss or gradient became NaN/Inf: lower the step (trust radius)"
+    return (f"try tighter DEQ solves (-{prefix}snes_rtol, -{prefix}adjoint_ksp_rtol) for a "
+            f"more exact gradient, or another -{prefix}tao_ls_type")
+
+
+class TaoTrainer(Trainer):
+    """:class:`Trainer` whose epochs are TAO solves (:func:`train_tao`) instead of Adam passes.
+
+    Options (under the model's prefix): ``-tao_type`` and every TAO option,
+    ``-train_hessian gauss-newton|exact``, ``-train_accept_failure``.
+    """
+
+    name = "tao"
+
+    def __init__(self, cfg, data, out_dir, prefix: str = "", solver_options=None,
+                 adjoint_options=None, progress: bool = True, log=print, comm=None):
+        super().__init__(cfg, data, out_dir, prefix=prefix,
+                         solver_options={**TAO_SOLVER_OPTIONS, **(solver_options or {})},
+                         adjoint_options={**TAO_ADJOINT_OPTIONS, **(adjoint_options or {})},
+                         progress=progress, log=log)
+        self.comm = PETSc.COMM_SELF if comm is None else comm
+        opts = PETSc.Options(prefix)
+        self.hessian = opts.getString("train_hessian", "gauss-newton")
+        if self.hessian not in HESSIANS:
+            raise DEQOptionsError(f"-{prefix}train_hessian must be one of {sorted(HESSIANS)}, "
+                                  f"got {self.hessian!r}")
+        self.accept_failure = opts.getBool("train_accept_failure", False)
+        (OptionsHelp("TAO trainer (deq_petsc)", prefix, self.comm)
+         .add("train_hessian", "gauss-newton", "Hessian of Newton-type TAO methods: "
+              "gauss-newton (J^T H_out J, PSD) or exact (double backward; explicit models)",
+              "TaoTrainer")
+         .add("train_accept_failure", "false", "Keep an epoch's iterate when TAO stops with a "
+              "negative reason other than DIVERGED_MAXITS, instead of raising", "TaoTrainer")
+         .print_if_requested())
+        self.last_result: TaoResult | None = None
+
+    def _make_optimizer(self):
+        return None
+
+    def _train_epoch(self, epoch: int, X: torch.Tensor, y: torch.Tensor) -> dict:
+        n = len(y)
+        if 0 < self.cfg.tao_batch < n:
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            idx = torch.randperm(n, generator=g)[:self.cfg.tao_batch]
+            X, y = X[idx], y[idx]
+        self.model.eval()           # the cell's norm estimates advance in TAO's update hook
+        sums = self._new_sums()
+        try:
+            result = train_tao(self.model, self.objective, X, y, prefix=self.prefix,
+                               comm=self.comm, hessian=self.hessian,
+                               chunk=self.cfg.eval_batch_size, accept_max_it=True,
+                               accept_failure=self.accept_failure,
+                               on_model_call=lambda: self._count_solves(sums))
+        except DEQConvergenceError as err:
+            raise DEQConvergenceError(f"epoch {epoch + 1}: {err}; the checkpoint of epoch "
+                                      f"{epoch} is intact", reason=err.reason,
+                                      reason_name=err.reason_name, iterations=err.iterations,
+                                      history=err.history, stats=err.stats) from None
+        self.last_result = result
+        with torch.no_grad():      # loss and metric at the epoch's final weights
+            loss = metric = 0.0
+            for i in range(0, len(y), self.cfg.eval_batch_size):
+                images, t = X[i:i + self.cfg.eval_batch_size], y[i:i + self.cfg.eval_batch_size]
+                out = self.model(images)
+                loss += float(self.objective.loss(out, t)) * len(t)
+                metric += self.objective.metric_sum(out, t)
+        sums.update(loss=loss, metric=metric, samples=len(y), tao_type=result.tao_type,
+                    tao_its=result.iterations, tao_reason=result.reason_name,
+                    gradient_norm=result.gradient_norm,
+                    **{f"{k}_evals": v for k, v in result.counts.items()})
+        return sums
+
+    def _epoch_note(self, row: dict) -> str:
+        return (f" | {row['tao_type']} {row['tao_its']} its, {row['tao_reason']}, "
+                f"|g| {row['gradient_norm']:.2e}")
