@@ -1,0 +1,279 @@
+"""TAO training: gradients, Gauss-Newton and Hessian products, known optima, named failures."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+from torch import nn
+from torch.func import functional_call
+
+from deq_petsc.data.tasks import TaskData
+from deq_petsc.errors import DEQConvergenceError, DEQOptionsError
+from deq_petsc.train import TaoTrainer, TrainConfig
+from deq_petsc.train.curvature import ExactHessian, GaussNewton, OutputJacobian, ParameterSlices
+from deq_petsc.train.loop import build_model
+from deq_petsc.train.objectives import Classification, Regression
+from deq_petsc.train.tao import ParameterVector, TrainingProblem, train_tao
+
+from conftest import assert_close
+from helpers import run_cli
+
+
+def synthetic(n=40, channels=2, size=6, seed=0) -> TaskData:
+    """A small task whose label and target depend on the image (so there is something to fit)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, channels, size, size, generator=g)
+    target = (images[:, 0, :3].mean((1, 2)) - images[:, 1, 3:].mean((1, 2))).double().numpy()
+    labels = torch.as_tensor(target > np.median(target), dtype=torch.int64)
+    split = np.zeros(n, dtype=np.int8)
+    split[int(0.8 * n):int(0.9 * n)] = 1
+    split[int(0.9 * n):] = 2
+    return TaskData(task="polarity", classes=("low", "high"), channels=("a", "b"), images=images,
+                    labels=labels, targets=target, ids=[str(i) for i in range(n)],
+                    split_of=split, params={}, attempted=n)
+
+
+TIGHT = {"snes_rtol": 1e-12, "snes_atol": 1e-14, "snes_max_it": 200}
+TIGHT_ADJOINT = {"ksp_rtol": 1e-12, "ksp_atol": 1e-15, "ksp_max_it": 200}
+
+
+def model_for(data, kind="deq", objective="classify", depth=3):
+    cfg = TrainConfig(task="polarity", width=4, kind=kind, depth=depth, seed=3,
+                      objective=objective, dtype="float64")
+    obj = Classification(data.classes) if objective == "classify" else Regression(data)
+    model = build_model(cfg, data, obj.out_dim, solver_options=TIGHT,
+                        adjoint_options=TIGHT_ADJOINT).eval()
+    X = data.images[data.indices("train")].double()
+    return model, obj, X, obj.targets(data, "train")
+
+
+def test_gradient_given_to_tao_equals_torchs():
+    data = synthetic()
+    model, obj, X, y = model_for(data)
+    slices = ParameterSlices(model)
+    params = ParameterVector(slices)
+    assert params.layout.zero_copy
+    problem = TrainingProblem(model, obj, X, y, params, chunk=7)   # uneven chunks on purpose
+    G = params.vec.duplicate()
+    f = problem.objective_gradient(None, params.vec, G)
+    grad = torch.from_numpy(G.getArray(readonly=True).copy())
+    params.release()
+    model.zero_grad()
+    loss = obj.loss(model(X), y)
+    f_torch = float(loss.detach())
+    expected = slices.flatten(torch.autograd.grad(loss, slices.params))
+    assert f == pytest.approx(f_torch, rel=1e-12)
+    assert_close(grad, expected, 1e-10, "TAO gradient vs torch")
+    for v in (G, params.vec):
+        v.destroy()
+    model.destroy()
+
+
+def _explicit_jacobian(model, X, slices):
+    """d outputs / d theta as a dense matrix, by torch.autograd.functional.jacobian."""
+    names = [n for n, _ in slices.named]
+    flat0 = slices.flatten([p.detach() for p in slices.params])
+
+    def outputs(flat):
+        return functional_call(model, slices.split(flat), (X,)).reshape(-1)
+
+    return torch.autograd.functional.jacobian(outputs, flat0), names
+
+
+@pytest.mark.parametrize("objective", ["classify", "regress"])
+def test_gauss_newton_product_equals_dense_jt_h_j(objective):
+    data = synthetic()
+    model, obj, X, y = model_for(data, kind="explicit", objective=objective)
+    slices = ParameterSlices(model)
+    J, _ = _explicit_jacobian(model, X, slices)                  # [n * out, P]
+    out = model(X).detach()
+    n, k = out.shape
+    if objective == "classify":
+        p = torch.softmax(out, 1)
+        blocks = [torch.diag(pi) - torch.outer(pi, pi) for pi in p]
+        H = torch.block_diag(*blocks) / n
+    else:
+        H = 2.0 * torch.eye(n * k, dtype=torch.float64) / n
+    dense = J.T @ H @ J
+    gn = GaussNewton(model, obj, [(X[:13], y[:13]), (X[13:], y[13:])], n, slices)
+    for seed in range(3):
+        v = torch.randn(slices.numel, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(seed))
+        assert_close(gn(v), dense @ v, 1e-10, "Gauss-Newton product")
+
+
+def test_deq_output_jacobian_against_finite_differences_and_its_transpose():
+    data = synthetic()
+    model, obj, X, y = model_for(data, kind="deq", objective="regress")
+    slices = ParameterSlices(model)
+    jac = OutputJacobian(model, X, slices)
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(slices.numel, dtype=torch.float64, generator=g)
+    w = torch.randn(jac.out.shape, dtype=torch.float64, generator=g)
+    jv = jac.jvp(v)
+    jtw = jac.vjp(w)
+    # <w, J v> = <J^T w, v>: the tangent and adjoint solves are transposes of each other
+    assert float((w * jv).sum()) == pytest.approx(float(jtw @ v), rel=1e-9)
+    # J v against central differences of the DEQ's outputs (each a tight PETSc solve)
+    eps = 1e-6
+    flat0 = slices.flatten([p.detach() for p in slices.params])
+    outs = []
+    for sign in (1, -1):
+        for p, t in zip(slices.params, slices.split(flat0 + sign * eps * v).values()):
+            p.data = t.clone()
+        with torch.no_grad():
+            outs.append(model(X))
+    fd = (outs[0] - outs[1]) / (2 * eps)
+    assert_close(jv, fd, 1e-6, "DEQ J v vs finite differences")
+    model.destroy()
+
+
+def test_exact_hessian_against_finite_differences_of_the_gradient():
+    # a smooth network: the graph classifiers' relu(conv(0)) sits on relu's kink at z = 0,
+    # where central differences of the gradient are meaningless
+    data = synthetic()
+    _, obj, X, y = model_for(data, kind="explicit", objective="classify")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(X[0].numel(), 6), nn.Tanh(),
+                          nn.Linear(6, 2)).double()
+    slices = ParameterSlices(model)
+    hess = ExactHessian(model, obj, [(X[:20], y[:20]), (X[20:], y[20:])], len(y), slices)
+    v = torch.randn(slices.numel, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    hv = hess(v)
+    flat0 = slices.flatten([p.detach() for p in slices.params])
+    grads, eps = [], 1e-5
+    for sign in (1, -1):
+        for p, t in zip(slices.params, slices.split(flat0 + sign * eps * v).values()):
+            p.data = t.clone()
+        loss = obj.loss(model(X), y)
+        grads.append(slices.flatten(torch.autograd.grad(loss, slices.params)))
+    assert_close(hv, (grads[0] - grads[1]) / (2 * eps), 1e-6, "Hessian product")
+    deq, *_ = model_for(data, kind="deq")
+    with pytest.raises(DEQOptionsError, match="gauss-newton"):
+        ExactHessian(deq, obj, [(X, y)], len(y), ParameterSlices(deq))
+    deq.destroy()
+
+
+def _least_squares(n=60, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, dtype=torch.float64, generator=g)
+    y = (X @ torch.randn(d, 1, dtype=torch.float64, generator=g) + 0.3
+         + 0.1 * torch.randn(n, 1, dtype=torch.float64, generator=g))
+    A = np.hstack([X.numpy(), np.ones((n, 1))])
+    coef = np.linalg.lstsq(A, y.numpy(), rcond=None)[0].ravel()
+    return X, y, coef
+
+
+LEAST_SQUARES_TYPES = [("lmvm", {}), ("blmvm", {}), ("bqnktr", {}), ("nls", {}), ("ntr", {}),
+                       ("bntr", {}), ("bnls", {}), ("nls", {"train_hessian": "exact"}),
+                       ("brgn", {"tao_brgn_regularizer_weight": 0})]
+
+
+@pytest.mark.parametrize("tao_type,extra", LEAST_SQUARES_TYPES,
+                         ids=[t + ("-exact" if e.get("train_hessian") else "")
+                              for t, e in LEAST_SQUARES_TYPES])
+def test_each_tao_type_reaches_the_least_squares_optimum(tao_type, extra, petsc_options):
+    X, y, coef = _least_squares()
+    torch.manual_seed(0)
+    model = nn.Linear(X.shape[1], 1).double()
+    petsc_options({"tao_type": tao_type, "tao_gatol": 1e-10, "tao_grtol": 0, "tao_max_it": 200,
+                   **{k: v for k, v in extra.items() if k != "train_hessian"}})
+    result = train_tao(model, Regression(None, 0.0, 1.0, "y"), X, y,
+                       hessian=extra.get("train_hessian", "gauss-newton"), chunk=25)
+    assert result.reason > 0, result.reason_name
+    got = np.concatenate([model.weight.detach().numpy().ravel(), model.bias.detach().numpy()])
+    assert np.allclose(got, coef, rtol=1e-6, atol=1e-7), (got, coef)
+
+
+@pytest.mark.parametrize("tao_type", ["lmvm", "nls", "ntr"])
+def test_tao_reaches_the_logistic_regression_optimum(tao_type, petsc_options):
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(80, 3, dtype=torch.float64, generator=g)
+    labels = ((X @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+               + 0.8 * torch.randn(80, dtype=torch.float64, generator=g)) > 0).long()
+    # the reference: the same convex loss minimised by SciPy, logit difference model
+    A = np.hstack([X.numpy(), np.ones((80, 1))])
+    t = labels.numpy()
+
+    def nll(w):
+        s = A @ w
+        return np.mean(np.logaddexp(0, s) - t * s), A.T @ (1 / (1 + np.exp(-s)) - t) / len(t)
+
+    ref = minimize(nll, np.zeros(4), jac=True, method="BFGS", options={"gtol": 1e-12})
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    petsc_options({"tao_type": tao_type, "tao_gatol": 1e-11, "tao_grtol": 0,
+                   "tao_max_it": 300})
+    result = train_tao(model, Classification(("0", "1")), X, labels)
+    assert result.reason > 0, result.reason_name
+    assert result.objective == pytest.approx(ref.fun, rel=1e-8)
+    w = (model.weight[1] - model.weight[0]).detach().numpy()
+    b = float(model.bias[1] - model.bias[0])
+    assert np.allclose(np.append(w, b), ref.x, rtol=1e-4, atol=1e-5)
+
+
+def test_a_failing_tao_solve_names_its_reason(petsc_options, tmp_path):
+    X, y, _ = _least_squares()
+    model = nn.Linear(X.shape[1], 1).double()
+    petsc_options({"tao_type": "lmvm", "tao_max_it": 2, "tao_gatol": 1e-14, "tao_grtol": 0})
+    with pytest.raises(DEQConvergenceError, match="DIVERGED_MAXITS after 2 iterations") as err:
+        train_tao(model, Regression(None, 0.0, 1.0, "y"), X, y)
+    assert err.value.reason_name == "DIVERGED_MAXITS"
+
+    # in a training run the iteration limit is an epoch's budget; other failures end it,
+    # and the last checkpoint stays as it was
+    data = synthetic()
+    cfg = TrainConfig(task="polarity", width=4, epochs=2, seed=1, objective="regress",
+                      dtype="float64")
+    petsc_options({"tao_max_it": 3, "tao_max_funcs": 2})
+    trainer = TaoTrainer(cfg, data, tmp_path, progress=False, log=lambda *a: None)
+    with pytest.raises(DEQConvergenceError, match="DIVERGED_MAXFCN.*checkpoint of epoch 0"):
+        trainer.fit()
+    assert not (tmp_path / "checkpoint.pt").exists()
+    trainer.destroy()
+
+
+def test_tao_trainer_resume_matches_an_uninterrupted_run(tmp_path, petsc_options):
+    data = synthetic(n=50)
+    petsc_options({"tao_type": "bntr", "tao_max_it": 3})
+    cfg = dict(task="polarity", width=4, seed=2, objective="regress", dtype="float64",
+               tao_batch=30)
+    straight = TaoTrainer(TrainConfig(epochs=2, **cfg), data, tmp_path / "a", progress=False,
+                          log=lambda *a: None)
+    history = straight.fit()      # each epoch fits a fresh seeded draw of 30 samples
+    assert history[0]["tao_type"] == "bntr" and history[0]["hessian_products_evals"] > 0
+    first = TaoTrainer(TrainConfig(epochs=1, **cfg), data, tmp_path / "b", progress=False,
+                       log=lambda *a: None)
+    first.fit()
+    first.destroy()
+    resumed = TaoTrainer(TrainConfig(epochs=2, **cfg), data, tmp_path / "b", progress=False,
+                         log=lambda *a: None)
+    assert resumed.resume() == 1
+    resumed.fit()
+    # equal up to the run-to-run noise of threaded float64 reductions (~1e-10 here), far
+    # below what a lost optimiser state or a different batch draw would change
+    for (name, p), q in zip(straight.model.state_dict().items(),
+                            resumed.model.state_dict().values()):
+        assert torch.allclose(p, q, rtol=1e-7, atol=1e-9), (name, float((p - q).abs().max()))
+    straight.destroy()
+    resumed.destroy()
+
+
+def test_train_cli_with_tao(tmp_path):
+    pytest.importorskip("rdkit")
+    cache = tmp_path / "cache"
+    out = tmp_path / "run"
+    r = run_cli("train", "--task", "polarity", "--limit", "60", "--epochs", "1", "--width", "4",
+                "--trainer", "tao", "--objective", "regress", "--out", out, "--cache-dir", cache,
+                "--no-progress", "-tao_type", "bntr", "-tao_max_it", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"bntr 2 its, DIVERGED_MAXITS", r.stdout)
+    assert re.search(r"dipole \(D\): MAE [0-9.]+, RMSE [0-9.]+, R\^2 -?[0-9.]+ on \d+ samples",
+                     r.stdout)
+    assert (out / "parity.png").stat().st_size > 0
+    bad = run_cli("train", "--task", "polarity", "--limit", "60", "--epochs", "1",
+                  "--trainer", "tao", "--out", tmp_path / "bad", "--cache-dir", cache,
+                  "--no-progress", "-tao_type", "brgn")
+    assert bad.returncode == 1 and "train with --objective regress" in bad.stdout + bad.stderr
