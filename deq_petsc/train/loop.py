@@ -171,7 +171,9 @@ class Trainer:
         return self.start_epoch
 
     # -- training -----------------------------------------------------------------------
-    def fit(self) -> list[dict]:
+    def fit(self, time_budget: float | None = None) -> list[dict]:
+        """Train up to ``cfg.epochs``; with ``time_budget`` (seconds of training time, the
+        evaluation excluded) stop after the first epoch that ends past it."""
         X = self.data.images[self.data.indices("train")].to(model_dtype(self.model))
         y = self.objective.targets(self.data, "train")
         if len(y) == 0:
@@ -213,6 +215,8 @@ class Trainer:
                         title=f"{self.cfg.task} {self.objective.name} ({self.cfg.kind}, "
                         f"{self.name})", metric=m, metric_label=self.objective.metric_label,
                         loss_label=self.objective.loss_label)
+            if time_budget is not None and elapsed >= time_budget:
+                break
         return self.history
 
     def _epoch_note(self, row: dict) -> str:

@@ -262,6 +262,11 @@ class TaoResult:
 
 def _newton_ksp_defaults(tao) -> dict:
     """Cap the Newton methods' inner Krylov solve (each product costs solves through a DEQ)."""
+    if tao.getType() == PETSc.TAO.Type.BRGN:
+        # its Newton solve is a sub-TAO (bnls), whose KSP takes the prefix tao_bnk_ only
+        # in setFromOptions
+        return {f"{tao.getBRGNSubsolver().getOptionsPrefix()}tao_bnk_ksp_max_it":
+                NEWTON_KSP_MAX_IT}
     ksp = tao.getKSP()
     if ksp is None or not ksp.handle:      # quasi-Newton and first-order types have none
         return {}
