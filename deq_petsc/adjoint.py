@@ -90,11 +90,17 @@ class ImplicitKSP:
         ctx.problem = problem
         ctx.set_point(z_star)
         ctx.vjp_count = ctx.jvp_count = 0
+        ctx.error = None
         sol = rhs.detach().clone(memory_format=torch.contiguous_format)
         b = layout.create_vec(rhs.detach().contiguous(), comm=self.comm)
         x = layout.create_vec(sol, comm=self.comm)   # zero-copy: the KSP writes into sol
         try:
-            self.ksp.solve(b, x)
+            try:
+                self.ksp.solve(b, x)
+            except PETSc.Error:
+                if ctx.error is not None:        # the exception of the product itself
+                    raise ctx.error from None
+                raise
             if not layout.zero_copy:
                 sol = layout.read(x).clone()
         finally:

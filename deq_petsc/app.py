@@ -25,11 +25,20 @@ def versions() -> str:
 
 
 def _load_data(task, limit, seed, cache_dir=None, jobs=None, csv=None, progress=True):
+    """The task's data set; under MPI rank 0 builds (or checks) the cache, then all read it."""
     from .data import load_task
+    from .train.distributed import DataParallel
     if limit is not None and limit <= 0:
         limit = None                       # --limit 0: the whole source
-    return load_task(task, limit=limit, seed=seed, cache_dir=cache_dir, n_jobs=jobs,
-                     progress=progress, **({"csv": csv} if csv else {}))
+    dp = DataParallel()
+
+    def load():
+        return load_task(task, limit=limit, seed=seed, cache_dir=cache_dir, n_jobs=jobs,
+                         progress=progress and dp.is_root, **({"csv": csv} if csv else {}))
+
+    data = load() if dp.is_root else None
+    dp.barrier()
+    return data if data is not None else load()
 
 
 def _args_data(args, task=None, limit=None, seed=None):
@@ -116,8 +125,9 @@ def run_train(args) -> int:
 
 def run_evaluate(args) -> int:
     from .train import evaluate, load_model, objective_of
+    from .train.distributed import DataParallel
 
-    model, state = load_model(args.checkpoint)
+    model, state = load_model(args.checkpoint, comm=PETSc.COMM_WORLD)
     try:
         cfg = state["train_config"]
         task = args.task or cfg["task"]
@@ -127,7 +137,7 @@ def run_evaluate(args) -> int:
         seed = args.seed if args.seed is not None else cfg["seed"]
         data = _args_data(args, task=task, limit=limit, seed=seed)
         objective = objective_of(state, data)
-        report = evaluate(model, data, args.split, args.batch_size, objective)
+        report = evaluate(model, data, args.split, args.batch_size, objective, DataParallel())
         say(f"{args.checkpoint} on the {args.split} split of {task} "
             f"({len(data.indices(args.split))} samples):",
             _report(report, objective, _solver_line(model)))

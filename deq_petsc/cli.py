@@ -10,6 +10,7 @@ before anything imports ``petsc4py.PETSc``, which is why the commands
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 TASKS = ["polarity", "mof-pore", "crystals"]
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import app
     from .errors import DEQError
+    from .train.distributed import abort_on_error, threads_per_rank
 
     if "-help" in petsc_args and PETSc.COMM_WORLD.getRank() == 0:
         getattr(args, "parser", parser).print_help()
@@ -180,11 +182,18 @@ def main(argv: list[str] | None = None) -> int:
         if "-help" not in petsc_args:
             parser.print_help()
         return 0 if "-help" in petsc_args else 2
-    try:
-        return app.COMMANDS[args.command_name](args)
-    except (DEQError, FileNotFoundError, ImportError) as err:
-        PETSc.Sys.syncPrint(f"deq-petsc {args.command_name}: error: {err}", flush=True)
-        return 1
+    if PETSc.COMM_WORLD.getSize() > 1 and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+        torch.set_num_threads(threads_per_rank())       # one rank per core by default
+    what = f"deq-petsc {args.command_name}"
+    with abort_on_error(PETSc.COMM_WORLD, what):
+        try:
+            return app.COMMANDS[args.command_name](args)
+        except (DEQError, FileNotFoundError, ImportError) as err:
+            if PETSc.COMM_WORLD.getSize() > 1:
+                raise                      # the others may be inside a collective: abort
+            PETSc.Sys.syncPrint(f"{what}: error: {err}", flush=True)
+            return 1
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ class ResidualJacobian:
         self.linearization: Linearization | None = None
         self.jvp_count = 0
         self.vjp_count = 0
+        self.error: BaseException | None = None   # first exception in a product
 
     def set_point(self, z) -> None:
         self.linearization = self.problem.linearize(z, self.jvp_mode)
@@ -49,6 +50,9 @@ class ResidualJacobian:
             v = self.layout.read(X)
             self.layout.write(v - self._lin().jvp(v), Y)
             self.jvp_count += 1
+        except BaseException as err:
+            self.error = self.error or err
+            raise
         finally:
             _JVP_EVENT.end()
 
@@ -58,6 +62,9 @@ class ResidualJacobian:
             u = self.layout.read(X)
             self.layout.write(u - self._lin().vjp(u), Y)
             self.vjp_count += 1
+        except BaseException as err:
+            self.error = self.error or err
+            raise
         finally:
             _VJP_EVENT.end()
 

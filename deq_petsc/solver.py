@@ -110,6 +110,8 @@ class _SNESContext:
         self.reset_counters()
 
     def reset_counters(self):
+        self.error = None              # the first exception raised in a callback
+        self.jacobian.error = None
         self.function_evals = 0
         self.nonfinite_evals = 0
         self.first_nonfinite_eval = None
@@ -119,23 +121,40 @@ class _SNESContext:
     def evalFunction(self, snes, X, F):
         _FUNCTION_EVENT.begin()
         try:
-            with torch.no_grad():
-                z = self.layout.read(X)
-                fz = self.problem(z).reshape(-1).to(device="cpu", dtype=self.layout.petsc_dtype)
-                out = vec_local_view(F, "w")
-                torch.sub(vec_local_view(X, "r"), fz, out=out)
-                self.function_evals += 1
-                # One reduction, no temporary: a NaN/Inf entry makes the sum non-finite.
-                if self.check_finite and not bool(torch.isfinite(out.sum())):
-                    self.nonfinite_evals += 1
-                    if self.first_nonfinite_eval is None:
-                        self.first_nonfinite_eval = self.function_evals
+            self._evalFunction(X, F)
+        except BaseException as err:
+            self.error = self.error or err
+            raise
         finally:
             _FUNCTION_EVENT.end()
 
+    @torch.no_grad()
+    def _evalFunction(self, X, F):
+        z = self.layout.read(X)
+        fz = self.problem(z).reshape(-1).to(device="cpu", dtype=self.layout.petsc_dtype)
+        out = vec_local_view(F, "w")
+        torch.sub(vec_local_view(X, "r"), fz, out=out)
+        self.function_evals += 1
+        # One reduction, no temporary: a NaN/Inf entry makes the sum non-finite.
+        if self.check_finite and not bool(torch.isfinite(out.sum())):
+            self.nonfinite_evals += 1
+            if self.first_nonfinite_eval is None:
+                self.first_nonfinite_eval = self.function_evals
+
     def evalJacobian(self, snes, X, J, P):
-        self.jacobian.problem = self.problem
-        self.jacobian.set_point(self.layout.read(X))
+        try:
+            self.jacobian.problem = self.problem
+            self.jacobian.set_point(self.layout.read(X))
+        except BaseException as err:
+            self.error = self.error or err
+            raise
+
+    def raise_callback_error(self):
+        """PETSc reports a Python exception in a callback as a bare error code; re-raise
+        the exception itself (a bug in the cell, a failure on this rank)."""
+        err = self.error or self.jacobian.error
+        if err is not None:
+            raise err
 
 
 class DEQSolver:
@@ -256,7 +275,11 @@ class DEQSolver:
         _SOLVE_EVENT.begin()
         start = time.perf_counter()
         try:
-            self.snes.solve(None, X)
+            try:
+                self.snes.solve(None, X)
+            except PETSc.Error:
+                ctx.raise_callback_error()
+                raise
             elapsed = time.perf_counter() - start
             z_star = z if layout.zero_copy else layout.read(X).clone()
         finally:

@@ -29,3 +29,22 @@ def mpiexec(n, *args, timeout=300, python=True):
 
 def cli_path():
     return shutil.which("deq-petsc", path=str(BIN)) or shutil.which("deq-petsc")
+
+
+def synthetic(n=40, channels=2, size=6, seed=0):
+    """A small task data set whose label and target depend on the image (something to fit)."""
+    import numpy as np
+    import torch
+
+    from deq_petsc.data.tasks import TaskData
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, channels, size, size, generator=g)
+    target = (images[:, 0, :3].mean((1, 2)) - images[:, 1, 3:].mean((1, 2))).double().numpy()
+    labels = torch.as_tensor(target > np.median(target), dtype=torch.int64)
+    split = np.zeros(n, dtype=np.int8)
+    split[int(0.8 * n):int(0.9 * n)] = 1
+    split[int(0.9 * n):] = 2
+    return TaskData(task="polarity", classes=("low", "high"), channels=("a", "b"), images=images,
+                    labels=labels, targets=target, ids=[str(i) for i in range(n)],
+                    split_of=split, params={}, attempted=n)

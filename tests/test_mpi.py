@@ -36,5 +36,26 @@ def test_demo_under_mpiexec_reproduces_the_serial_history():
 def test_distributed_implicit_gradient_matches_serial_on_two_ranks():
     r = mpiexec(2, "tests/mpi/distributed_gradient.py")
     assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("anderson", "newtonls"):
+    for name in ("picard", "anderson", "newtonls"):
         assert f"{name}: ranks=2" in r.stdout and "FAIL" not in r.stdout, r.stdout
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("tao_type", ["bntr", "brgn"])
+def test_training_steps_on_two_ranks_equal_one_rank(tao_type):
+    """Adam steps and TAO iterations (Gauss-Newton trust region / brgn) on 2 ranks."""
+    r = mpiexec(2, "tests/mpi/distributed_training.py", tao_type)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("adam", "tao-gn"):
+        assert f"{name}: ranks=2" in r.stdout and "FAIL" not in r.stdout, r.stdout
+
+
+@pytest.mark.mpi
+def test_a_failure_on_one_rank_ends_the_job_and_keeps_the_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    r = mpiexec(2, "tests/mpi/rank_failure.py", out, timeout=120)
+    assert r.returncode != 0 and "FAIL" not in r.stdout
+    assert "error on rank 1 of 2: RuntimeError: injected failure in the cell on rank 1" in r.stderr
+    assert "aborting all ranks" in r.stderr
+    from deq_petsc.train import load_checkpoint
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1     # epoch 2 never landed

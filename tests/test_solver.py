@@ -248,3 +248,13 @@ def test_accept_max_it_returns_the_last_iterate_but_not_nan(petsc_options):
     with DEQSolver(options={"snes_max_it": 3, "deq_accept_max_it": True}) as solver:
         with pytest.raises(DEQNonFiniteError):
             solver.solve(nan_problem)
+
+
+def test_an_exception_in_the_cell_surfaces_as_itself():
+    """PETSc turns a callback's exception into an error code; the solver re-raises the original."""
+    def cell(z, x):
+        raise ValueError("the cell failed on purpose")
+
+    problem = FixedPointProblem(cell, torch.zeros(3, 4, dtype=torch.float64))
+    with DEQSolver() as solver, pytest.raises(ValueError, match="the cell failed on purpose"):
+        solver.solve(problem)

@@ -9,7 +9,6 @@ from scipy.optimize import minimize
 from torch import nn
 from torch.func import functional_call
 
-from deq_petsc.data.tasks import TaskData
 from deq_petsc.errors import DEQConvergenceError, DEQOptionsError
 from deq_petsc.train import TaoTrainer, TrainConfig
 from deq_petsc.train.curvature import ExactHessian, GaussNewton, OutputJacobian, ParameterSlices
@@ -18,21 +17,7 @@ from deq_petsc.train.objectives import Classification, Regression
 from deq_petsc.train.tao import ParameterVector, TrainingProblem, train_tao
 
 from conftest import assert_close
-from helpers import run_cli
-
-
-def synthetic(n=40, channels=2, size=6, seed=0) -> TaskData:
-    """A small task whose label and target depend on the image (so there is something to fit)."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, channels, size, size, generator=g)
-    target = (images[:, 0, :3].mean((1, 2)) - images[:, 1, 3:].mean((1, 2))).double().numpy()
-    labels = torch.as_tensor(target > np.median(target), dtype=torch.int64)
-    split = np.zeros(n, dtype=np.int8)
-    split[int(0.8 * n):int(0.9 * n)] = 1
-    split[int(0.9 * n):] = 2
-    return TaskData(task="polarity", classes=("low", "high"), channels=("a", "b"), images=images,
-                    labels=labels, targets=target, ids=[str(i) for i in range(n)],
-                    split_of=split, params={}, attempted=n)
+from helpers import run_cli, synthetic
 
 
 TIGHT = {"snes_rtol": 1e-12, "snes_atol": 1e-14, "snes_max_it": 200}

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from petsc4py import PETSc
 
 from ..data.tasks import TaskData
 from ..models.graph_classifier import ClassifierConfig, GraphImageClassifier
 from .checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
+from .distributed import DataParallel
 from .objectives import Classification, make_objective
 from .plots import plot_confusion, plot_curves, plot_parity
 
@@ -86,14 +88,19 @@ def model_dtype(model) -> torch.dtype:
 
 
 @torch.no_grad()
-def predict(model, images: torch.Tensor, batch_size: int = 256):
-    """Outputs for ``images``, plus (mean forward iterations, f evaluations, seconds)."""
+def predict(model, images: torch.Tensor, batch_size: int = 256, dp: DataParallel | None = None):
+    """Outputs for ``images``, plus (mean forward iterations, f evaluations, seconds).
+
+    With ``dp`` over several ranks each rank computes its shard of every batch
+    (the DEQ solve is one global solve) and every rank gets all the outputs.
+    """
     model.eval()
+    dp = dp or DataParallel(PETSc.COMM_SELF)
     logits, its, evals = [], [], 0
     dtype = model_dtype(model)
     start = time.perf_counter()
     for i in range(0, len(images), batch_size):
-        logits.append(model(images[i:i + batch_size].to(dtype)))
+        logits.append(dp.gather(model(dp.shard(images[i:i + batch_size]).to(dtype))))
         f_its, f_evals, *_ = _solver_counts(model)
         its.append(f_its)
         evals += f_evals
@@ -102,12 +109,12 @@ def predict(model, images: torch.Tensor, batch_size: int = 256):
 
 
 def evaluate(model, data: TaskData, split: str = "test", batch_size: int = 256,
-             objective=None) -> dict:
+             objective=None, dp: DataParallel | None = None) -> dict:
     """Test-style report of ``model`` on a split: the objective's metrics plus solver cost."""
     objective = objective or Classification(data.classes)
     images = data.images[data.indices(split)]
     y = objective.targets(data, split)
-    out, (its, evals, elapsed) = predict(model, images, batch_size)
+    out, (its, evals, elapsed) = predict(model, images, batch_size, dp)
     report = objective.report(out.float(), y, data)
     report.update(split=split, forward_its=its, function_evals=evals, seconds=elapsed,
                   seconds_per_sample=elapsed / max(len(y), 1))
@@ -115,20 +122,29 @@ def evaluate(model, data: TaskData, split: str = "test", batch_size: int = 256,
 
 
 class Trainer:
-    """Trains one model on one task's data set and keeps its run folder up to date."""
+    """Trains one model on one task's data set and keeps its run folder up to date.
+
+    ``comm`` (default ``PETSC_COMM_WORLD``): under ``mpiexec`` the ranks train
+    one model data-parallel (:mod:`deq_petsc.train.distributed`); rank 0 logs
+    and writes the run folder, every rank can resume from it.
+    """
 
     def __init__(self, cfg: TrainConfig, data: TaskData, out_dir, prefix: str = "",
                  solver_options: dict | None = None, adjoint_options: dict | None = None,
-                 progress: bool = True, log=print):
+                 progress: bool = True, log=print, comm=None):
         self.cfg, self.data, self.out = cfg, data, Path(out_dir)
         self.prefix = prefix
-        self.progress, self.log = progress, log
+        self.dp = DataParallel(comm)
+        self.progress = progress and self.dp.is_root
+        self.log = log if self.dp.is_root else (lambda *a, **k: None)
         self.objective = make_objective(cfg.objective, data)
         self.model = build_model(cfg, data, self.objective.out_dim, prefix=prefix,
-                                 solver_options=solver_options, adjoint_options=adjoint_options)
+                                 comm=self.dp.comm, solver_options=solver_options,
+                                 adjoint_options=adjoint_options)
         self.opt = self._make_optimizer()
         self.history: list[dict] = []
         self.start_epoch = 0
+        self.deadline: float | None = None     # perf_counter() time a budgeted fit ends
         self.out.mkdir(parents=True, exist_ok=True)
 
     name = "adam"
@@ -182,11 +198,12 @@ class Trainer:
         elapsed = self.history[-1]["elapsed"] if self.history else 0.0
         for epoch in range(self.start_epoch, self.cfg.epochs):
             start = time.perf_counter()
+            self.deadline = None if time_budget is None else start + time_budget - elapsed
             sums = self._train_epoch(epoch, X, y)
             train_time = time.perf_counter() - start
             elapsed += train_time
             val = evaluate(self.model, self.data, "val", self.cfg.eval_batch_size,
-                           self.objective)
+                           self.objective, self.dp)
             batches = max(sums.pop("batches"), 1)
             samples = sums.pop("samples", len(y))
             row = {"epoch": epoch + 1, "train_loss": sums.pop("loss") / samples,
@@ -209,12 +226,13 @@ class Trainer:
                      + (f" | at iteration limit: {unconverged[0]} forward, "
                         f"{unconverged[1]} adjoint of {batches}" if any(unconverged) else "")
                      + self._epoch_note(row) + f" | {train_time:.1f} s")
-            self._write_metrics()
-            save_checkpoint(self.state(epoch + 1), self.checkpoint_path)
-            plot_curves(self.history, self.out / "curves.png",
-                        title=f"{self.cfg.task} {self.objective.name} ({self.cfg.kind}, "
-                        f"{self.name})", metric=m, metric_label=self.objective.metric_label,
-                        loss_label=self.objective.loss_label)
+            if self.dp.is_root:
+                self._write_metrics()
+                save_checkpoint(self.state(epoch + 1), self.checkpoint_path)
+                plot_curves(self.history, self.out / "curves.png",
+                            title=f"{self.cfg.task} {self.objective.name} ({self.cfg.kind}, "
+                            f"{self.name})", metric=m, metric_label=self.objective.metric_label,
+                            loss_label=self.objective.loss_label)
             if time_budget is not None and elapsed >= time_budget:
                 break
         return self.history
@@ -251,36 +269,46 @@ class Trainer:
         bar = tqdm(range(0, n, self.cfg.batch_size), disable=not self.progress,
                    desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False)
         m = self.objective.metric
+        dp = self.dp
         for i in bar:
             idx = order[i:i + self.cfg.batch_size]
-            out = self.model(X[idx])
-            loss = self.objective.loss(out, y[idx])
+            mine = dp.shard(idx)
+            out = self.model(X[mine])
+            # this rank's share of the global batch's mean loss: the ranks' gradients add up
+            # to the gradient of the whole batch's loss
+            loss = self.objective.loss(out, y[mine]) * (len(mine) / len(idx))
             objective = loss
             if self.cfg.jac_reg > 0 and self.cfg.kind == "deq":
-                penalty = self.model.equilibrium.jacobian_penalty(generator=probes)
+                penalty = self.model.equilibrium.jacobian_penalty(generator=probes) / dp.size
                 objective = loss + self.cfg.jac_reg * penalty
                 sums["jac"] += float(penalty.detach())
             self.opt.zero_grad(set_to_none=True)
             objective.backward()
+            dp.sum_gradients(self.model.parameters())
             self.opt.step()
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"training loss became {loss.item()} in epoch "
+            batch_loss, batch_metric = dp.sum(
+                np.array([loss.item(), self.objective.metric_sum(out, y[mine])]))
+            if not math.isfinite(batch_loss):
+                raise FloatingPointError(f"training loss became {batch_loss} in epoch "
                                          f"{epoch + 1}; lower --lr")
             self._count_solves(sums)
-            sums["loss"] += loss.item() * len(idx)
-            sums["metric"] += self.objective.metric_sum(out, y[idx])
+            sums["loss"] += float(batch_loss) * len(idx)
+            sums["metric"] += float(batch_metric)
             seen = min(i + len(idx), n)
             bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}",
                             **{m: f"{sums['metric'] / seen:.3f}"},
                             fwd_its=f"{sums['f_its'] / sums['batches']:.1f}")
         bar.close()
+        sums["jac"] = float(dp.sum(sums["jac"]))
         return sums
 
     def finish(self) -> dict:
         """Test-split report, confusion matrix PNG, ``report.json``."""
         report = evaluate(self.model, self.data, "test", self.cfg.eval_batch_size,
-                          self.objective)
+                          self.objective, self.dp)
         report["history"] = self.history
+        if not self.dp.is_root:
+            return report
         if "confusion" in report:
             plot_confusion(np.array(report["confusion"]), self.data.classes,
                            self.out / "confusion.png", title=f"{self.cfg.task}: test split")
@@ -310,7 +338,8 @@ def _write_json(path: Path, obj):
     os.replace(tmp, path)
 
 
-def load_model(checkpoint, prefix: str | None = None, solver_options: dict | None = None):
+def load_model(checkpoint, prefix: str | None = None, solver_options: dict | None = None,
+               comm=None):
     """Rebuild the trained model of a checkpoint: ``(model, state)``.
 
     ``objective_of(state)`` gives what it was trained to predict.
@@ -318,6 +347,7 @@ def load_model(checkpoint, prefix: str | None = None, solver_options: dict | Non
     state = load_checkpoint(checkpoint)
     cfg = ClassifierConfig(**state["model_config"])
     model = GraphImageClassifier(cfg, prefix=state.get("prefix", "") if prefix is None else prefix,
+                                 comm=comm,
                                  solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
                                  adjoint_options=TRAIN_ADJOINT_OPTIONS)
     model.to(getattr(torch, state["train_config"].get("dtype", "float32")))

@@ -24,9 +24,13 @@ Gauss-Newton for least squares (``brgn``) -- are training algorithms too.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from petsc4py import PETSc
 
@@ -34,6 +38,7 @@ from ..errors import DEQConvergenceError, DEQOptionsError
 from ..interop import TensorLayout
 from ..petsc_options import OptionsHelp, inserted_defaults, tao_reason_name
 from .curvature import HESSIANS, OutputJacobian, ParameterSlices
+from .distributed import DataParallel
 from .loop import Trainer
 
 #: Program defaults of the TAO solve of each epoch (the command line wins).
@@ -52,18 +57,30 @@ _HESSIAN_EVENT = PETSc.Log.Event("TrainHessianMult")
 
 
 class ParameterVector:
-    """A model's trainable parameters as one ``Vec``, and the model bound to any such ``Vec``."""
+    """A model's trainable parameters as one ``Vec``, and the model bound to any such ``Vec``.
 
-    def __init__(self, slices: ParameterSlices, comm=None):
+    The ``Vec`` is sequential: under MPI every rank runs its own replica of the
+    TAO solve on the full parameter vector. Objective values, gradients and
+    products are sums over the ranks' shards of the batch, broadcast from rank 0
+    so that they are bitwise equal everywhere; the replicas then take identical
+    steps (the parameters are few, the batch is what is distributed).
+    """
+
+    def __init__(self, slices: ParameterSlices, dp: DataParallel | None = None):
         self.slices = slices
+        self.dp = dp or DataParallel(PETSc.COMM_SELF)
         first = slices.params[0]
         self.layout = TensorLayout(torch.Size([slices.numel]), first.dtype, first.device)
         flat = slices.flatten([p.detach() for p in slices.params]).contiguous()
-        self.vec = self.layout.create_vec(flat, comm=comm)
+        self.vec = self.layout.create_vec(flat, comm=PETSc.COMM_SELF)
+
+    def read(self, X: PETSc.Vec) -> torch.Tensor:
+        """``X`` as a tensor: a view (zero-copy when the model is float64 on the CPU)."""
+        return self.layout.read(X)
 
     def bind(self, X: PETSc.Vec) -> None:
         """Make the parameters views of ``X`` (zero-copy) or of one cast of it."""
-        flat = self.layout.read(X)
+        flat = self.read(X)
         for p, view in zip(self.slices.params, self.slices.split(flat).values()):
             p.data = view
 
@@ -72,11 +89,14 @@ class ParameterVector:
         for p in self.slices.params:
             p.data = p.data.clone()
 
-    def read(self, X: PETSc.Vec) -> torch.Tensor:
-        return self.layout.read(X)
+    def summed(self, local: torch.Tensor) -> torch.Tensor:
+        """The sum over the ranks of each rank's parameter-sized ``local``."""
+        if self.dp.size == 1:
+            return local
+        return torch.from_numpy(self.dp.sum(local.detach().contiguous().numpy()))
 
     def write(self, flat: torch.Tensor, Y: PETSc.Vec) -> None:
-        self.layout.write(flat, Y)
+        self.layout.write(flat.to(self.layout.dtype), Y)
 
     def destroy(self):
         self.vec.destroy()
@@ -94,14 +114,18 @@ class TrainingProblem:
                  hessian: str = "gauss-newton", chunk: int = 256, on_model_call=None):
         self.model, self.objective = model, objective
         self.params, self.hessian_kind = params, hessian
+        self.dp = params.dp
         self.n = len(targets)
-        self.chunks = [(images[i:i + chunk], targets[i:i + chunk])
+        # this rank's shard of every chunk, and each chunk's global row range
+        self.chunks = [(self.dp.shard(images[i:i + chunk]), self.dp.shard(targets[i:i + chunk]))
                        for i in range(0, self.n, chunk)]
+        self.rows = [(i, min(i + chunk, self.n)) for i in range(0, self.n, chunk)]
         self.on_model_call = on_model_call or (lambda: None)
         self.curvature = None
         self._jacobians = None
         self._shift = 0.0
         self.error: BaseException | None = None
+        self.deadline: float | None = None
         self.counts = dict(objective=0, gradient=0, hessian=0, hessian_products=0,
                            residual=0, jacobian=0, jacobian_products=0)
         self.history: list[tuple[int, float, float, float]] = []
@@ -128,6 +152,7 @@ class TrainingProblem:
                     loss.backward()
             self.on_model_call()
             total += float(loss.detach())
+        total = float(self.dp.sum(total))
         if not math.isfinite(total):
             return float("inf")       # a line search backs off; TAO names a blow-up
         return total
@@ -147,7 +172,7 @@ class TrainingProblem:
             self.counts["gradient"] += 1
             f = self._guard(self._loss, X, True)
             grads = [p.grad for p in self.params.slices.params]
-            self.params.write(self.params.slices.flatten(grads), G)
+            self.params.write(self.params.summed(self.params.slices.flatten(grads)), G)
             return f
         finally:
             _OBJECTIVE_EVENT.end()
@@ -168,7 +193,7 @@ class TrainingProblem:
         try:
             def product():
                 v = self.params.read(X).clone()
-                hv = self.curvature(v)
+                hv = self.params.summed(self.curvature(v))
                 if self._shift:
                     hv = hv + self._shift * v
                 self.params.write(hv, Y)
@@ -191,8 +216,8 @@ class TrainingProblem:
                     parts.append(self.objective.residual(self.model(images), y, self.n))
                     self.on_model_call()
             self.counts["residual"] += 1
-            r = torch.cat(parts).to(torch.float64)
-            R.getArray()[:] = r.numpy()
+            r = torch.cat([self.dp.gather(part) for part in parts])   # all rows, chunk-major
+            R.getArray()[:] = r.to(torch.float64).numpy()
         self._guard(compute)
 
     def jacobian_residual(self, tao, X, J, P) -> None:
@@ -211,20 +236,20 @@ class TrainingProblem:
         def mult(self, mat, X, Y):
             pb = self.problem
             v = pb.params.read(X).clone()
-            jv = torch.cat([jac.jvp(v).reshape(-1) for jac in pb._jacobians])
+            jv = torch.cat([pb.dp.gather(jac.jvp(v).reshape(-1)) for jac in pb._jacobians])
             Y.getArray()[:] = (jv / math.sqrt(pb.n)).to(torch.float64).numpy()
             pb.counts["jacobian_products"] += 1
 
         def multTranspose(self, mat, X, Y):
             pb = self.problem
             w = torch.from_numpy(X.getArray(readonly=True).copy()) / math.sqrt(pb.n)
-            total, offset = None, 0
-            for jac in pb._jacobians:
-                k = jac.out.numel()
-                part = jac.vjp(w[offset:offset + k].view_as(jac.out).to(jac.out.dtype))
-                total = part if total is None else total + part
-                offset += k
-            pb.params.write(total, Y)
+            total = torch.zeros(pb.params.slices.numel, dtype=torch.float64)
+            k = pb.objective.out_dim
+            for jac, (a, b) in zip(pb._jacobians, pb.rows):
+                mine = pb.dp.shard(torch.arange(a, b))          # this rank's rows of the chunk
+                w_mine = w.view(-1, k)[mine].to(jac.out.dtype)
+                total = total + jac.vjp(w_mine).to(total.dtype)
+            pb.params.write(pb.params.summed(total), Y)
             pb.counts["jacobian_products"] += 1
 
     # -- iteration hooks ----------------------------------------------------------------
@@ -243,7 +268,11 @@ class TrainingProblem:
 
     def monitor(self, tao) -> None:
         its, f, gnorm, *_ = tao.getSolutionStatus()
-        self.history.append((int(its), float(f), float(gnorm), time.perf_counter() - self._start))
+        now = time.perf_counter()
+        self.history.append((int(its), float(f), float(gnorm), now - self._start))
+        # a time budget ends the solve at an iterate (rank 0's clock decides for all)
+        if self.deadline is not None and self.dp.mpi.bcast(now >= self.deadline, root=0):
+            tao.setConvergedReason(PETSc.TAO.ConvergedReason.CONVERGED_USER)
 
 
 @dataclass
@@ -258,6 +287,26 @@ class TaoResult:
     gradient_norm: float
     counts: dict
     history: list          # (iteration, objective, gradient norm, seconds) per monitor call
+
+
+@contextmanager
+def _quiet_unless_root(dp: DataParallel):
+    """Silence stdout (C level) on ranks other than 0 while their TAO replica runs,
+    so -tao_monitor and friends print once."""
+    if dp.is_root:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _newton_ksp_defaults(tao) -> dict:
@@ -275,47 +324,52 @@ def _newton_ksp_defaults(tao) -> dict:
 
 def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
               hessian: str = "gauss-newton", chunk: int = 256, accept_max_it: bool = False,
-              accept_failure: bool = False, on_model_call=None, defaults: dict | None = None
-              ) -> TaoResult:
+              accept_failure: bool = False, on_model_call=None, defaults: dict | None = None,
+              deadline: float | None = None) -> TaoResult:
     """Minimise ``objective`` over ``model``'s parameters on one batch with a TAO solve.
 
-    The model's parameters hold the solution afterwards. A negative converged
+    The model's parameters hold the solution afterwards; ``deadline`` (a
+    ``time.perf_counter()`` value) stops the solve with ``CONVERGED_USER`` at the
+    first iterate after it. A negative converged
     reason raises :class:`DEQConvergenceError` naming it, except
     ``DIVERGED_MAXITS`` with ``accept_max_it`` (a training epoch's budget) and any
     with ``accept_failure``. Works for any ``nn.Module``; Gauss-Newton products
     through a DEQ need the ``inject``/``equilibrium``/``head`` structure.
     """
-    comm = PETSc.COMM_SELF if comm is None else comm
+    dp = DataParallel(PETSc.COMM_SELF if comm is None else comm)
+    comm = dp.comm
     if hessian not in HESSIANS:
         raise DEQOptionsError(f"-{prefix}train_hessian must be one of {sorted(HESSIANS)}, "
                               f"got {hessian!r}")
     slices = ParameterSlices(model)
-    params = ParameterVector(slices, comm=comm)
+    params = ParameterVector(slices, dp)
     problem = TrainingProblem(model, objective, images, targets, params, hessian, chunk=chunk,
                               on_model_call=on_model_call)
+    problem.deadline = deadline
     defaults = {**TAO_DEFAULTS, **(defaults or {})}
-    tao = PETSc.TAO().create(comm=comm)
+    tao = PETSc.TAO().create(comm=PETSc.COMM_SELF)      # one replica per rank
     mats = []
     try:
         tao.setOptionsPrefix(prefix)
         tao_type = PETSc.Options(prefix).getString("tao_type", defaults.pop("tao_type"))
         tao.setType(tao_type)
-        n = slices.numel
+        n = params.layout.numel
         if tao_type == PETSc.TAO.Type.BRGN:
             if not hasattr(objective, "residual"):
                 raise DEQOptionsError("-tao_type brgn is Gauss-Newton for least squares: "
                                       "train with --objective regress")
             rows = problem.n * objective.out_dim
-            R = PETSc.Vec().createSeq(rows, comm=comm)
+            R = PETSc.Vec().createSeq(rows, comm=PETSc.COMM_SELF)
             J = PETSc.Mat().createPython(((rows, rows), (n, n)),
                                          context=TrainingProblem.ResidualJacobian(problem),
-                                         comm=comm)
+                                         comm=PETSc.COMM_SELF)
             J.setUp()
             mats += [R, J]
             tao.setResidual(problem.residual, R)
             tao.setJacobianResidual(problem.jacobian_residual, J, J)
         else:
-            H = PETSc.Mat().createPython(((n, n), (n, n)), context=problem, comm=comm)
+            H = PETSc.Mat().createPython(((n, n), (n, n)), context=problem,
+                                         comm=PETSc.COMM_SELF)
             H.setUp()
             mats.append(H)
             tao.setObjective(problem.objective_value)
@@ -323,12 +377,15 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
             tao.setHessian(problem.hessian, H, H)
         tao.setUpdate(problem.update)
         tao.setMonitor(problem.monitor)
+        if tao_type == PETSc.TAO.Type.BRGN:      # its iterations are the sub-solver's
+            tao.getBRGNSubsolver().setMonitor(problem.monitor)
         tao.setSolution(params.vec)
         with inserted_defaults(prefix, defaults), \
                 inserted_defaults("", _newton_ksp_defaults(tao)):
             tao.setFromOptions()
         try:
-            tao.solve()
+            with _quiet_unless_root(dp):
+                tao.solve()
         except PETSc.Error:
             if problem.error is not None:
                 raise problem.error from None
@@ -380,15 +437,14 @@ class TaoTrainer(Trainer):
         super().__init__(cfg, data, out_dir, prefix=prefix,
                          solver_options={**TAO_SOLVER_OPTIONS, **(solver_options or {})},
                          adjoint_options={**TAO_ADJOINT_OPTIONS, **(adjoint_options or {})},
-                         progress=progress, log=log)
-        self.comm = PETSc.COMM_SELF if comm is None else comm
+                         progress=progress, log=log, comm=comm)
         opts = PETSc.Options(prefix)
         self.hessian = opts.getString("train_hessian", "gauss-newton")
         if self.hessian not in HESSIANS:
             raise DEQOptionsError(f"-{prefix}train_hessian must be one of {sorted(HESSIANS)}, "
                                   f"got {self.hessian!r}")
         self.accept_failure = opts.getBool("train_accept_failure", False)
-        (OptionsHelp("TAO trainer (deq_petsc)", prefix, self.comm)
+        (OptionsHelp("TAO trainer (deq_petsc)", prefix, self.dp.comm)
          .add("train_hessian", "gauss-newton", "Hessian of Newton-type TAO methods: "
               "gauss-newton (J^T H_out J, PSD) or exact (double backward; explicit models)",
               "TaoTrainer")
@@ -410,10 +466,11 @@ class TaoTrainer(Trainer):
         sums = self._new_sums()
         try:
             result = train_tao(self.model, self.objective, X, y, prefix=self.prefix,
-                               comm=self.comm, hessian=self.hessian,
+                               comm=self.dp.comm, hessian=self.hessian,
                                chunk=self.cfg.eval_batch_size, accept_max_it=True,
                                accept_failure=self.accept_failure,
-                               on_model_call=lambda: self._count_solves(sums))
+                               on_model_call=lambda: self._count_solves(sums),
+                               deadline=self.deadline)
         except DEQConvergenceError as err:
             raise DEQConvergenceError(f"epoch {epoch + 1}: {err}; the checkpoint of epoch "
                                       f"{epoch} is intact", reason=err.reason,
@@ -423,10 +480,12 @@ class TaoTrainer(Trainer):
         with torch.no_grad():      # loss and metric at the epoch's final weights
             loss = metric = 0.0
             for i in range(0, len(y), self.cfg.eval_batch_size):
-                images, t = X[i:i + self.cfg.eval_batch_size], y[i:i + self.cfg.eval_batch_size]
+                images = self.dp.shard(X[i:i + self.cfg.eval_batch_size])
+                t = self.dp.shard(y[i:i + self.cfg.eval_batch_size])
                 out = self.model(images)
                 loss += float(self.objective.loss(out, t)) * len(t)
                 metric += self.objective.metric_sum(out, t)
+            loss, metric = (float(v) for v in self.dp.sum(np.array([loss, metric])))
         sums.update(loss=loss, metric=metric, samples=len(y), tao_type=result.tao_type,
                     tao_its=result.iterations, tao_reason=result.reason_name,
                     gradient_norm=result.gradient_norm,

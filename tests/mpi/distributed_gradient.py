@@ -25,9 +25,11 @@ target = torch.randn(batch, n, dtype=torch.float64, generator=torch.Generator().
 mine = torch.tensor_split(torch.arange(batch), size)[rank]
 
 failures = 0
-for snes_type in ("anderson", "newtonls"):
+METHODS = {"picard": {"snes_type": "nrichardson", "snes_linesearch_type": "basic"},
+           "anderson": {"snes_type": "anderson"}, "newtonls": {"snes_type": "newtonls"}}
+for snes_type, method in METHODS.items():
     cell = TanhCell(n, 4, contraction=0.9, seed=23)
-    opts = {**tight, "snes_type": snes_type}
+    opts = {**tight, **method}
     dist = DEQ(cell, comm=comm, options=opts, adjoint_options=adjoint, z_shape=(len(mine), n))
     loss = ((dist(x[mine]) - target[mine]) ** 2).sum()
     local = torch.autograd.grad(loss, list(cell.parameters()))
