@@ -105,6 +105,11 @@ def run_train(args) -> int:
         raise DEQCheckpointError(f"--resume: no checkpoint in {out}")
     data = _args_data(args, limit=args.limit, seed=args.seed)
     say(versions(), data.summary())
+    size = PETSc.COMM_WORLD.getSize()
+    if size > 1:
+        say(f"data-parallel on {size} MPI ranks ({torch.get_num_threads()} torch thread(s) "
+            f"each): every batch of {args.batch_size} split across them, one DEQ state Vec "
+            f"over PETSC_COMM_WORLD; rank 0 writes {args.out or f'runs/{args.task}'}")
     kind = TaoTrainer if args.trainer == "tao" else Trainer
     trainer = kind(_train_config(args, args.task, args.model, args.depth), data, out,
                    progress=not args.no_progress, log=say)

@@ -59,3 +59,27 @@ def test_a_failure_on_one_rank_ends_the_job_and_keeps_the_checkpoint(tmp_path):
     assert "aborting all ranks" in r.stderr
     from deq_petsc.train import load_checkpoint
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1     # epoch 2 never landed
+
+
+@pytest.mark.mpi
+def test_train_command_under_mpiexec(tmp_path):
+    pytest.importorskip("rdkit")
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    args = ["train", "--task", "polarity", "--limit", "60", "--epochs", "2", "--width", "4",
+            "--cache-dir", cache, "--no-progress"]
+    par = mpiexec(2, cli_path(), *args, "--out", out, python=False)
+    assert par.returncode == 0, par.stdout + par.stderr
+    assert "data-parallel on 2 MPI ranks" in par.stdout
+    assert len(re.findall(r"^epoch   2:", par.stdout, re.M)) == 1      # rank 0 alone prints
+    ser = run_cli(*args, "--out", tmp_path / "serial")
+    assert ser.returncode == 0, ser.stdout + ser.stderr
+    # the same run: printed losses and accuracies agree (float32; summation order differs)
+    line = r"^epoch   2: loss ([0-9.]+) acc ([0-9.]+) \| val loss ([0-9.]+)"
+    p = [float(v) for v in re.search(line, par.stdout, re.M).groups()]
+    s = [float(v) for v in re.search(line, ser.stdout, re.M).groups()]
+    assert p == pytest.approx(s, abs=2e-4)
+    # resume on 2 ranks from the checkpoint rank 0 wrote
+    again = mpiexec(2, cli_path(), *args[:6], "3", *args[7:], "--out", out, "--resume",
+                    python=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming" in again.stdout and re.search(r"^epoch   3:", again.stdout, re.M)
