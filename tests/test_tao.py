@@ -195,7 +195,7 @@ def test_tao_reaches_the_logistic_regression_optimum(tao_type, petsc_options):
     assert result.reason > 0, result.reason_name
     assert result.objective == pytest.approx(ref.fun, rel=1e-8)
     w = (model.weight[1] - model.weight[0]).detach().numpy()
-    b = float(model.bias[1] - model.bias[0])
+    b = float((model.bias[1] - model.bias[0]).detach())
     assert np.allclose(np.append(w, b), ref.x, rtol=1e-4, atol=1e-5)
 
 
