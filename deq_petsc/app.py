@@ -61,7 +61,7 @@ def run_data(args) -> int:
 
     data = _args_data(args, limit=args.limit, seed=args.seed)
     say(data.summary())
-    if args.png:
+    if args.png and PETSc.COMM_WORLD.getRank() == 0:      # rank 0 writes files
         out = Path(args.png)
         out.mkdir(parents=True, exist_ok=True)
         for k in range(min(args.png_count, len(data.ids))):
@@ -231,9 +231,10 @@ def run_demo(args) -> int:
                 f"{p['inference_its'] / a['inference_its']:.2f}x (inference); majority-class "
                 f"baseline {a['baseline']:.3f}")
     say(*rows)
-    plot_comparison(histories, out / "comparison.png",
-                    title=f"polarity DEQ: Anderson vs Picard (rtol {args.rtol:g})")
-    (out / "summary.json").write_text(json.dumps(results, indent=1))
+    if PETSc.COMM_WORLD.getRank() == 0:
+        plot_comparison(histories, out / "comparison.png",
+                        title=f"polarity DEQ: Anderson vs Picard (rtol {args.rtol:g})")
+        (out / "summary.json").write_text(json.dumps(results, indent=1))
     say(f"wrote {out}/comparison.png, summary.json, and per-solver runs in {out}/anderson, "
         f"{out}/picard")
     return 0
