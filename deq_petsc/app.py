@@ -240,17 +240,14 @@ def run_demo(args) -> int:
     return 0
 
 
-def run_solve(args) -> int:
+def _cell_problem(args, comm):
+    """The solve/compare demo problem: z = tanh(conv3x3(z) + x), this rank's share of the batch."""
     from .models import ConvTanhCell
-    from .petsc_options import inserted_defaults
     from .problem import FixedPointProblem
-    from .solver import DEQSolver
 
-    comm = PETSc.COMM_WORLD
     rank, size = comm.getRank(), comm.getSize()
     if args.batch < size:
-        raise SystemExit(f"deq-petsc demo: --batch {args.batch} is smaller than the "
-                         f"{size} MPI ranks")
+        raise DEQInputError(f"--batch {args.batch} is smaller than the {size} MPI ranks")
     dtype = getattr(torch, args.dtype)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -261,13 +258,19 @@ def run_solve(args) -> int:
     # Under mpiexec each rank owns a contiguous share of the batch; the state is
     # one Vec over COMM_WORLD, so norms (and Anderson's mixing) are global.
     x = torch.tensor_split(x_all, size)[rank].to(device)
-    problem = FixedPointProblem(cell, x)
+    description = (f"DEQ cell: z = tanh(conv3x3(z) + x), Lipschitz {args.contraction}; state "
+                   f"{args.batch}x{args.channels}x{args.size}x{args.size} = {x_all.numel()} "
+                   f"unknowns on {size} rank(s), {args.dtype} on {device}")
+    return cell, x, FixedPointProblem(cell, x), description
 
-    unknowns = x_all.numel()
-    PETSc.Sys.Print(f"{versions()}\nDEQ cell: z = tanh(conv3x3(z) + x), Lipschitz "
-                    f"{args.contraction}; state {args.batch}x{args.channels}x{args.size}x"
-                    f"{args.size} = {unknowns} unknowns on {size} rank(s), {args.dtype} on "
-                    f"{device}", comm=comm)
+
+def run_solve(args) -> int:
+    from .petsc_options import inserted_defaults
+    from .solver import DEQSolver
+
+    comm = PETSc.COMM_WORLD
+    cell, x, problem, description = _cell_problem(args, comm)
+    PETSc.Sys.Print(f"{versions()}\n{description}", comm=comm)
     # The demo shows the solver at work: monitors on unless the user chose otherwise
     # (SNES applies -snes_monitor_cancel before adding monitors, so honour it here).
     shown = {} if PETSc.Options().hasName("snes_monitor_cancel") else {"snes_monitor": True}
@@ -298,5 +301,63 @@ def run_solve(args) -> int:
 
 
 
-COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate,
+def _task_problem(args, comm):
+    """A batch of a task's test images through a model's injection, and the model's cell."""
+    from .problem import FixedPointProblem
+    from .train import TrainConfig, load_model
+    from .train.distributed import DataParallel
+    from .train.loop import build_model, model_dtype
+
+    data = _load_data(args.task, args.limit, args.seed, cache_dir=args.cache_dir)
+    if args.checkpoint:
+        model, _ = load_model(args.checkpoint)
+        what = f"the trained model {args.checkpoint}"
+    else:
+        model = build_model(TrainConfig(task=args.task, seed=args.seed, width=args.width),
+                            data, len(data.classes))
+        what = f"an untrained model (seed {args.seed}, width {args.width})"
+    images = data.images[data.indices("test")][:args.batch]
+    mine = DataParallel(comm).shard(images).to(model_dtype(model))
+    with torch.no_grad():
+        x = model.inject(mine)
+    cell = model.equilibrium.cell
+    model.destroy()
+    description = (f"{args.task}: {len(images)} test images through {what}; state "
+                   f"{tuple(x.shape)} per rank, {x.dtype}")
+    return cell, x, FixedPointProblem(cell, x), description
+
+
+def run_compare(args) -> int:
+    from .compare import (compare_solves, default_option_sets, markdown_table, plot_residuals,
+                          read_option_sets, write_csv)
+
+    comm = PETSc.COMM_WORLD
+    lines = list(args.set or [])
+    if args.sets_file:
+        lines += Path(args.sets_file).read_text().splitlines()
+    sets = read_option_sets(lines) if lines else default_option_sets()
+    _, _, problem, description = (_task_problem(args, comm) if args.task
+                                  else _cell_problem(args, comm))
+    say(versions(), description,
+        f"{len(sets)} option sets, each to rtol {args.rtol:g} (max {args.max_it} its) from "
+        f"z = 0: " + ", ".join(s.name for s in sets))
+    with torch.no_grad():          # torch's one-off warm-up, outside every timing
+        problem.linearize(problem.z0).jvp(problem(problem.z0))
+    runs = compare_solves(problem, sets, comm=comm,
+                          defaults={"snes_rtol": args.rtol, "snes_max_it": args.max_it},
+                          repeat=args.repeat, progress=lambda r: say(f"  {r.name}: {r.reason} after {r.iterations} "
+                                                 f"its, {r.time:.3f} s"))
+    table = markdown_table(runs)
+    say("", table)
+    if comm.getRank() == 0:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(f"{description}\n\n{table}\n")
+        write_csv([r.row() for r in runs], out / "results.csv")
+        plot_residuals(runs, out / "residuals.png", title=description.split(";")[0])
+        say(f"wrote {out}/table.md, results.csv, residuals.png")
+    return 0 if any(r.converged for r in runs) else 1
+
+
+COMMANDS = {"compare": run_compare, "demo": run_demo, "train": run_train, "evaluate": run_evaluate,
             "predict": run_predict, "data": run_data, "solve": run_solve}

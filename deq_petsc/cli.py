@@ -131,11 +131,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", metavar="DIR", help="write the first few images here as PNGs")
     p.add_argument("--png-count", type=int, default=3)
 
+    p = _command(sub, "compare", "run named PETSc option sets on one DEQ problem: table, CSV, plots",
+                 "Solve the same fixed point with every option set, each under its own options "
+                 "prefix, from z = 0 to the same tolerance, and write a Markdown table "
+                 "(iterations, f evaluations, time, final residual, converged reason), a CSV "
+                 "and residual-vs-iteration / residual-vs-time plots. Sets come from --set "
+                 "'name: -snes_type ...' (repeatable) and --sets-file (one per line); default: "
+                 "picard, anderson5, ngmres, jfnk, anderson+npc. The problem is the conv cell "
+                 "of 'solve', or with --task a batch of test images through a model "
+                 "(--checkpoint for a trained one). An invalid set is reported in its row.")
+    p.add_argument("--set", action="append", metavar="'NAME: OPTIONS'",
+                   help="an option set, e.g. 'anderson3: -snes_type anderson -snes_anderson_m 3'")
+    p.add_argument("--sets-file", help="option sets, one 'name: options' per line")
+    p.add_argument("--rtol", type=float, default=1e-6, help="(default: %(default)s)")
+    p.add_argument("--max-it", type=int, default=200, help="(default: %(default)s)")
+    p.add_argument("--out", default="runs/compare", help="(default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=1, help="run the sets in turn this many "
+                   "times and keep each one's fastest run (default: %(default)s)")
+    p.add_argument("--task", choices=TASKS, help="a science task's test images instead of "
+                   "the random conv-cell problem")
+    p.add_argument("--checkpoint", help="with --task: the trained model to take the cell from")
+    p.add_argument("--limit", type=int, default=500, help="with --task (default: %(default)s)")
+    p.add_argument("--width", type=int, default=16, help="with --task and no checkpoint")
+    p.add_argument("--cache-dir")
+    _cell_arguments(p, batch=32)
+
     p = _command(sub, "solve", "solve one small convolutional DEQ cell and print the stats",
                  "Solve z = tanh(conv(z) + x) for a random batch with a PETSc SNES. Solver, "
                  "tolerances and monitors come from PETSc options; -snes_monitor and "
                  "-snes_converged_reason are on unless you set them.")
-    p.add_argument("--batch", type=int, default=8, help="batch size (default: %(default)s)")
+    _cell_arguments(p)
+    return parser
+
+
+def _cell_arguments(p, batch=8):
+    p.add_argument("--batch", type=int, default=batch, help="batch size (default: %(default)s)")
     p.add_argument("--channels", type=int, default=8, help="channels (default: %(default)s)")
     p.add_argument("--size", type=int, default=16, help="image side (default: %(default)s)")
     p.add_argument("--contraction", type=float, default=0.95,
@@ -143,7 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     p.add_argument("--device", default="cpu", help="torch device of the cell (default: cpu)")
     p.add_argument("--seed", type=int, default=0)
-    return parser
 
 
 def split_petsc_args(parser: argparse.ArgumentParser, argv: list[str]):

@@ -1,0 +1,257 @@
+"""Solver comparisons: named PETSc option sets run on the same fixed-point problem.
+
+An option set is a name and PETSc options, written as on a command line::
+
+    picard: -snes_type nrichardson -snes_linesearch_type basic
+    anderson5: -snes_type anderson -snes_anderson_m 5
+
+Each set runs under its own options prefix (``cmp<k>_``), so sets cannot leak
+into each other or into the rest of the program; options a set gives but no
+solver reads are reported for that set (PETSc's unused-option check, per set).
+A set PETSc rejects (an unknown ``-snes_type``) is a row with its error; the
+others still run. Results: a Markdown table, a CSV, and residual-norm plots
+against iteration and against wall time, one line per set.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shlex
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from petsc4py import PETSc
+
+from .errors import DEQError
+from .problem import FixedPointProblem
+from .solver import DEQSolver
+
+#: Used when no set is given: the methods the Deep AndersoNN comparison is about, and
+#: PETSc's other answers to the same problem.
+DEFAULT_SETS = {
+    "picard": "-snes_type nrichardson -snes_linesearch_type basic",
+    "anderson5": "-snes_type anderson -snes_anderson_m 5",
+    "ngmres": "-snes_type ngmres",
+    "jfnk": "-snes_type newtonls -ksp_type gmres",
+    "anderson+npc": "-snes_type anderson -npc_snes_type nrichardson "
+                    "-npc_snes_linesearch_type basic -npc_snes_max_it 1",
+}
+
+
+@dataclass
+class OptionSet:
+    name: str
+    options: dict            # option name (no dash) -> value (None for a flag)
+    text: str
+
+    @classmethod
+    def parse(cls, line: str) -> "OptionSet":
+        """``"name: -opt value -flag ..."``; a bare option list gets its text as name."""
+        name, sep, rest = line.partition(":")
+        if not sep or name.strip().startswith("-"):
+            name, rest = line.strip(), line
+        tokens = shlex.split(rest)
+        options, i = {}, 0
+        while i < len(tokens):
+            key = tokens[i]
+            if not key.startswith("-") or key.startswith("--"):
+                raise ValueError(f"option set {name.strip()!r}: expected -option, got {key!r}")
+            value = None
+            if i + 1 < len(tokens) and not _is_option(tokens[i + 1]):
+                value = tokens[i + 1]
+                i += 1
+            options[key[1:]] = value
+            i += 1
+        return cls(name.strip(), options, rest.strip())
+
+
+def _is_option(token: str) -> bool:
+    if not token.startswith("-"):
+        return False
+    try:
+        float(token)                   # -1e-3 is a value, not an option
+        return False
+    except ValueError:
+        return True
+
+
+def read_option_sets(lines) -> list[OptionSet]:
+    """Option sets from lines (a file's: blank lines and ``#`` comments skipped)."""
+    sets = [OptionSet.parse(line) for line in lines
+            if line.strip() and not line.lstrip().startswith("#")]
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"option sets need distinct names, got {names}")
+    return sets
+
+
+def default_option_sets() -> list[OptionSet]:
+    return read_option_sets(f"{k}: {v}" for k, v in DEFAULT_SETS.items())
+
+
+@contextmanager
+def prefixed_options(prefix: str, options: dict):
+    """Put a set's options under ``prefix`` for the duration; yield the names not used."""
+    opts = PETSc.Options()
+    names = []
+    for key, value in options.items():
+        opts.setValue(prefix + key, value)
+        names.append(prefix + key)
+    unused: list[str] = []
+    try:
+        yield unused
+    finally:
+        for name in names:
+            if not opts.used(name):
+                unused.append("-" + name[len(prefix):])
+            opts.delValue(name)
+
+
+@dataclass
+class SolveRun:
+    """One option set on one problem."""
+
+    name: str
+    options: str
+    converged: bool = False
+    reason: str = ""
+    iterations: int = 0
+    function_evals: int = 0
+    jvps: int = 0
+    linear_iterations: int = 0
+    time: float = math.nan
+    final_residual: float = math.nan
+    relative_residual: float = math.nan
+    residuals: list = field(default_factory=list)
+    times: list = field(default_factory=list)
+    unused_options: list = field(default_factory=list)
+    error: str = ""
+
+    def row(self) -> dict:
+        d = asdict(self)
+        for key in ("residuals", "times"):
+            d.pop(key)
+        d["unused_options"] = " ".join(self.unused_options)
+        return d
+
+
+def compare_solves(problem: FixedPointProblem, option_sets, comm=None,
+                   defaults: dict | None = None, progress=None, repeat: int = 1
+                   ) -> list[SolveRun]:
+    """Solve ``problem`` from the same start with every option set.
+
+    With ``repeat > 1`` the sets run in turn ``repeat`` times (interleaved, so a
+    noisy machine hurts all alike) and each keeps its fastest run.
+    """
+    best: dict[int, SolveRun] = {}
+    for _ in range(max(1, repeat)):
+        for k, oset in enumerate(option_sets):
+            run = _solve_one(problem, oset, f"cmp{k}_", comm, defaults)
+            if k not in best or (run.converged and run.time < best[k].time):
+                best[k] = run
+    runs = [best[k] for k in range(len(option_sets))]
+    for run in runs:
+        if progress:
+            progress(run)
+    return runs
+
+
+def _solve_one(problem, oset: OptionSet, prefix: str, comm, defaults) -> SolveRun:
+    run = SolveRun(oset.name, oset.text)
+    with prefixed_options(prefix, oset.options) as unused:
+        solver = None
+        try:
+            solver = DEQSolver(prefix=prefix, comm=comm, options=defaults,
+                               check_convergence=False)
+            stamps = []
+            solver.snes.setMonitor(lambda snes, its, norm: stamps.append(time.perf_counter()))
+            start = time.perf_counter()
+            _, stats = solver.solve(problem)
+            run.converged, run.reason = stats.converged, stats.reason_name
+            run.iterations, run.function_evals = stats.iterations, stats.function_evals
+            run.jvps, run.linear_iterations = stats.jvp_count, stats.linear_iterations
+            run.time = stats.time
+            run.final_residual, run.relative_residual = (stats.final_residual,
+                                                         stats.relative_residual)
+            run.residuals = list(stats.residual_norms)
+            run.times = [t - start for t in stamps][:len(run.residuals)]
+        except (PETSc.Error, DEQError, ValueError) as err:
+            run.reason, run.error = "ERROR", _describe_error(err, oset)
+        finally:
+            if solver is not None:
+                solver.destroy()
+    run.unused_options = list(unused)
+    return run
+
+
+
+
+#: PETSc error codes an option set can provoke (petscerror.h).
+_PETSC_ERRORS = {56: "not supported (PETSC_ERR_SUP)", 62: "invalid argument (PETSC_ERR_ARG_WRONG)",
+                 63: "argument out of range (PETSC_ERR_ARG_OUTOFRANGE)",
+                 73: "object in the wrong state (PETSC_ERR_ARG_WRONGSTATE)",
+                 86: "unknown type (PETSC_ERR_UNKNOWN_TYPE)"}
+
+
+def _describe_error(err, oset: OptionSet) -> str:
+    if isinstance(err, PETSc.Error):
+        what = _PETSC_ERRORS.get(err.ierr, f"PETSc error {err.ierr}")
+        types = " ".join(f"-{k} {v}" for k, v in oset.options.items() if k.endswith("_type"))
+        return f"PETSc rejected the set: {what}" + (f"; its types: {types}" if types else "")
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def markdown_table(runs, columns=None) -> str:
+    columns = columns or [("set", "name"), ("reason", "reason"), ("its", "iterations"),
+                          ("f evals", "function_evals"), ("JVPs", "jvps"),
+                          ("time s", "time"), ("final residual", "final_residual"),
+                          ("relative", "relative_residual")]
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |",
+             "|" + "---|" * len(columns)]
+    for run in runs:
+        row = run.row() if hasattr(run, "row") else run
+        cells = []
+        for _, key in columns:
+            v = row.get(key, "")
+            if isinstance(v, float):
+                v = "" if math.isnan(v) else (f"{v:.3e}" if abs(v) < 1e-2 or abs(v) > 1e4
+                                               else f"{v:.4g}")
+            cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- `{r.name}`: {r.error}" for r in runs if getattr(r, "error", "")]
+    notes += [f"- `{r.name}`: unused options {' '.join(r.unused_options)}"
+              for r in runs if getattr(r, "unused_options", None)]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def write_csv(rows: list[dict], path) -> str:
+    path = Path(path)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return str(path)
+
+
+def plot_residuals(runs, path, title: str = "") -> str:
+    """Residual norm against iteration and against wall time, every set on one plot."""
+    from .train.plots import _finish, _plt
+
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for run in runs:
+        if not run.residuals:
+            continue
+        ax1.semilogy(range(len(run.residuals)), run.residuals, "o-", ms=3, label=run.name)
+        if len(run.times) == len(run.residuals):
+            ax2.semilogy(run.times, run.residuals, "o-", ms=3, label=run.name)
+    ax1.set(xlabel="iteration", ylabel="||F(z)|| = ||z - f(z, x)||", title="residual vs iteration")
+    ax2.set(xlabel="wall time (s)", ylabel="||F(z)||", title="residual vs time")
+    return _finish(plt, fig, (ax1, ax2), path, title)
