@@ -258,3 +258,25 @@ def test_an_exception_in_the_cell_surfaces_as_itself():
     problem = FixedPointProblem(cell, torch.zeros(3, 4, dtype=torch.float64))
     with DEQSolver() as solver, pytest.raises(ValueError, match="the cell failed on purpose"):
         solver.solve(problem)
+
+
+@pytest.mark.parametrize("stop_mode", ["abs", "rel"])
+def test_per_sample_stopping_rule(stop_mode):
+    """TorchDEQ's rule: stop at the first iterate where every sample's residual is < tol."""
+    from deq_petsc.convergence import PerSampleTest
+
+    cell = TanhCell(10, 3, contraction=0.9, seed=7)
+    x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    x[0] *= 30                     # one sample far from the others: the max decides
+    problem = FixedPointProblem(cell, x, z_shape=(6, 10))
+    test = PerSampleTest(6, 1e-9, stop_mode)
+    with DEQSolver(options={"snes_type": "nrichardson", "snes_linesearch_type": "basic",
+                            "snes_max_it": 500}) as solver:
+        solver.snes.setConvergenceTest(test)
+        z, stats = solver.solve(problem)
+    with torch.no_grad():
+        fz = cell(z, x)
+    per_sample = (fz - z).norm(dim=1) / ((fz.norm(dim=1) + 1e-9) if stop_mode == "rel" else 1)
+    assert stats.converged and per_sample.max() < 1e-9
+    assert test.history[-2][stop_mode].max() >= 1e-9       # not one iteration later than needed
+    assert len(test.history) == stats.iterations + 1
