@@ -152,8 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "the random conv-cell problem")
     p.add_argument("--checkpoint", help="with --task: the trained model to take the cell from")
     p.add_argument("--limit", type=int, default=500, help="with --task (default: %(default)s)")
-    p.add_argument("--width", type=int, default=16, help="with --task and no checkpoint")
     p.add_argument("--cache-dir")
+    p.add_argument("--train", action="store_true",
+                   help="with --task: train once per option set (the sets' -snes_* options "
+                        "drive the DEQ's solves, -tao_* the TAO trainer) and compare accuracy "
+                        "and training time; plots loss and validation metric against time")
+    p.add_argument("--trainer", choices=["adam", "tao"], default="adam")
+    p.add_argument("--objective", choices=["classify", "regress"], default="classify")
+    _training_arguments(p, epochs=2)
     _cell_arguments(p, batch=32)
 
     p = _command(sub, "solve", "solve one small convolutional DEQ cell and print the stats",

@@ -179,7 +179,7 @@ def _solve_one(problem, oset: OptionSet, prefix: str, comm, defaults) -> SolveRu
             run.residuals = list(stats.residual_norms)
             run.times = [t - start for t in stamps][:len(run.residuals)]
         except (PETSc.Error, DEQError, ValueError) as err:
-            run.reason, run.error = "ERROR", _describe_error(err, oset)
+            run.reason, run.error = "ERROR", describe_error(err, oset)
         finally:
             if solver is not None:
                 solver.destroy()
@@ -196,7 +196,7 @@ _PETSC_ERRORS = {56: "not supported (PETSC_ERR_SUP)", 62: "invalid argument (PET
                  86: "unknown type (PETSC_ERR_UNKNOWN_TYPE)"}
 
 
-def _describe_error(err, oset: OptionSet) -> str:
+def describe_error(err, oset: OptionSet) -> str:
     if isinstance(err, PETSc.Error):
         what = _PETSC_ERRORS.get(err.ierr, f"PETSc error {err.ierr}")
         types = " ".join(f"-{k} {v}" for k, v in oset.options.items() if k.endswith("_type"))
@@ -222,9 +222,10 @@ def markdown_table(runs, columns=None) -> str:
                                                else f"{v:.4g}")
             cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"- `{r.name}`: {r.error}" for r in runs if getattr(r, "error", "")]
-    notes += [f"- `{r.name}`: unused options {' '.join(r.unused_options)}"
-              for r in runs if getattr(r, "unused_options", None)]
+    rows = [r.row() if hasattr(r, "row") else r for r in runs]
+    notes = [f"- `{r['name']}`: {r['error']}" for r in rows if r.get("error")]
+    notes += [f"- `{r['name']}`: unused options {r['unused_options']}"
+              for r in rows if r.get("unused_options")]
     return "\n".join(lines + ([""] + notes if notes else []))
 
 

@@ -64,3 +64,21 @@ def test_compare_command_writes_table_csv_and_plot(tmp_path):
     assert rows[2]["reason"] == "ERROR" and rows[0]["converged"] == "True"
     assert (out / "residuals.png").stat().st_size > 0
     assert "| anderson5 |" in (out / "table.md").read_text()
+
+
+def test_compare_training_runs_each_set_and_plots_against_time(tmp_path):
+    pytest.importorskip("rdkit")
+    out = tmp_path / "cmp"
+    r = run_cli("compare", "--train", "--task", "polarity", "--limit", "80", "--epochs", "1",
+                "--width", "4", "--no-progress", "--cache-dir", tmp_path / "cache", "--out", out,
+                "--set", "picard: -snes_type nrichardson -snes_linesearch_type basic",
+                "--set", "anderson: -snes_type anderson -snes_anderson_m 3",
+                "--set", "broken: -snes_type nosuchsolver")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[picard] epoch   1:" in r.stdout and "[anderson] epoch   1:" in r.stdout
+    assert "`broken`: PETSc rejected the set: unknown type" in r.stdout
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [row["name"] for row in rows] == ["picard", "anderson", "broken"]
+    assert 0 <= float(rows[0]["test accuracy"]) <= 1 and float(rows[1]["train s"]) > 0
+    assert (out / "training.png").stat().st_size > 0
+    assert (out / "picard" / "checkpoint.pt").exists()
