@@ -83,3 +83,16 @@ def test_train_command_under_mpiexec(tmp_path):
                     python=False)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming" in again.stdout and re.search(r"^epoch   3:", again.stdout, re.M)
+
+
+@pytest.mark.mpi
+def test_compare_under_mpiexec_matches_serial(tmp_path):
+    args = ["compare", "--batch", "4", "--channels", "4", "--size", "8",
+            "--set", "picard: -snes_type nrichardson -snes_linesearch_type basic",
+            "--set", "jfnk: -snes_type newtonls -ksp_type gmres"]
+    par = mpiexec(2, cli_path(), *args, "--out", tmp_path / "par", python=False)
+    ser = run_cli(*args, "--out", tmp_path / "ser")
+    assert par.returncode == 0 and ser.returncode == 0, par.stderr + ser.stderr
+    rows = [re.findall(r"^\| (picard|jfnk) \| (\w+) \| (\d+) \| (\d+) \| (\d+) \|.*\| ([0-9.e+-]+) \|$",
+                       out.stdout, re.M) for out in (par, ser)]
+    assert len(rows[0]) == 2 and rows[0] == rows[1]       # same its, evals, relative residual
