@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -48,10 +49,12 @@ def abort_on_error(comm=None, what: str = "deq-petsc"):
         if comm.getSize() == 1 or isinstance(err, SystemExit) and not err.code:
             raise
         rank = comm.getRank()
-        sys.stderr.write(f"{what}: error on rank {rank} of {comm.getSize()}: "
-                         f"{type(err).__name__}: {err}\n{what}: aborting all ranks "
-                         f"(MPI_Abort); the last checkpoint written is intact\n")
+        message = (f"{what}: error on rank {rank} of {comm.getSize()}: "
+                   f"{type(err).__name__}: {err}\n{what}: aborting all ranks "
+                   f"(MPI_Abort); the last checkpoint written is intact\n")
         sys.stderr.flush()
+        os.write(2, message.encode())     # unbuffered, then give mpiexec's I/O forwarding a
+        time.sleep(0.5)                   # moment: MPI_Abort kills the job, output in flight too
         comm.tompi4py().Abort(1)
 
 
