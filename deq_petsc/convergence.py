@@ -30,12 +30,14 @@ class PerSampleTest:
     """
 
     def __init__(self, batch: int, tol: float, stop_mode: str = "rel", max_it: int | None = None,
-                 comm=None):
+                 comm=None, keep_steps=()):
         if stop_mode not in STOP_MODES:
             raise ValueError(f"stop_mode must be one of {STOP_MODES}, got {stop_mode!r}")
         self.batch, self.tol, self.stop_mode, self.max_it = batch, tol, stop_mode, max_it
         self.comm = comm
         self.history: list[dict[str, torch.Tensor]] = []
+        self.keep_steps = set(keep_steps)          # TorchDEQ's indexing: steps to keep
+        self.kept: dict[int, torch.Tensor] = {}
 
     def residuals(self, snes) -> dict[str, torch.Tensor]:
         """Per-sample ``abs`` and ``rel`` residuals at the current iterate (this rank's)."""
@@ -48,6 +50,8 @@ class PerSampleTest:
     def __call__(self, snes, its, norms) -> int:
         res = self.residuals(snes)
         self.history.append(res)
+        if its + 1 in self.keep_steps:             # TorchDEQ numbers f evaluations from 1
+            self.kept[its + 1] = vec_local_view(snes.getSolution(), "r").clone()
         worst = float(res[self.stop_mode].max()) if self.batch else 0.0
         comm = self.comm if self.comm is not None else snes.getComm()
         if comm.getSize() > 1:

@@ -1,0 +1,1 @@
+"""Bridges to other DEQ libraries (optional dependencies, imported only on use)."""
