@@ -243,9 +243,9 @@ def write_csv(rows: list[dict], path) -> str:
 
 def plot_residuals(runs, path, title: str = "") -> str:
     """Residual norm against iteration and against wall time, every set on one plot."""
-    from .train.plots import _finish, _plt
+    from .train.plots import finish_figure, pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for run in runs:
         if not run.residuals:
@@ -255,4 +255,4 @@ def plot_residuals(runs, path, title: str = "") -> str:
             ax2.semilogy(run.times, run.residuals, "o-", ms=3, label=run.name)
     ax1.set(xlabel="iteration", ylabel="||F(z)|| = ||z - f(z, x)||", title="residual vs iteration")
     ax2.set(xlabel="wall time (s)", ylabel="||F(z)||", title="residual vs time")
-    return _finish(plt, fig, (ax1, ax2), path, title)
+    return finish_figure(plt, fig, (ax1, ax2), path, title)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def _plt():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def _finish(plt, fig, axes, path, title: str) -> str:
+def finish_figure(plt, fig, axes, path, title: str) -> str:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
@@ -25,7 +25,7 @@ def _finish(plt, fig, axes, path, title: str) -> str:
 
 def plot_curves(history: list[dict], path, title: str = "", metric: str = "acc",
                 metric_label: str = "accuracy", loss_label: str = "cross-entropy") -> str:
-    plt = _plt()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
@@ -37,11 +37,11 @@ def plot_curves(history: list[dict], path, title: str = "", metric: str = "acc",
     ax3.plot(epochs, [h["forward_its"] for h in history], "o-", label="forward")
     ax3.plot(epochs, [h["backward_its"] for h in history], "s-", label="backward")
     ax3.set(xlabel="epoch", ylabel="mean iterations per batch", title="solver iterations")
-    return _finish(plt, fig, (ax1, ax2, ax3), path, title)
+    return finish_figure(plt, fig, (ax1, ax2, ax3), path, title)
 
 
 def plot_confusion(cm: np.ndarray, classes, path, title: str = "") -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(classes), 1.2 + 1.2 * len(classes)),
                            constrained_layout=True)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -60,19 +60,19 @@ def plot_confusion(cm: np.ndarray, classes, path, title: str = "") -> str:
 
 def plot_parity(true, predicted, path, label: str = "target", title: str = "") -> str:
     """Predicted against DFT value for a regression's test split."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.4), constrained_layout=True)
     ax.scatter(true, predicted, s=6, alpha=0.5)
     lo, hi = float(min(min(true), min(predicted))), float(max(max(true), max(predicted)))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
     ax.set(xlabel=f"DFT {label}", ylabel=f"predicted {label}", title=title or "parity")
-    return _finish(plt, fig, (ax,), path, "")
+    return finish_figure(plt, fig, (ax,), path, "")
 
 
 def plot_comparison(histories: dict, path, title: str = "", metric: str = "acc",
                     metric_label: str = "accuracy") -> str:
     """Validation metric and training loss against cumulative wall time, one line per run."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     for name, history in histories.items():
         t = [h["elapsed"] for h in history]
@@ -81,4 +81,4 @@ def plot_comparison(histories: dict, path, title: str = "", metric: str = "acc",
     ax1.set(xlabel="training wall time (s)", ylabel="training loss", title="loss vs time")
     ax2.set(xlabel="training wall time (s)", ylabel=f"validation {metric_label}",
             title=f"{metric_label} vs time")
-    return _finish(plt, fig, (ax1, ax2), path, title)
+    return finish_figure(plt, fig, (ax1, ax2), path, title)
