@@ -153,11 +153,13 @@ def _least_squares(n=60, d=5, seed=0):
 
 LEAST_SQUARES_TYPES = [("lmvm", {}), ("blmvm", {}), ("bqnktr", {}), ("nls", {}), ("ntr", {}),
                        ("bntr", {}), ("bnls", {}), ("nls", {"train_hessian": "exact"}),
+                       ("nls", {"tao_nls_ksp_type": "cg", "tao_nls_pc_type": "none"}),
                        ("brgn", {"tao_brgn_regularizer_weight": 0})]
 
 
 @pytest.mark.parametrize("tao_type,extra", LEAST_SQUARES_TYPES,
-                         ids=[t + ("-exact" if e.get("train_hessian") else "")
+                         ids=[t + "".join(f"-{v}" for k, v in e.items() if k != "tao_brgn_"
+                                          "regularizer_weight" and not k.endswith("pc_type"))
                               for t, e in LEAST_SQUARES_TYPES])
 def test_each_tao_type_reaches_the_least_squares_optimum(tao_type, extra, petsc_options):
     X, y, coef = _least_squares()
