@@ -19,9 +19,13 @@ def versions() -> str:
     import petsc4py
 
     from . import __version__
+    from .devices import describe
     v = ".".join(map(str, PETSc.Sys.getVersion()))
-    return (f"deq_petsc {__version__}; PETSc {v} ({PETSc.ScalarType.__name__} scalars), "
-            f"petsc4py {petsc4py.__version__}, torch {torch.__version__}")
+    d = describe()
+    cuda = ", ".join(d["cuda_devices"]) if d["torch_cuda"] else "no CUDA device"
+    return (f"deq_petsc {__version__}; PETSc {v} ({PETSc.ScalarType.__name__} scalars, "
+            f"{'with' if d['petsc_device_memory'] else 'no'} device memory), petsc4py "
+            f"{petsc4py.__version__}, torch {torch.__version__} ({cuda})")
 
 
 def _load_data(task, limit, seed, cache_dir=None, jobs=None, csv=None, progress=True):
@@ -77,6 +81,7 @@ def run_data(args) -> int:
 
 # -- training -----------------------------------------------------------------------------
 def _train_config(args, task, kind="deq", depth=8):
+    from .devices import resolve_device
     from .train import TrainConfig
     trainer = getattr(args, "trainer", "adam")
     dtype = getattr(args, "dtype", None) or ("float64" if trainer == "tao" else "float32")
@@ -84,7 +89,8 @@ def _train_config(args, task, kind="deq", depth=8):
                        seed=args.seed, width=args.width, kind=kind, depth=depth,
                        limit=args.limit, jac_reg=args.jac_reg, cell=args.cell,
                        gamma=args.gamma, objective=getattr(args, "objective", "classify"),
-                       dtype=dtype, tao_batch=getattr(args, "tao_batch", 0))
+                       dtype=dtype, tao_batch=getattr(args, "tao_batch", 0),
+                       device=str(resolve_device(getattr(args, "device", "cpu"))))
 
 
 def _report(report: dict, objective, stats_line: str = "") -> str:
@@ -97,6 +103,8 @@ def run_train(args) -> int:
     from .train import TaoTrainer, Trainer
     from .train.checkpoint import DEQCheckpointError
 
+    from .devices import resolve_device
+    resolve_device(args.device)                  # before any data is built
     out = Path(args.out or f"runs/{args.task}")
     if (out / "checkpoint.pt").exists() and not (args.resume or args.overwrite):
         raise DEQCheckpointError(f"{out} already holds a checkpoint: pass --resume to continue "
@@ -132,7 +140,9 @@ def run_evaluate(args) -> int:
     from .train import evaluate, load_model, objective_of
     from .train.distributed import DataParallel
 
-    model, state = load_model(args.checkpoint, comm=PETSc.COMM_WORLD)
+    from .devices import resolve_device
+    model, state = load_model(args.checkpoint, comm=PETSc.COMM_WORLD,
+                              device=resolve_device(args.device))
     try:
         cfg = state["train_config"]
         task = args.task or cfg["task"]
@@ -189,9 +199,11 @@ SOLVERS = {
 
 
 def run_demo(args) -> int:
+    from .devices import resolve_device
     from .train import Trainer
     from .train.plots import plot_comparison
 
+    resolve_device(args.device)                  # before any data is built
     data = _load_data("polarity", args.limit, args.seed, cache_dir=args.cache_dir,
                       progress=not args.no_progress)
     say(versions(), data.summary(),
@@ -248,8 +260,9 @@ def _cell_problem(args, comm):
     rank, size = comm.getRank(), comm.getSize()
     if args.batch < size:
         raise DEQInputError(f"--batch {args.batch} is smaller than the {size} MPI ranks")
+    from .devices import resolve_device
     dtype = getattr(torch, args.dtype)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     cell = ConvTanhCell(args.channels, args.size, contraction=args.contraction,
                         seed=args.seed, dtype=dtype).to(device)
@@ -308,16 +321,18 @@ def _task_problem(args, comm):
     from .train.distributed import DataParallel
     from .train.loop import build_model, model_dtype
 
+    from .devices import resolve_device
+    device = resolve_device(args.device)
     data = _load_data(args.task, args.limit, args.seed, cache_dir=args.cache_dir)
     if args.checkpoint:
-        model, _ = load_model(args.checkpoint)
+        model, _ = load_model(args.checkpoint, device=device)
         what = f"the trained model {args.checkpoint}"
     else:
-        model = build_model(TrainConfig(task=args.task, seed=args.seed, width=args.width),
-                            data, len(data.classes))
+        model = build_model(TrainConfig(task=args.task, seed=args.seed, width=args.width,
+                                        device=str(device)), data, len(data.classes))
         what = f"an untrained model (seed {args.seed}, width {args.width})"
     images = data.images[data.indices("test")][:args.batch]
-    mine = DataParallel(comm).shard(images).to(model_dtype(model))
+    mine = DataParallel(comm).shard(images).to(device=device, dtype=model_dtype(model))
     with torch.no_grad():
         x = model.inject(mine)
     cell = model.equilibrium.cell

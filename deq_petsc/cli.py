@@ -50,6 +50,13 @@ def _training_arguments(p, epochs=10):
                    help="weight of a Jacobian-norm penalty, for cells that are not contractive "
                         "by construction (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _device_argument(p)
+
+
+def _device_argument(p):
+    p.add_argument("--device", default="cpu",
+                   help="torch device of the model: cpu or cuda[:N] (default: cpu); with a "
+                        "CPU-only PETSc the state crosses to the host once per evaluation")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arguments(p, required_task=False)
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--batch-size", type=int, default=256)
+    _device_argument(p)
 
     p = _command(sub, "predict", "ask a trained model about a new molecule or structure",
                  "Polarity models take --smiles; mof-pore and crystals models take --cif.")
@@ -160,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainer", choices=["adam", "tao"], default="adam")
     p.add_argument("--objective", choices=["classify", "regress"], default="classify")
     _training_arguments(p, epochs=2)
-    _cell_arguments(p, batch=32)
+    _cell_arguments(p, batch=32, device=False)
 
     p = _command(sub, "solve", "solve one small convolutional DEQ cell and print the stats",
                  "Solve z = tanh(conv(z) + x) for a random batch with a PETSc SNES. Solver, "
@@ -170,14 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cell_arguments(p, batch=8):
+def _cell_arguments(p, batch=8, device=True):
     p.add_argument("--batch", type=int, default=batch, help="batch size (default: %(default)s)")
     p.add_argument("--channels", type=int, default=8, help="channels (default: %(default)s)")
     p.add_argument("--size", type=int, default=16, help="image side (default: %(default)s)")
     p.add_argument("--contraction", type=float, default=0.95,
                    help="Lipschitz constant of the cell, < 1 (default: %(default)s)")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    p.add_argument("--device", default="cpu", help="torch device of the cell (default: cpu)")
+    if device:
+        _device_argument(p)
     p.add_argument("--seed", type=int, default=0)
 
 

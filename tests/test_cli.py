@@ -70,3 +70,14 @@ def test_unknown_arguments_are_rejected(bad):
     r = run_cli("solve", *bad)
     assert r.returncode == 2
     assert "unrecognised arguments" in r.stderr
+
+
+def test_a_missing_cuda_device_is_a_clear_error_before_any_work():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for command in (["solve"], ["train", "--task", "polarity", "--limit", "10"], ["demo"]):
+        r = run_cli(*command, "--device", "cuda")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "--device cuda: torch sees no CUDA device on this machine" in r.stdout + r.stderr
+        assert "graph images" not in r.stderr            # failed before building any data

@@ -124,3 +124,18 @@ def test_cuda_tensor_goes_through_host_explicitly():
         assert back.device.type == "cuda" and torch.equal(back, t)
     finally:
         vec.destroy()
+
+
+def test_device_detection_and_crossings():
+    from deq_petsc.devices import crossing, describe, resolve_device
+    from deq_petsc.errors import DEQInputError
+
+    d = describe()
+    assert d["petsc_scalar"] == "float64" and d["torch_cuda"] == torch.cuda.is_available()
+    assert d["petsc_device_memory"] is False                 # the default CPU-only build
+    assert crossing(torch.float64, torch.device("cpu")).startswith("zero-copy")
+    assert "torch.float32 <-> torch.float64" in crossing(torch.float32, torch.device("cpu"))
+    assert "cuda:0 <-> host" in crossing(torch.float64, torch.device("cuda:0"))
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(DEQInputError, match="only cpu and cuda"):
+        resolve_device("meta")

@@ -57,6 +57,7 @@ class TrainConfig:
     objective: str = "classify"     # or "regress": the task's DFT target, MSE
     dtype: str = "float32"          # the model's; the TAO trainer uses float64
     tao_batch: int = 0              # TAO: samples per epoch's objective (0: all)
+    device: str = "cpu"             # the model's torch device
 
 
 def build_model(cfg: TrainConfig, data: TaskData, out_dim: int, prefix: str = "", comm=None,
@@ -70,7 +71,7 @@ def build_model(cfg: TrainConfig, data: TaskData, out_dim: int, prefix: str = ""
                                  solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
                                  adjoint_options={**TRAIN_ADJOINT_OPTIONS,
                                                   **(adjoint_options or {})})
-    return model.to(getattr(torch, cfg.dtype))
+    return model.to(device=cfg.device, dtype=getattr(torch, cfg.dtype))
 
 
 def _solver_counts(model):
@@ -87,6 +88,10 @@ def model_dtype(model) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def predict(model, images: torch.Tensor, batch_size: int = 256, dp: DataParallel | None = None):
     """Outputs for ``images``, plus (mean forward iterations, f evaluations, seconds).
@@ -97,10 +102,11 @@ def predict(model, images: torch.Tensor, batch_size: int = 256, dp: DataParallel
     model.eval()
     dp = dp or DataParallel(PETSc.COMM_SELF)
     logits, its, evals = [], [], 0
-    dtype = model_dtype(model)
+    dtype, device = model_dtype(model), model_device(model)
     start = time.perf_counter()
     for i in range(0, len(images), batch_size):
-        logits.append(dp.gather(model(dp.shard(images[i:i + batch_size]).to(dtype))))
+        local = dp.shard(images[i:i + batch_size]).to(device=device, dtype=dtype)
+        logits.append(dp.gather(model(local).cpu()))
         f_its, f_evals, *_ = _solver_counts(model)
         its.append(f_its)
         evals += f_evals
@@ -270,13 +276,15 @@ class Trainer:
                    desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False)
         m = self.objective.metric
         dp = self.dp
+        device = model_device(self.model)
         for i in bar:
             idx = order[i:i + self.cfg.batch_size]
             mine = dp.shard(idx)
-            out = self.model(X[mine])
+            out = self.model(X[mine].to(device))
+            target = y[mine].to(device)
             # this rank's share of the global batch's mean loss: the ranks' gradients add up
             # to the gradient of the whole batch's loss
-            loss = self.objective.loss(out, y[mine]) * (len(mine) / len(idx))
+            loss = self.objective.loss(out, target) * (len(mine) / len(idx))
             objective = loss
             if self.cfg.jac_reg > 0 and self.cfg.kind == "deq":
                 penalty = self.model.equilibrium.jacobian_penalty(generator=probes) / dp.size
@@ -287,7 +295,7 @@ class Trainer:
             dp.sum_gradients(self.model.parameters())
             self.opt.step()
             batch_loss, batch_metric = dp.sum(
-                np.array([loss.item(), self.objective.metric_sum(out, y[mine])]))
+                np.array([loss.item(), self.objective.metric_sum(out, target)]))
             if not math.isfinite(batch_loss):
                 raise FloatingPointError(f"training loss became {batch_loss} in epoch "
                                          f"{epoch + 1}; lower --lr")
@@ -339,7 +347,7 @@ def _write_json(path: Path, obj):
 
 
 def load_model(checkpoint, prefix: str | None = None, solver_options: dict | None = None,
-               comm=None):
+               comm=None, device="cpu"):
     """Rebuild the trained model of a checkpoint: ``(model, state)``.
 
     ``objective_of(state)`` gives what it was trained to predict.
@@ -350,7 +358,7 @@ def load_model(checkpoint, prefix: str | None = None, solver_options: dict | Non
                                  comm=comm,
                                  solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
                                  adjoint_options=TRAIN_ADJOINT_OPTIONS)
-    model.to(getattr(torch, state["train_config"].get("dtype", "float32")))
+    model.to(device=device, dtype=getattr(torch, state["train_config"].get("dtype", "float32")))
     model.load_state_dict(state["model"])
     model.eval()
     return model, state

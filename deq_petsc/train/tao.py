@@ -462,6 +462,8 @@ class TaoTrainer(Trainer):
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
             idx = torch.randperm(n, generator=g)[:self.cfg.tao_batch]
             X, y = X[idx], y[idx]
+        device = next(self.model.parameters()).device
+        X, y = X.to(device), y.to(device)
         self.model.eval()           # the cell's norm estimates advance in TAO's update hook
         sums = self._new_sums()
         try:
