@@ -7,13 +7,17 @@ import pytest
 from helpers import cli_path, mpiexec, run_cli
 
 
-@pytest.mark.mpi
-def test_distributed_state_matches_serial_on_two_ranks():
-    r = mpiexec(2, "tests/mpi/distributed_solve.py")
+def _assert_all_ok(script, names, *args):
+    """Run an MPI check script on 2 ranks; each name must report ranks=2 and nothing FAIL."""
+    r = mpiexec(2, script, *args)
     assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("picard", "anderson", "newtonls"):
+    for name in names:
         assert f"{name}: ranks=2" in r.stdout and "FAIL" not in r.stdout, r.stdout
 
+
+@pytest.mark.mpi
+def test_distributed_state_matches_serial_on_two_ranks():
+    _assert_all_ok("tests/mpi/distributed_solve.py", ("picard", "anderson", "newtonls"))
 
 
 def _norms(text):
@@ -34,20 +38,14 @@ def test_demo_under_mpiexec_reproduces_the_serial_history():
 
 @pytest.mark.mpi
 def test_distributed_implicit_gradient_matches_serial_on_two_ranks():
-    r = mpiexec(2, "tests/mpi/distributed_gradient.py")
-    assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("picard", "anderson", "newtonls"):
-        assert f"{name}: ranks=2" in r.stdout and "FAIL" not in r.stdout, r.stdout
+    _assert_all_ok("tests/mpi/distributed_gradient.py", ("picard", "anderson", "newtonls"))
 
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("tao_type", ["bntr", "brgn"])
 def test_training_steps_on_two_ranks_equal_one_rank(tao_type):
     """Adam steps and TAO iterations (Gauss-Newton trust region / brgn) on 2 ranks."""
-    r = mpiexec(2, "tests/mpi/distributed_training.py", tao_type)
-    assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("adam", "tao-gn"):
-        assert f"{name}: ranks=2" in r.stdout and "FAIL" not in r.stdout, r.stdout
+    _assert_all_ok("tests/mpi/distributed_training.py", ("adam", "tao-gn"), tao_type)
 
 
 @pytest.mark.mpi
