@@ -343,8 +343,9 @@ def _task_problem(args, comm):
 
 
 def run_compare(args) -> int:
+    from .atomic import write_csv
     from .compare import (compare_solves, default_option_sets, markdown_table, plot_residuals,
-                          read_option_sets, write_csv)
+                          read_option_sets)
 
     comm = PETSc.COMM_WORLD
     lines = list(args.set or [])
@@ -372,7 +373,7 @@ def run_compare(args) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "table.md").write_text(f"{description}\n\n{table}\n")
-        write_csv([r.row() for r in runs], out / "results.csv")
+        write_csv(out / "results.csv", [r.row() for r in runs])
         plot_residuals(runs, out / "residuals.png", title=description.split(";")[0])
         say(f"wrote {out}/table.md, results.csv, residuals.png")
     return 0 if any(r.converged for r in runs) else 1
@@ -380,7 +381,8 @@ def run_compare(args) -> int:
 
 def _compare_training(args, sets) -> int:
     """One training run per option set, same data, seed and model; table, CSV, plot."""
-    from .compare import describe_error, markdown_table, prefixed_options, write_csv
+    from .atomic import write_csv
+    from .compare import describe_error, markdown_table, prefixed_options
     from .train import TaoTrainer, Trainer
     from .train.plots import plot_comparison
 
@@ -423,7 +425,7 @@ def _compare_training(args, sets) -> int:
     say("", table)
     if PETSc.COMM_WORLD.getRank() == 0:
         (out / "table.md").write_text(table + "\n")
-        write_csv(rows, out / "results.csv")
+        write_csv(out / "results.csv", rows)
         if histories:
             plot_comparison(histories, out / "training.png", metric=metric, metric_label=label,
                             title=f"{args.task}: training with each option set")

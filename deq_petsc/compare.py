@@ -15,13 +15,11 @@ against iteration and against wall time, one line per set.
 
 from __future__ import annotations
 
-import csv
 import math
 import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from petsc4py import PETSc
 
@@ -212,8 +210,8 @@ def markdown_table(runs, columns=None) -> str:
                           ("relative", "relative_residual")]
     lines = ["| " + " | ".join(h for h, _ in columns) + " |",
              "|" + "---|" * len(columns)]
-    for run in runs:
-        row = run.row() if hasattr(run, "row") else run
+    rows = [r.row() if hasattr(r, "row") else r for r in runs]
+    for row in rows:
         cells = []
         for _, key in columns:
             v = row.get(key, "")
@@ -222,23 +220,10 @@ def markdown_table(runs, columns=None) -> str:
                                                else f"{v:.4g}")
             cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")
-    rows = [r.row() if hasattr(r, "row") else r for r in runs]
     notes = [f"- `{r['name']}`: {r['error']}" for r in rows if r.get("error")]
     notes += [f"- `{r['name']}`: unused options {r['unused_options']}"
               for r in rows if r.get("unused_options")]
     return "\n".join(lines + ([""] + notes if notes else []))
-
-
-def write_csv(rows: list[dict], path) -> str:
-    path = Path(path)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-    return str(path)
 
 
 def plot_residuals(runs, path, title: str = "") -> str:

@@ -6,12 +6,11 @@ is complete on disk (flushed and fsync'd) before it replaces the old name.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write
 from ..errors import DEQError
 
 FORMAT = "deq_petsc-checkpoint-1"
@@ -23,20 +22,8 @@ class DEQCheckpointError(DEQError):
 
 def save_checkpoint(state: dict, path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": FORMAT, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(path, "wb") as fh:
+        torch.save({"format": FORMAT, **state}, fh)
     return path
 
 

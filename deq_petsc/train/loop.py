@@ -10,10 +10,7 @@ same numbers as a run that was never interrupted.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +19,7 @@ import numpy as np
 import torch
 from petsc4py import PETSc
 
+from ..atomic import write_csv, write_json
 from ..data.tasks import TaskData
 from ..models.graph_classifier import ClassifierConfig, GraphImageClassifier
 from .checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
@@ -324,26 +322,15 @@ class Trainer:
             plot_parity(report["true"], report["predicted"], self.out / "parity.png",
                         label=self.objective.target_name,
                         title=f"{self.cfg.task}: test split, MAE {report['mae']:.3f}")
-        _write_json(self.out / "report.json", report)
+        write_json(self.out / "report.json", report)
         return report
 
     def _write_metrics(self):
-        _write_json(self.out / "metrics.json", self.history)
-        tmp = self.out / ".metrics.csv.tmp"
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(self.history[0]))
-            writer.writeheader()
-            writer.writerows(self.history)
-        os.replace(tmp, self.out / "metrics.csv")
+        write_json(self.out / "metrics.json", self.history)
+        write_csv(self.out / "metrics.csv", self.history)
 
     def destroy(self):
         self.model.destroy()
-
-
-def _write_json(path: Path, obj):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
 
 
 def load_model(checkpoint, prefix: str | None = None, solver_options: dict | None = None,
