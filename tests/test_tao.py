@@ -264,3 +264,17 @@ def test_train_cli_with_tao(tmp_path):
                   "--trainer", "tao", "--out", tmp_path / "bad", "--cache-dir", cache,
                   "--no-progress", "-tao_type", "brgn")
     assert bad.returncode == 1 and "train with --objective regress" in bad.stdout + bad.stderr
+
+
+def test_an_exception_in_any_tao_callback_surfaces_as_itself(petsc_options, monkeypatch):
+    """Objective, Hessian product or residual-Jacobian product: the original error, not a
+    bare PETSc error code."""
+    from deq_petsc.train import curvature
+
+    X, y, _ = _least_squares()
+    monkeypatch.setattr(curvature.OutputJacobian, "jvp",
+                        lambda self, v: (_ for _ in ()).throw(RuntimeError("jvp failed here")))
+    for tao_type in ("brgn", "nls"):
+        petsc_options({"tao_type": tao_type, "tao_max_it": 5})
+        with pytest.raises(RuntimeError, match="jvp failed here"):
+            train_tao(nn.Linear(X.shape[1], 1).double(), Regression(None, 0.0, 1.0, "y"), X, y)

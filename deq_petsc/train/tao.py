@@ -23,6 +23,7 @@ Gauss-Newton for least squares (``brgn``) -- are training algorithms too.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -30,7 +31,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from petsc4py import PETSc
 
@@ -39,7 +39,7 @@ from ..interop import TensorLayout
 from ..petsc_options import OptionsHelp, inserted_defaults, tao_reason_name
 from .curvature import HESSIANS, OutputJacobian, ParameterSlices
 from .distributed import DataParallel
-from .loop import Trainer
+from .loop import Trainer, model_device, predict
 
 #: Program defaults of the TAO solve of each epoch (the command line wins).
 TAO_DEFAULTS = {"tao_type": "lmvm", "tao_max_it": 20}
@@ -102,6 +102,20 @@ class ParameterVector:
         self.vec.destroy()
 
 
+def _callback(method):
+    """A TAO or python-``Mat`` callback whose first exception is kept for ``train_tao`` to
+    re-raise after ``TAO.solve`` (PETSc reports it only as an error code)."""
+    @functools.wraps(method)
+    def guarded(self, *args):
+        problem = getattr(self, "problem", self)
+        try:
+            return method(self, *args)
+        except BaseException as err:
+            problem.error = problem.error or err
+            raise
+    return guarded
+
+
 class TrainingProblem:
     """TAO's application context: loss, gradient, Hessian products and residuals by torch.
 
@@ -131,14 +145,6 @@ class TrainingProblem:
         self.history: list[tuple[int, float, float, float]] = []
         self._start = time.perf_counter()
 
-    # -- guarding callbacks -------------------------------------------------------------
-    def _guard(self, fn, *args):
-        try:
-            return fn(*args)
-        except BaseException as err:
-            self.error = self.error or err
-            raise
-
     # -- objective and gradient --------------------------------------------------------
     def _loss(self, X, with_grad: bool) -> float:
         self.params.bind(X)
@@ -157,82 +163,72 @@ class TrainingProblem:
             return float("inf")       # a line search backs off; TAO names a blow-up
         return total
 
+    @_callback
     def objective_value(self, tao, X) -> float:
-        _OBJECTIVE_EVENT.begin()
-        try:
+        with _OBJECTIVE_EVENT:
             self.counts["objective"] += 1
-            return self._guard(self._loss, X, False)
-        finally:
-            _OBJECTIVE_EVENT.end()
+            return self._loss(X, False)
 
+    @_callback
     def objective_gradient(self, tao, X, G) -> float:
-        _OBJECTIVE_EVENT.begin()
-        try:
+        with _OBJECTIVE_EVENT:
             self.counts["objective"] += 1
             self.counts["gradient"] += 1
-            f = self._guard(self._loss, X, True)
+            f = self._loss(X, True)
             grads = [p.grad for p in self.params.slices.params]
             self.params.write(self.params.summed(self.params.slices.flatten(grads)), G)
             return f
-        finally:
-            _OBJECTIVE_EVENT.end()
 
     # -- Hessian (python Mat) ------------------------------------------------------------
+    @_callback
     def hessian(self, tao, X, H, P) -> None:
-        def setup():
-            self.params.bind(X)
-            self.curvature = HESSIANS[self.hessian_kind](self.model, self.objective, self.chunks,
-                                                         self.n, self.params.slices)
-            self._shift = 0.0
-            self.counts["hessian"] += 1
-        self._guard(setup)
+        self.params.bind(X)
+        self.curvature = HESSIANS[self.hessian_kind](self.model, self.objective, self.chunks,
+                                                     self.n, self.params.slices)
+        self._shift = 0.0
+        self.counts["hessian"] += 1
 
+    @_callback
     def mult(self, mat, X, Y) -> None:
         """Hessian (or Gauss-Newton) times ``X``, plus any shift TAO asked for."""
-        _HESSIAN_EVENT.begin()
-        try:
-            def product():
-                v = self.params.read(X).clone()
-                hv = self.params.summed(self.curvature(v))
-                if self._shift:
-                    hv = hv + self._shift * v
-                self.params.write(hv, Y)
-                self.counts["hessian_products"] += 1
-            self._guard(product)
-        finally:
-            _HESSIAN_EVENT.end()
+        with _HESSIAN_EVENT:
+            v = self.params.read(X).clone()
+            hv = self.params.summed(self.curvature(v))
+            if self._shift:
+                hv = hv + self._shift * v
+            self.params.write(hv, Y)
+            self.counts["hessian_products"] += 1
 
     def shift(self, mat, alpha) -> None:
         """``MatShift``: Newton methods regularise an indefinite Hessian with ``H + a I``."""
         self._shift += float(alpha)
 
     # -- least squares (brgn) ----------------------------------------------------------
+    @_callback
     def residual(self, tao, X, R) -> None:
-        def compute():
-            self.params.bind(X)
-            with torch.no_grad():
-                parts = []
-                for images, y in self.chunks:
-                    parts.append(self.objective.residual(self.model(images), y, self.n))
-                    self.on_model_call()
-            self.counts["residual"] += 1
-            r = torch.cat([self.dp.gather(part) for part in parts])   # all rows, chunk-major
-            R.getArray()[:] = r.to(torch.float64).numpy()
-        self._guard(compute)
+        self.params.bind(X)
+        with torch.no_grad():
+            parts = []
+            for images, y in self.chunks:
+                parts.append(self.objective.residual(self.model(images), y, self.n))
+                self.on_model_call()
+        self.counts["residual"] += 1
+        r = torch.cat([self.dp.gather(part) for part in parts])   # all rows, chunk-major
+        R.getArray()[:] = r.to(torch.float64).numpy()
 
+    @_callback
     def jacobian_residual(self, tao, X, J, P) -> None:
-        def setup():
-            self.params.bind(X)
-            self._jacobians = [OutputJacobian(self.model, images, self.params.slices)
-                               for images, _ in self.chunks]
-            self.counts["jacobian"] += 1
-        self._guard(setup)
+        self.params.bind(X)
+        self._jacobians = [OutputJacobian(self.model, images, self.params.slices)
+                           for images, _ in self.chunks]
+        self.counts["jacobian"] += 1
 
     # python Mat context of the residual's Jacobian: d r / d theta = J_out / sqrt(n)
     class ResidualJacobian:
         def __init__(self, problem: "TrainingProblem"):
             self.problem = problem
 
+        @_callback
         def mult(self, mat, X, Y):
             pb = self.problem
             v = pb.params.read(X).clone()
@@ -240,6 +236,7 @@ class TrainingProblem:
             Y.getArray()[:] = (jv / math.sqrt(pb.n)).to(torch.float64).numpy()
             pb.counts["jacobian_products"] += 1
 
+        @_callback
         def multTranspose(self, mat, X, Y):
             pb = self.problem
             w = torch.from_numpy(X.getArray(readonly=True).copy()) / math.sqrt(pb.n)
@@ -253,18 +250,17 @@ class TrainingProblem:
             pb.counts["jacobian_products"] += 1
 
     # -- iteration hooks ----------------------------------------------------------------
+    @_callback
     def update(self, tao, its) -> None:
         """Start of a TAO iteration: advance the contractive cell's norm estimates once.
 
         Between iterations, as Adam's trainer does between steps, never inside one:
         within an iteration (its line search, its Krylov solve) f is one function.
         """
-        def step():
-            cell = getattr(getattr(self.model, "equilibrium", None), "cell", None)
-            if its > 0 and hasattr(cell, "step_power_iteration"):
-                self.params.bind(tao.getSolution())
-                cell.step_power_iteration()
-        self._guard(step)
+        cell = getattr(getattr(self.model, "equilibrium", None), "cell", None)
+        if its > 0 and hasattr(cell, "step_power_iteration"):
+            self.params.bind(tao.getSolution())
+            cell.step_power_iteration()
 
     def monitor(self, tao) -> None:
         its, f, gnorm, *_ = tao.getSolutionStatus()
@@ -337,10 +333,7 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
     through a DEQ need the ``inject``/``equilibrium``/``head`` structure.
     """
     dp = DataParallel(PETSc.COMM_SELF if comm is None else comm)
-    comm = dp.comm
-    if hessian not in HESSIANS:
-        raise DEQOptionsError(f"-{prefix}train_hessian must be one of {sorted(HESSIANS)}, "
-                              f"got {hessian!r}")
+    _check_hessian(hessian, prefix)
     slices = ParameterSlices(model)
     params = ParameterVector(slices, dp)
     problem = TrainingProblem(model, objective, images, targets, params, hessian, chunk=chunk,
@@ -412,6 +405,12 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
     return result
 
 
+def _check_hessian(hessian: str, prefix: str) -> None:
+    if hessian not in HESSIANS:
+        raise DEQOptionsError(f"-{prefix}train_hessian must be one of {sorted(HESSIANS)}, "
+                              f"got {hessian!r}")
+
+
 def objective_hint(reason_name: str, prefix: str) -> str:
     if reason_name == "DIVERGED_MAXITS":
         return f"raise -{prefix}tao_max_it or loosen -{prefix}tao_gatol/-{prefix}tao_grtol"
@@ -440,9 +439,7 @@ class TaoTrainer(Trainer):
                          progress=progress, log=log, comm=comm)
         opts = PETSc.Options(prefix)
         self.hessian = opts.getString("train_hessian", "gauss-newton")
-        if self.hessian not in HESSIANS:
-            raise DEQOptionsError(f"-{prefix}train_hessian must be one of {sorted(HESSIANS)}, "
-                                  f"got {self.hessian!r}")
+        _check_hessian(self.hessian, prefix)          # before any training
         self.accept_failure = opts.getBool("train_accept_failure", False)
         (OptionsHelp("TAO trainer (deq_petsc)", prefix, self.dp.comm)
          .add("train_hessian", "gauss-newton", "Hessian of Newton-type TAO methods: "
@@ -462,7 +459,7 @@ class TaoTrainer(Trainer):
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
             idx = torch.randperm(n, generator=g)[:self.cfg.tao_batch]
             X, y = X[idx], y[idx]
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         X, y = X.to(device), y.to(device)
         self.model.eval()           # the cell's norm estimates advance in TAO's update hook
         sums = self._new_sums()
@@ -479,16 +476,10 @@ class TaoTrainer(Trainer):
                                       reason_name=err.reason_name, iterations=err.iterations,
                                       history=err.history, stats=err.stats) from None
         self.last_result = result
-        with torch.no_grad():      # loss and metric at the epoch's final weights
-            loss = metric = 0.0
-            for i in range(0, len(y), self.cfg.eval_batch_size):
-                images = self.dp.shard(X[i:i + self.cfg.eval_batch_size])
-                t = self.dp.shard(y[i:i + self.cfg.eval_batch_size])
-                out = self.model(images)
-                loss += float(self.objective.loss(out, t)) * len(t)
-                metric += self.objective.metric_sum(out, t)
-            loss, metric = (float(v) for v in self.dp.sum(np.array([loss, metric])))
-        sums.update(loss=loss, metric=metric, samples=len(y), tao_type=result.tao_type,
+        out, _ = predict(self.model, X, self.cfg.eval_batch_size, self.dp)   # final weights
+        y = y.cpu()
+        sums.update(loss=float(self.objective.loss(out, y)) * len(y),
+                    metric=self.objective.metric_sum(out, y), samples=len(y), tao_type=result.tao_type,
                     tao_its=result.iterations, tao_reason=result.reason_name,
                     gradient_norm=result.gradient_norm,
                     **{f"{k}_evals": v for k, v in result.counts.items()})
