@@ -81,7 +81,6 @@ def run_data(args) -> int:
 
 # -- training -----------------------------------------------------------------------------
 def _train_config(args, task, kind="deq", depth=8):
-    from .devices import resolve_device
     from .train import TrainConfig
     trainer = getattr(args, "trainer", "adam")
     dtype = getattr(args, "dtype", None) or ("float64" if trainer == "tao" else "float32")
@@ -90,7 +89,7 @@ def _train_config(args, task, kind="deq", depth=8):
                        limit=args.limit, jac_reg=args.jac_reg, cell=args.cell,
                        gamma=args.gamma, objective=getattr(args, "objective", "classify"),
                        dtype=dtype, tao_batch=getattr(args, "tao_batch", 0),
-                       device=str(resolve_device(getattr(args, "device", "cpu"))))
+                       device=getattr(args, "device", "cpu"))
 
 
 def _report(report: dict, objective, stats_line: str = "") -> str:
@@ -103,8 +102,6 @@ def run_train(args) -> int:
     from .train import TaoTrainer, Trainer
     from .train.checkpoint import DEQCheckpointError
 
-    from .devices import resolve_device
-    resolve_device(args.device)                  # before any data is built
     out = Path(args.out or f"runs/{args.task}")
     if (out / "checkpoint.pt").exists() and not (args.resume or args.overwrite):
         raise DEQCheckpointError(f"{out} already holds a checkpoint: pass --resume to continue "
@@ -140,9 +137,7 @@ def run_evaluate(args) -> int:
     from .train import evaluate, load_model, objective_of
     from .train.distributed import DataParallel
 
-    from .devices import resolve_device
-    model, state = load_model(args.checkpoint, comm=PETSc.COMM_WORLD,
-                              device=resolve_device(args.device))
+    model, state = load_model(args.checkpoint, comm=PETSc.COMM_WORLD, device=args.device)
     try:
         cfg = state["train_config"]
         task = args.task or cfg["task"]
@@ -199,11 +194,9 @@ SOLVERS = {
 
 
 def run_demo(args) -> int:
-    from .devices import resolve_device
     from .train import Trainer
     from .train.plots import plot_comparison
 
-    resolve_device(args.device)                  # before any data is built
     data = _load_data("polarity", args.limit, args.seed, cache_dir=args.cache_dir,
                       progress=not args.no_progress)
     say(versions(), data.summary(),
@@ -260,9 +253,8 @@ def _cell_problem(args, comm):
     rank, size = comm.getRank(), comm.getSize()
     if args.batch < size:
         raise DEQInputError(f"--batch {args.batch} is smaller than the {size} MPI ranks")
-    from .devices import resolve_device
     dtype = getattr(torch, args.dtype)
-    device = resolve_device(args.device)
+    device = torch.device(args.device)
     torch.manual_seed(args.seed)
     cell = ConvTanhCell(args.channels, args.size, contraction=args.contraction,
                         seed=args.seed, dtype=dtype).to(device)
@@ -321,8 +313,7 @@ def _task_problem(args, comm):
     from .train.distributed import DataParallel
     from .train.loop import build_model, model_dtype
 
-    from .devices import resolve_device
-    device = resolve_device(args.device)
+    device = torch.device(args.device)
     data = _load_data(args.task, args.limit, args.seed, cache_dir=args.cache_dir)
     if args.checkpoint:
         model, _ = load_model(args.checkpoint, device=device)

@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import app
     from .errors import DEQError
+    from .devices import resolve_device
     from .train.distributed import abort_on_error, threads_per_rank
 
     if "-help" in petsc_args and PETSc.COMM_WORLD.getRank() == 0:
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     what = f"deq-petsc {args.command_name}"
     with abort_on_error(PETSc.COMM_WORLD, what):
         try:
+            if getattr(args, "device", None) is not None:   # checked once, before any work
+                args.device = str(resolve_device(args.device))
             return app.COMMANDS[args.command_name](args)
         except (DEQError, FileNotFoundError, ImportError) as err:
             if PETSc.COMM_WORLD.getSize() > 1:
