@@ -31,17 +31,13 @@ def worker(args):
     import torch
     from petsc4py import PETSc
 
-    from deq_petsc.data import load_task
     from deq_petsc.train import TrainConfig, Trainer
-    from deq_petsc.train.distributed import DataParallel
+    from deq_petsc.train.distributed import DataParallel, load_task_collectively
 
     torch.set_num_threads(args.threads)
     dp = DataParallel()
-    data = load_task("polarity", limit=args.limit, seed=0, cache_dir=args.cache_dir,
-                     progress=False) if dp.is_root else None
-    dp.barrier()
-    data = data or load_task("polarity", limit=args.limit, seed=0, cache_dir=args.cache_dir,
-                             progress=False)
+    data = load_task_collectively("polarity", limit=args.limit, seed=0,
+                                  cache_dir=args.cache_dir, progress=False)
     out = Path(tempfile.mkdtemp(prefix="bench_mpi_")) if dp.is_root else None
     out = dp.mpi.bcast(out, root=0)
     trainer = Trainer(TrainConfig(task="polarity", epochs=args.epochs, seed=0), data, out,

@@ -30,19 +30,12 @@ def versions() -> str:
 
 def _load_data(task, limit, seed, cache_dir=None, jobs=None, csv=None, progress=True):
     """The task's data set; under MPI rank 0 builds (or checks) the cache, then all read it."""
-    from .data import load_task
-    from .train.distributed import DataParallel
+    from .train.distributed import load_task_collectively
     if limit is not None and limit <= 0:
         limit = None                       # --limit 0: the whole source
-    dp = DataParallel()
-
-    def load():
-        return load_task(task, limit=limit, seed=seed, cache_dir=cache_dir, n_jobs=jobs,
-                         progress=progress and dp.is_root, **({"csv": csv} if csv else {}))
-
-    data = load() if dp.is_root else None
-    dp.barrier()
-    return data if data is not None else load()
+    return load_task_collectively(task, limit=limit, seed=seed, cache_dir=cache_dir,
+                                  n_jobs=jobs, progress=progress,
+                                  **({"csv": csv} if csv else {}))
 
 
 def _args_data(args, task=None, limit=None, seed=None):

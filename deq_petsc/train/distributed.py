@@ -112,3 +112,15 @@ class DataParallel:
     def barrier(self) -> None:
         if self.size > 1:
             self.mpi.Barrier()
+
+
+def load_task_collectively(name: str, comm=None, **options):
+    """``deq_petsc.data.load_task`` on every rank: rank 0 builds (or checks) the cache
+    first, so the ranks do not all build the same images at once; then the others read it."""
+    from ..data import load_task
+
+    dp = DataParallel(comm)
+    options["progress"] = options.get("progress", True) and dp.is_root
+    data = load_task(name, **options) if dp.is_root else None
+    dp.barrier()
+    return data if data is not None else load_task(name, **options)

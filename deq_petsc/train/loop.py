@@ -210,6 +210,7 @@ class Trainer:
                            self.objective, self.dp)
             batches = max(sums.pop("batches"), 1)
             samples = sums.pop("samples", len(y))
+            unconverged = (sums.pop("unconverged"), sums.pop("unconverged_adjoint"))
             row = {"epoch": epoch + 1, "train_loss": sums.pop("loss") / samples,
                    f"train_{m}": sums.pop("metric") / samples, "val_loss": val["loss"],
                    f"val_{m}": val[{"acc": "accuracy"}.get(m, m)],
@@ -217,9 +218,7 @@ class Trainer:
                    "forward_f_evals": sums.pop("f_evals") / batches,
                    "backward_its": sums.pop("b_its") / batches,
                    "jacobian_penalty": sums.pop("jac") / batches,
-                   "inexact_forward": sums["unconverged"],
-                   "inexact_adjoint": sums["unconverged_adjoint"]}
-            unconverged = (sums.pop("unconverged"), sums.pop("unconverged_adjoint"))
+                   "inexact_forward": unconverged[0], "inexact_adjoint": unconverged[1]}
             row.update(sums)                 # trainer-specific counters
             row.update(epoch_time=train_time, elapsed=elapsed)
             self.history.append(row)
