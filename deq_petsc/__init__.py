@@ -7,12 +7,20 @@ Importing this package does not initialise PETSc: follow petsc4py's convention
 and call ``petsc4py.init(sys.argv)`` (or :func:`deq_petsc.init`) first when the
 command line should reach the options database. The public names below are
 loaded on first use for that reason.
+
+Importing it does set up glibc's malloc for repeated state-sized temporaries
+(:mod:`deq_petsc.allocator`: a float64 ``f`` evaluation 2-2.6x faster);
+``DEQ_PETSC_MALLOC=default`` leaves the allocator alone.
 """
 
 import sys
 from importlib import import_module
 
+from . import allocator as _allocator
+
 __version__ = "0.1.0"
+
+_allocator.tune()
 
 _EXPORTS = {
     "DEQ": "deq_petsc.layer",

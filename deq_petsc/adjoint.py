@@ -28,7 +28,7 @@ import torch
 from petsc4py import PETSc
 
 from .errors import DEQConvergenceError
-from .interop import TensorLayout
+from .interop import TensorLayout, layout_changed
 from .operators import ResidualJacobian, create_residual_jacobian
 from .petsc_options import OptionsHelp, inserted_defaults, ksp_reason_name
 from .problem import FixedPointProblem, Linearization
@@ -64,7 +64,7 @@ class ImplicitKSP:
         self._mats: list[PETSc.Mat] = []
 
     def _setup(self, layout: TensorLayout, problem: FixedPointProblem):
-        if layout == self._layout:
+        if not layout_changed(self.comm, layout, self._layout):
             return
         if self._layout is not None:
             self.ksp.reset()          # a KSP cannot take operators of another size without it

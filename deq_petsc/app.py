@@ -18,14 +18,15 @@ def say(*lines):
 def versions() -> str:
     import petsc4py
 
-    from . import __version__
+    from . import __version__, allocator
     from .devices import describe
     v = ".".join(map(str, PETSc.Sys.getVersion()))
     d = describe()
     cuda = ", ".join(d["cuda_devices"]) if d["torch_cuda"] else "no CUDA device"
     return (f"deq_petsc {__version__}; PETSc {v} ({PETSc.ScalarType.__name__} scalars, "
             f"{'with' if d['petsc_device_memory'] else 'no'} device memory), petsc4py "
-            f"{petsc4py.__version__}, torch {torch.__version__} ({cuda})")
+            f"{petsc4py.__version__}, torch {torch.__version__} ({cuda}); malloc "
+            f"{allocator.status()}")
 
 
 def _load_data(task, limit, seed, cache_dir=None, jobs=None, csv=None, progress=True):

@@ -89,16 +89,25 @@ class TensorLayout:
         return f"{tuple(self.shape)} {self.dtype} on {self.device}: {how}"
 
     # -- Vec -> tensor ---------------------------------------------------------
-    def read(self, vec: PETSc.Vec) -> torch.Tensor:
+    def read(self, vec: PETSc.Vec, out: torch.Tensor | None = None) -> torch.Tensor:
         """``vec`` as a model tensor: a view when zero-copy, else one cast/transfer.
 
-        The view must be treated as read-only: it aliases PETSc's memory.
+        The view must be treated as read-only: it aliases PETSc's memory. When a
+        cast is needed, ``out`` (a tensor of this layout, e.g. from
+        :meth:`empty`) receives it, so a solver loop allocates nothing per call.
         """
         self._check_size(vec)
         flat = vec_local_view(vec, "r")
-        if not self.zero_copy:
-            flat = flat.to(device=self.device, dtype=self.dtype)
-        return flat.view(self.shape)
+        if self.zero_copy:
+            return flat.view(self.shape)
+        if out is None:
+            return flat.to(device=self.device, dtype=self.dtype).view(self.shape)
+        out.view(-1).copy_(flat)
+        return out
+
+    def empty(self) -> torch.Tensor:
+        """An uninitialised tensor of this layout (a reusable buffer for :meth:`read`)."""
+        return torch.empty(self.shape, dtype=self.dtype, device=self.device)
 
     # -- tensor -> Vec ---------------------------------------------------------
     def write(self, tensor: torch.Tensor, vec: PETSc.Vec) -> None:
@@ -140,6 +149,21 @@ class TensorLayout:
         if vec.getLocalSize() != self.numel:
             raise ValueError(f"Vec of local size {vec.getLocalSize()} does not match the "
                              f"layout {tuple(self.shape)} ({self.numel} entries)")
+
+
+def layout_changed(comm, layout: TensorLayout, previous: TensorLayout | None) -> bool:
+    """Whether a solver over ``comm`` must rebuild its vectors: decided by all ranks together.
+
+    Each rank's local shape can change on its own (uneven shards: 21 samples on
+    one rank, 20 on the other), but the rebuild is collective; a rank deciding
+    alone would enter ``SNESReset`` while the other enters the solve, and both
+    wait forever. One ``MPI_Allreduce`` (MAX) per solve, none on one rank.
+    """
+    changed = layout != previous
+    if comm.getSize() == 1:
+        return changed
+    from mpi4py import MPI
+    return bool(comm.tompi4py().allreduce(int(changed), op=MPI.MAX))
 
 
 def shares_memory(tensor: torch.Tensor, vec: PETSc.Vec) -> bool:

@@ -193,7 +193,7 @@ class DEQ(nn.Module):
         for _ in range(samples):
             v = torch.randn(fz.shape, generator=generator, dtype=fz.dtype).to(fz.device)
             (vjp,) = torch.autograd.grad(fz, z, v, create_graph=True)
-            total = total + vjp.pow(2).sum() / v.numel()
+            total = total + vjp.pow(2).sum() / max(v.numel(), 1)   # 0 on an empty shard
         return total / samples
 
     @torch.no_grad()

@@ -27,7 +27,7 @@ import torch
 from petsc4py import PETSc
 
 from .errors import DEQConvergenceError, DEQNonFiniteError
-from .interop import TensorLayout, vec_local_view
+from .interop import TensorLayout, layout_changed, vec_local_view
 from .operators import ResidualJacobian, create_residual_jacobian
 from .petsc_options import (OptionsHelp, inserted_defaults, ksp_reason_name,
                             snes_reason_name)
@@ -106,6 +106,9 @@ class _SNESContext:
         self.layout = layout
         self.jacobian = jacobian
         self.check_finite = check_finite
+        # Where the state is cast to the model's dtype (float32 models, float64 PETSc):
+        # one buffer for all evaluations instead of an allocation per call.
+        self.z_buffer = None if layout.zero_copy else layout.empty()
         self.problem: FixedPointProblem | None = None
         self.reset_counters()
 
@@ -130,9 +133,13 @@ class _SNESContext:
 
     @torch.no_grad()
     def _evalFunction(self, X, F):
-        z = self.layout.read(X)
-        fz = self.problem(z).reshape(-1).to(device="cpu", dtype=self.layout.petsc_dtype)
+        z = self.layout.read(X, out=self.z_buffer)
+        fz = self.problem(z).reshape(-1)
+        if fz.device.type != "cpu":
+            fz = fz.cpu()
         out = vec_local_view(F, "w")
+        # F = X - f: torch promotes a float32 f to PETSc's float64 inside the kernel,
+        # no float64 copy of f is made
         torch.sub(vec_local_view(X, "r"), fz, out=out)
         self.function_evals += 1
         # One reduction, no temporary: a NaN/Inf entry makes the sum non-finite.
@@ -223,7 +230,7 @@ class DEQSolver:
         return check_finite, jvp_mode
 
     def _setup(self, layout: TensorLayout, problem: FixedPointProblem):
-        if layout == self._layout:
+        if not layout_changed(self.comm, layout, self._layout):
             return
         if self._layout is not None:
             self.snes.reset()

@@ -7,9 +7,9 @@ import pytest
 from helpers import cli_path, mpiexec, run_cli
 
 
-def _assert_all_ok(script, names, *args):
+def _assert_all_ok(script, names, *args, timeout=300):
     """Run an MPI check script on 2 ranks; each name must report ranks=2 and nothing FAIL."""
-    r = mpiexec(2, script, *args)
+    r = mpiexec(2, script, *args, timeout=timeout)
     assert r.returncode == 0, r.stdout + r.stderr
     for name in names:
         assert f"{name}: ranks=2" in r.stdout and "FAIL" not in r.stdout, r.stdout
@@ -46,6 +46,14 @@ def test_distributed_implicit_gradient_matches_serial_on_two_ranks():
 def test_training_steps_on_two_ranks_equal_one_rank(tao_type):
     """Adam steps and TAO iterations (Gauss-Newton trust region / brgn) on 2 ranks."""
     _assert_all_ok("tests/mpi/distributed_training.py", ("adam", "tao-gn"), tao_type)
+
+
+@pytest.mark.mpi
+def test_uneven_and_empty_shards_train_and_predict_like_one_process():
+    """A batch of 9 on 2 ranks (5/4), a last batch of 1 (rank 1 empty): no deadlock, no NaN."""
+    # a deadlock (a rank rebuilding its vectors alone) fails by the timeout instead of hanging
+    _assert_all_ok("tests/mpi/uneven_shards.py", ("allocator", "batch 9", "batch 19"),
+                   timeout=120)
 
 
 @pytest.mark.mpi

@@ -83,6 +83,46 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny, tmp_path):
     trainer.destroy()
 
 
+class _RunsCode:
+    """What a hostile checkpoint carries: unpickling it calls a function of the attacker's."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "deq_petsc-checkpoint-1", "epoch": 1, "model": _RunsCode(marker)},
+               path)
+    with pytest.raises(DEQCheckpointError, match="refusing to load .* could run code"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    r = run_cli("predict", "--checkpoint", path, "--smiles", "CCO")
+    assert r.returncode == 1 and "refusing to load" in r.stdout + r.stderr
+    assert len((r.stdout + r.stderr).strip().splitlines()) == 1 and not marker.exists()
+
+
+def test_checkpoints_hold_plain_data_only(tmp_path):
+    import numpy as np
+
+    from deq_petsc.train import save_checkpoint
+
+    state = {"epoch": 2, "history": [{"loss": np.float32(0.5), "its": np.int64(3)}],
+             "classes": ("a", "b"), "weights": torch.ones(2), "arr": np.arange(3)}
+    back = load_checkpoint(save_checkpoint(state, tmp_path / "c.pt"))
+    assert back["history"] == [{"loss": 0.5, "its": 3}]
+    assert type(back["history"][0]["its"]) is int and back["classes"] == ["a", "b"]
+    assert torch.equal(back["arr"], torch.arange(3)) and torch.equal(back["weights"],
+                                                                       torch.ones(2))
+    with pytest.raises(TypeError, match=r"state\['bad'\]: a object cannot go into"):
+        save_checkpoint({"bad": object()}, tmp_path / "d.pt")
+    assert not (tmp_path / "d.pt").exists()
+
+
 def test_train_cli_passes_petsc_options_and_predicts(cache_dir, tmp_path):
     out = tmp_path / "run"
     r = run_cli("train", "--task", "polarity", "--limit", "120", "--epochs", "1", "--width",
@@ -120,6 +160,11 @@ def test_demo_command_compares_anderson_and_picard(cache_dir, tmp_path):
                      r.stdout)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"anderson", "picard"}
+    # a checkpoint trained under the prefix anderson_ answers to unprefixed options
+    ev = run_cli("evaluate", "--checkpoint", out / "anderson" / "checkpoint.pt", "--cache-dir",
+                 cache_dir, "-snes_type", "nrichardson", "-snes_linesearch_type", "basic")
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    assert "forward solver: nrichardson" in ev.stdout and "unused" not in ev.stdout + ev.stderr
     assert summary["picard"]["forward_its"] > 0 and summary["anderson"]["forward_its"] > 0
     for name in ("comparison.png", "anderson/curves.png", "picard/confusion.png",
                  "anderson/checkpoint.pt"):

@@ -355,7 +355,7 @@ def load_task(name: str, limit: int | None = None, seed: int = 0, cache_dir=None
 
 
 def _build(task: Task, limit, seed, cache_root: Path, n_jobs, progress):
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     records = task.records(cache_root)
     order = np.random.default_rng(seed).permutation(len(records))
@@ -364,8 +364,8 @@ def _build(task: Task, limit, seed, cache_root: Path, n_jobs, progress):
     chosen = [records[i] for i in order]
     jobs = [(task.payload, r.payload, task.size) for r in chosen]
     n_jobs = n_jobs or min(2, os.cpu_count() or 1)
-    bar = tqdm(total=len(jobs), desc=f"{task.name} graph images", unit="img",
-               disable=not progress, file=sys.stderr)
+    bar = progress_bar(total=len(jobs), desc=f"{task.name} graph images", unit="img",
+                       enabled=progress)
     results = []
     if n_jobs > 1 and len(jobs) >= 64:
         import multiprocessing

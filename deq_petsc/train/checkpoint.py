@@ -2,12 +2,21 @@
 
 A run killed while saving leaves the previous checkpoint intact: the new one
 is complete on disk (flushed and fsync'd) before it replaces the old name.
+
+A checkpoint holds tensors and plain data only (dicts, lists, strings,
+numbers), and is read with ``torch.load(weights_only=True)``: a pickle is a
+program, and a checkpoint from someone else must not be able to run one on
+``predict``, ``evaluate`` or ``--resume``. Anything else in the file is
+refused with :class:`DEQCheckpointError`.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..atomic import atomic_write
@@ -20,10 +29,36 @@ class DEQCheckpointError(DEQError):
     """A checkpoint that is missing, truncated, corrupt or from something else."""
 
 
+def plain(value, where: str = "state"):
+    """``value`` with numpy scalars and arrays, tuples and paths turned into plain data.
+
+    What ``weights_only`` loading accepts; anything else is a programming error
+    here, named with where it sits, rather than a checkpoint that cannot be read.
+    """
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, (int, str)) else k: plain(v, f"{where}[{k!r}]")
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{where}: a {type(value).__name__} cannot go into a checkpoint (tensors "
+                    f"and plain data only, so that loading one runs no code)")
+
+
 def save_checkpoint(state: dict, path) -> Path:
     path = Path(path)
+    state = plain({"format": FORMAT, **state})
     with atomic_write(path, "wb") as fh:
-        torch.save({"format": FORMAT, **state}, fh)
+        torch.save(state, fh)
     return path
 
 
@@ -32,7 +67,18 @@ def load_checkpoint(path) -> dict:
     if not path.is_file():
         raise DEQCheckpointError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:           # garbage where a pickle opcode should be
+            raise DEQCheckpointError(
+                f"checkpoint {path} is corrupt or truncated (not a readable checkpoint: "
+                f"{_last_line(err)}); delete it to start over, or point --checkpoint at an "
+                f"intact one") from None
+        raise DEQCheckpointError(
+            f"refusing to load {path}: it holds a Python object ({found.group(1)}) where "
+            f"deq_petsc checkpoints hold only tensors and plain data, and unpickling it could "
+            f"run code; do not use a file of unknown origin") from None
     except Exception as err:  # zip/pickle errors of every kind mean the same thing here
         raise DEQCheckpointError(
             f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err}); "
@@ -40,3 +86,10 @@ def load_checkpoint(path) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DEQCheckpointError(f"{path} is not a deq_petsc checkpoint")
     return state
+
+
+def _last_line(err: BaseException) -> str:
+    """torch's weights-only message: generic paragraphs around one line that says what."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    specific = [line for line in lines if line.startswith(("Unsupported", "WeightsUnpickler"))]
+    return (specific or lines or [type(err).__name__])[-1]

@@ -22,9 +22,10 @@ from petsc4py import PETSc
 from ..atomic import write_csv, write_json
 from ..data.tasks import TaskData
 from ..models.graph_classifier import ClassifierConfig, GraphImageClassifier
+from ..progress import progress
 from .checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DataParallel
-from .objectives import Classification, make_objective
+from .objectives import Classification, make_objective, shard_loss
 from .plots import plot_confusion, plot_curves, plot_parity
 
 #: Program defaults of the solves when training (the command line wins): DEQ
@@ -259,8 +260,6 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, X: torch.Tensor, y: torch.Tensor) -> dict:
         """One pass of Adam over the shuffled training split; returns the epoch's sums."""
-        from tqdm.auto import tqdm
-
         n = len(y)
         self.model.train()
         # Everything random in an epoch comes from generators seeded by (seed, epoch):
@@ -269,8 +268,8 @@ class Trainer:
         order = torch.randperm(n, generator=g)
         probes = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch + 7919)
         sums = self._new_sums()
-        bar = tqdm(range(0, n, self.cfg.batch_size), disable=not self.progress,
-                   desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False)
+        bar = progress(range(0, n, self.cfg.batch_size), enabled=self.progress, steps=4,
+                       desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch")
         m = self.objective.metric
         dp = self.dp
         device = model_device(self.model)
@@ -279,9 +278,7 @@ class Trainer:
             mine = dp.shard(idx)
             out = self.model(X[mine].to(device))
             target = y[mine].to(device)
-            # this rank's share of the global batch's mean loss: the ranks' gradients add up
-            # to the gradient of the whole batch's loss
-            loss = self.objective.loss(out, target) * (len(mine) / len(idx))
+            loss = shard_loss(self.objective, out, target, len(idx))
             objective = loss
             if self.cfg.jac_reg > 0 and self.cfg.kind == "deq":
                 penalty = self.model.equilibrium.jacobian_penalty(generator=probes) / dp.size
@@ -332,15 +329,17 @@ class Trainer:
         self.model.destroy()
 
 
-def load_model(checkpoint, prefix: str | None = None, solver_options: dict | None = None,
+def load_model(checkpoint, prefix: str = "", solver_options: dict | None = None,
                comm=None, device="cpu"):
     """Rebuild the trained model of a checkpoint: ``(model, state)``.
 
-    ``objective_of(state)`` gives what it was trained to predict.
+    Its solver answers to ``prefix`` (default none: ``-snes_type nrichardson``
+    applies as typed, whatever prefix the training run used, e.g. the demo's
+    ``anderson_``). ``objective_of(state)`` gives what it was trained to predict.
     """
     state = load_checkpoint(checkpoint)
     cfg = ClassifierConfig(**state["model_config"])
-    model = GraphImageClassifier(cfg, prefix=state.get("prefix", "") if prefix is None else prefix,
+    model = GraphImageClassifier(cfg, prefix=prefix,
                                  comm=comm,
                                  solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
                                  adjoint_options=TRAIN_ADJOINT_OPTIONS)

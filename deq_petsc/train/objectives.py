@@ -23,6 +23,19 @@ from .metrics import classification_report, confusion_matrix, format_report
 OBJECTIVES = ("classify", "regress")
 
 
+def shard_loss(objective, out: torch.Tensor, y: torch.Tensor, n_total: int) -> torch.Tensor:
+    """This rank's share of the mean loss over ``n_total`` samples split across the ranks.
+
+    The ranks' shares (and their gradients) add up to the whole batch's. A rank whose
+    shard is empty (a last batch smaller than the number of ranks) contributes 0, not
+    the NaN mean of nothing, through its empty output: its backward still joins the
+    collective adjoint solve of the others.
+    """
+    if len(y) == 0:
+        return out.sum() * 0.0
+    return objective.loss(out, y) * (len(y) / n_total)
+
+
 class Classification:
     name = "classify"
     metric = "acc"                 # metrics keys train_acc / val_acc

@@ -40,6 +40,7 @@ from ..petsc_options import OptionsHelp, inserted_defaults, tao_reason_name
 from .curvature import HESSIANS, OutputJacobian, ParameterSlices
 from .distributed import DataParallel
 from .loop import Trainer, model_device, predict
+from .objectives import shard_loss
 
 #: Program defaults of the TAO solve of each epoch (the command line wins).
 TAO_DEFAULTS = {"tao_type": "lmvm", "tao_max_it": 20}
@@ -153,7 +154,7 @@ class TrainingProblem:
             self.model.zero_grad(set_to_none=True)
         for images, y in self.chunks:
             with torch.set_grad_enabled(with_grad):
-                loss = self.objective.loss(self.model(images), y) * (len(y) / self.n)
+                loss = shard_loss(self.objective, self.model(images), y, self.n)
                 if with_grad:
                     loss.backward()
             self.on_model_call()

@@ -1,0 +1,135 @@
+"""The cost of one solver iteration against one bare ``f`` evaluation, float32 and float64.
+
+On the forward benchmark's conv cell (default 32 x 16 x 32 x 32), measured side
+by side in one run (best of ``--repeat``, interleaved):
+
+* ``bare f``: the cell alone, ``f(z, x)`` in a loop, in a process whose
+  allocator deq_petsc tuned (:mod:`deq_petsc.allocator`) and, in a child
+  process started with ``DEQ_PETSC_MALLOC=default``, with glibc's defaults;
+* ``Picard``: PETSc ``nrichardson`` (basic line search), time per f evaluation;
+* ``Anderson(5)``: PETSc ``anderson``, time per iteration (one f evaluation
+  plus the mixing);
+
+each for ``--its`` iterations with the convergence test off (``rtol`` 0), so
+every configuration does the same number of evaluations. Ratios are against
+the bare ``f`` of the same precision in the same process.
+
+Run by hand:  .venv/bin/python benchmarks/bench_iteration.py [--repeat 3] [--its 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import deq_petsc
+
+deq_petsc.init([sys.argv[0]])
+
+import torch  # noqa: E402
+
+from common import add_cell_arguments  # noqa: E402
+from deq_petsc import DEQSolver, FixedPointProblem, allocator  # noqa: E402
+from deq_petsc.models import ConvTanhCell  # noqa: E402
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+SOLVERS = {
+    "Picard": {"snes_type": "nrichardson", "snes_linesearch_type": "basic"},
+    "Anderson(5)": {"snes_type": "anderson", "snes_anderson_m": 5},
+}
+
+
+def problem(args, dtype):
+    cell = ConvTanhCell(args.channels, args.size, contraction=args.contraction, seed=0,
+                        dtype=dtype, symmetric=True)
+    x = 0.1 * torch.randn(args.batch, args.channels, args.size, args.size,
+                          generator=torch.Generator().manual_seed(1)).to(dtype)
+    return cell, x
+
+
+@torch.no_grad()
+def bare_f(cell, x, its):
+    """Seconds per ``f`` evaluation, each on the previous output (as in a Picard loop)."""
+    z = torch.zeros_like(x)
+    for _ in range(3):
+        z = cell(z, x)
+    start = time.perf_counter()
+    for _ in range(its):
+        z = cell(z, x)
+    return (time.perf_counter() - start) / its
+
+
+def bare_only(args):
+    """Child-process mode: bare f per dtype, as JSON on stdout."""
+    torch.set_num_threads(args.threads)
+    out = {}
+    for _ in range(args.repeat):
+        for name, dtype in DTYPES.items():
+            t = bare_f(*problem(args, dtype), args.its)
+            out[name] = min(out.get(name, float("inf")), t)
+    print(json.dumps({"status": allocator.status(), **out}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_cell_arguments(p)
+    p.add_argument("--its", type=int, default=30, help="iterations per solve (default 30)")
+    p.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.bare_only:
+        return bare_only(args)
+    torch.set_num_threads(args.threads)
+    problems = {name: problem(args, dtype) for name, dtype in DTYPES.items()}
+    solvers = {(s, d): DEQSolver(prefix=f"b{i}{j}_", check_convergence=False, options={
+        **opts, "snes_rtol": 0, "snes_atol": 0, "snes_stol": 0, "snes_max_it": args.its})
+        for i, (s, opts) in enumerate(SOLVERS.items()) for j, d in enumerate(DTYPES)}
+    best: dict = {}
+
+    def keep(key, value):
+        best[key] = min(best.get(key, float("inf")), value)
+
+    child = [sys.executable, __file__, "--bare-only", "--repeat", "1", "--its", str(args.its),
+             "--batch", str(args.batch), "--channels", str(args.channels), "--size",
+             str(args.size), "--contraction", str(args.contraction), "--threads",
+             str(args.threads)]
+    default_status = ""
+    for _ in range(args.repeat):
+        r = subprocess.run(child, capture_output=True, text=True, check=True,
+                           env={**os.environ, "DEQ_PETSC_MALLOC": "default"})
+        measured = json.loads(r.stdout.strip().splitlines()[-1])
+        default_status = measured.pop("status")
+        for d, t in measured.items():
+            keep(("bare f, glibc defaults", d), t)
+        for d, (cell, x) in problems.items():
+            keep(("bare f", d), bare_f(cell, x, args.its))
+            for s in SOLVERS:
+                _, stats = solvers[(s, d)].solve(FixedPointProblem(cell, x))
+                per = stats.function_evals if s == "Picard" else max(stats.iterations, 1)
+                keep((s, d), stats.time / per)
+    for s in solvers.values():
+        s.destroy()
+
+    print(f"conv cell {args.batch}x{args.channels}x{args.size}x{args.size} "
+          f"({args.batch * args.channels * args.size ** 2} unknowns), {args.its} iterations "
+          f"per solve, best of {args.repeat}, {args.threads} torch thread(s); PETSc scalars "
+          f"float64\nallocator: this process {allocator.status()}; child {default_status}")
+    print(f"{'what':28s} {'float64 ms':>10s} {'vs bare':>8s} {'float32 ms':>10s} {'vs bare':>8s}")
+    rows = [("bare f, glibc defaults", "bare f, glibc defaults"), ("bare f", "bare f (tuned)"),
+            ("Picard", "Picard, per f evaluation"), ("Anderson(5)", "Anderson(5), per iteration")]
+    for key, label in rows:
+        cells = []
+        for d in DTYPES:
+            t = best[(key, d)]
+            cells.append(f"{1e3 * t:10.2f} {t / best[('bare f', d)]:7.2f}x")
+        print(f"{label:28s} " + " ".join(cells))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({f"{k[0]}|{k[1]}": v for k, v in best.items()}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
