@@ -19,6 +19,10 @@ import numpy as np
 import torch
 from petsc4py import PETSc
 
+from . import blas_threads
+
+blas_threads.limit()        # PETSc's BLAS single-threaded: torch keeps the cores for f
+
 _NUMPY_TO_TORCH = {
     np.dtype(np.float64): torch.float64,
     np.dtype(np.float32): torch.float32,

@@ -64,3 +64,12 @@ def test_progress_can_be_switched_off_and_counts_updates():
         bar.update()
     bar.close()
     assert len(log.getvalue().splitlines()) == 3
+
+
+def test_petsc_blas_runs_on_one_thread():
+    import deq_petsc.interop  # noqa: F401  (PETSc loaded, its BLAS set)
+    from deq_petsc import blas_threads
+    libs = [p for p in blas_threads.loaded_openblas() if "scipy_openblas" not in p]
+    assert libs, "PETSc's OpenBLAS should be loaded"
+    counts = {p: blas_threads.threads(p) for p in libs}
+    assert all(n in (1, None) for n in counts.values()) and 1 in counts.values(), counts
