@@ -67,6 +67,11 @@ def test_progress_can_be_switched_off_and_counts_updates():
 
 
 def test_petsc_blas_runs_on_one_thread():
+    import os
+
+    import pytest
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        pytest.skip("the user's OPENBLAS_NUM_THREADS is respected")
     import deq_petsc.interop  # noqa: F401  (PETSc loaded, its BLAS set)
     from deq_petsc import blas_threads
     libs = [p for p in blas_threads.loaded_openblas() if "scipy_openblas" not in p]
