@@ -30,7 +30,8 @@ from petsc4py import PETSc
 from .errors import DEQConvergenceError
 from .interop import TensorLayout, layout_changed
 from .operators import ResidualJacobian, create_residual_jacobian
-from .petsc_options import OptionsHelp, inserted_defaults, ksp_reason_name
+from .petsc_options import (OptionsHelp, check_positive_ints, inserted_defaults,
+                            ksp_reason_name, options_checked)
 from .problem import FixedPointProblem, Linearization
 
 ADJOINT_METHODS = ("ksp", "snes", "jfb", "phantom")
@@ -77,7 +78,10 @@ class ImplicitKSP:
         self.ksp.setOperators(self._mats[-1])
         self.ksp.getPC().setType(PETSc.PC.Type.NONE)     # a python Mat has no entries
         self.ksp.setInitialGuessNonzero(True)            # start from the right-hand side
-        with inserted_defaults(self.prefix, self.defaults):
+        with inserted_defaults(self.prefix, self.defaults), \
+                options_checked(self.ksp, "the adjoint KSP" if self.transpose
+                                else "the tangent KSP"):
+            check_positive_ints(self.prefix)
             self.ksp.setFromOptions()
         self.ksp.setConvergenceHistory(length=int(self.ksp.getTolerances()[3]) + 1)
         self._layout = layout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -87,9 +86,14 @@ def _train_config(args, task, kind="deq", depth=8):
 
 
 def _report(report: dict, objective, stats_line: str = "") -> str:
+    warning = ""
+    if report.get("inexact_forward"):
+        warning = (f"\nWARNING: {report['inexact_forward']} of {report['batches']} forward "
+                   f"solves stopped at the iteration limit (-snes_max_it) before reaching "
+                   f"their tolerance: those answers are not the model's equilibrium")
     return (objective.format(report) + f"\nforward iterations per batch "
             f"{report['forward_its']:.1f}, {1e3 * report['seconds_per_sample']:.3f} ms per "
-            f"sample" + stats_line)
+            f"sample" + stats_line + warning)
 
 
 def run_train(args) -> int:
@@ -181,61 +185,27 @@ def run_predict(args) -> int:
 
 
 # -- the main job ---------------------------------------------------------------------------
-SOLVERS = {
-    "anderson": {"snes_type": "anderson", "snes_anderson_m": 5},
-    "picard": {"snes_type": "nrichardson", "snes_linesearch_type": "basic"},
-}
-
-
 def run_demo(args) -> int:
-    from .train import Trainer
-    from .train.plots import plot_comparison
+    from .demo import DemoConfig, format_summary, run_demo as demo
 
-    data = _load_data("polarity", args.limit, args.seed, cache_dir=args.cache_dir,
-                      progress=not args.no_progress)
+    cfg = DemoConfig(limit=args.limit, seed=args.seed, epochs=args.epochs,
+                     batch_size=args.batch_size, lr=args.lr, width=args.width, cell=args.cell,
+                     gamma=args.gamma, jac_reg=args.jac_reg, train_rtol=args.rtol,
+                     train_max_it=args.max_it, solvers=tuple(args.solvers.split(",")),
+                     target_accuracy=args.target_accuracy, time_budget=args.time_budget,
+                     out=args.out, cache_dir=args.cache_dir, progress=not args.no_progress,
+                     device=args.device)
+    if args.quick:
+        cfg.limit, cfg.epochs, cfg.width, cfg.inference_max_it = 100, 1, 4, 100
+    data = _load_data("polarity", cfg.limit, cfg.seed, cache_dir=cfg.cache_dir,
+                      progress=cfg.progress)
     say(versions(), data.summary(),
-        f"training the polarity DEQ with each solver to rtol {args.rtol:g} (forward and "
-        f"adjoint), {args.epochs} epochs, same seed and data")
-    out = Path(args.out)
-    results, histories = {}, {}
-    for name, options in SOLVERS.items():
-        opts = {**options, "snes_rtol": args.rtol}
-        trainer = Trainer(_train_config(args, "polarity"), data, out / name, prefix=f"{name}_",
-                          solver_options=opts, adjoint_options={"ksp_rtol": args.rtol},
-                          progress=not args.no_progress,
-                          log=lambda line, n=name: say(f"[{n}] {line}"))
-        try:
-            history = trainer.fit()
-            report = trainer.finish()
-            results[name] = dict(accuracy=report["accuracy"],
-                                 baseline=report["majority_baseline"],
-                                 train_time=history[-1]["elapsed"],
-                                 forward_its=sum(h["forward_its"] for h in history) / len(history),
-                                 backward_its=sum(h["backward_its"] for h in history) / len(history),
-                                 inference_its=report["forward_its"],
-                                 inference_ms=1e3 * report["seconds_per_sample"])
-            histories[name] = history
-        finally:
-            trainer.destroy()
-    a, p = results["anderson"], results["picard"]
-    rows = [f"{'solver':10s} {'test acc':>8s} {'train s':>8s} {'fwd its':>8s} {'bwd its':>8s} "
-            f"{'infer its':>9s} {'ms/sample':>9s}"]
-    for name, r in results.items():
-        rows.append(f"{name:10s} {r['accuracy']:8.3f} {r['train_time']:8.1f} "
-                    f"{r['forward_its']:8.1f} {r['backward_its']:8.1f} {r['inference_its']:9.1f} "
-                    f"{r['inference_ms']:9.3f}")
-    rows.append(f"Picard / Anderson: training time {p['train_time'] / a['train_time']:.2f}x, "
-                f"inference time {p['inference_ms'] / a['inference_ms']:.2f}x, forward "
-                f"iterations {p['forward_its'] / a['forward_its']:.2f}x (training) and "
-                f"{p['inference_its'] / a['inference_its']:.2f}x (inference); majority-class "
-                f"baseline {a['baseline']:.3f}")
-    say(*rows)
-    if PETSc.COMM_WORLD.getRank() == 0:
-        plot_comparison(histories, out / "comparison.png",
-                        title=f"polarity DEQ: Anderson vs Picard (rtol {args.rtol:g})")
-        (out / "summary.json").write_text(json.dumps(results, indent=1))
-    say(f"wrote {out}/comparison.png, summary.json, and per-solver runs in {out}/anderson, "
-        f"{out}/picard")
+        f"training the polarity DEQ ({cfg.cell} cell, width {cfg.width}) once per solver set, "
+        f"{cfg.epochs} epochs, forward and adjoint to rtol {cfg.train_rtol:g} with at most "
+        f"{cfg.train_max_it} iterations: {', '.join(cfg.solvers)}")
+    summary = demo(cfg, data, log=say)
+    say(format_summary(summary),
+        f"wrote {cfg.out}/summary.json, comparison.png, residuals.png and a run folder per set")
     return 0
 
 

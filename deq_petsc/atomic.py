@@ -2,6 +2,8 @@
 
 The new content goes to a temporary file in the same folder, is flushed and
 fsync'd, then renamed over the old name; on any error the temporary file goes.
+The file gets the permissions any new file of the user's gets (``0666`` less the
+umask), not the ``0600`` of a temporary file.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def atomic_write(path, mode: str = "w"):
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as fh:
             yield fh
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -33,6 +36,12 @@ def atomic_write(path, mode: str = "w"):
         except OSError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)          # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def write_json(path, obj) -> str:

@@ -35,18 +35,19 @@ def _data_arguments(p, required_task=True, limit_default=None):
     p.add_argument("--jobs", type=int, default=None, help="image-building processes (2)")
 
 
-def _training_arguments(p, epochs=10):
+def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0):
     p.add_argument("--epochs", type=int, default=epochs, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam's step size (default: %(default)s)")
-    p.add_argument("--width", type=int, default=16, help="channels of the state (default: 16)")
-    p.add_argument("--cell", choices=["contractive", "resnet"], default="contractive",
+    p.add_argument("--width", type=int, default=width,
+                   help="channels of the state (default: %(default)s)")
+    p.add_argument("--cell", choices=["contractive", "resnet"], default=cell,
                    help="contractive: tanh(gamma W2 relu(W1 z) + x), Lip <= gamma by "
                         "construction; resnet: the implicit-layers tutorial cell (default: "
-                        "contractive)")
+                        "%(default)s)")
     p.add_argument("--gamma", type=float, default=0.9,
                    help="Lipschitz bound of the contractive cell (default: %(default)s)")
-    p.add_argument("--jac-reg", type=float, default=0.0,
+    p.add_argument("--jac-reg", type=float, default=jac_reg,
                    help="weight of a Jacobian-norm penalty, for cells that are not contractive "
                         "by construction (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -60,6 +61,8 @@ def _device_argument(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .demo import DemoConfig       # PETSc-free: its defaults are the demo's flags'
+    DEMO = DemoConfig()
     parser = argparse.ArgumentParser(
         prog="deq-petsc", allow_abbrev=False, add_help=False,
         description="Deep Equilibrium Models solved by PETSc. Single-dash options go to "
@@ -68,20 +71,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print versions and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = _command(sub, "demo", "the main job: train the polarity scientist with Anderson and "
-                 "with Picard and compare them",
-                 "Train the DEQ polarity classifier on a QM9 subset twice, with PETSc Anderson "
-                 "(options prefix anderson_) and with Picard iteration (prefix picard_), to the "
-                 "same tolerance, and print accuracy, training time, forward iterations and "
-                 "inference time side by side; writes curves, confusion matrices and a "
-                 "comparison plot.")
-    p.add_argument("--limit", type=int, default=2000, help="QM9 molecules (default: 2000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--rtol", type=float, default=1e-3,
-                   help="forward and adjoint relative tolerance of both runs (default: 1e-3)")
+    p = _command(sub, "demo", "the main job: train the polarity scientist once per solver set "
+                 "and compare them",
+                 "Train the DEQ polarity classifier on a QM9 subset once per named solver set "
+                 "(picard, anderson, anderson-gmres, ngmres, jfnk, anderson+npc; each under the "
+                 "options prefix <name>_ with '+' and '-' as '_', e.g. -anderson_snes_anderson_m "
+                 "3) at the paper's training tolerances, and report side by side: time to a "
+                 "target validation accuracy, test accuracy, converged fractions, iterations, "
+                 "spectral radius of J_f, inference cost to rtol 1e-4; writes summary.json, "
+                 "comparison.png and residuals.png.")
+    p.add_argument("--limit", type=int, default=DEMO.limit,
+                   help="QM9 molecules (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=DEMO.seed)
+    p.add_argument("--out", default=DEMO.out, help="output folder (default: %(default)s)")
+    p.add_argument("--solvers", default=",".join(DEMO.solvers),
+                   help="comma-separated solver sets (default: %(default)s)")
+    p.add_argument("--rtol", type=float, default=DEMO.train_rtol,
+                   help="forward and adjoint relative tolerance in training (default: "
+                        "%(default)s)")
+    p.add_argument("--max-it", type=int, default=DEMO.train_max_it,
+                   help="forward and adjoint iteration cap in training (default: %(default)s)")
+    p.add_argument("--target-accuracy", type=float, default=DEMO.target_accuracy,
+                   help="validation accuracy whose time to reach is reported (default: 0.70)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds of training per solver set (default: all epochs)")
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny run (100 molecules, 1 epoch, width 4) that checks everything works")
     p.add_argument("--cache-dir")
-    _training_arguments(p, epochs=4)
+    _training_arguments(p, epochs=DEMO.epochs, width=DEMO.width, cell=DEMO.cell,
+                        jac_reg=DEMO.jac_reg)
 
     p = _command(sub, "train", "train a DEQ (or its explicit twin) on a science task",
                  "Train a graph-image model to classify a task's labels or regress its DFT "

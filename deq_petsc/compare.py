@@ -16,7 +16,6 @@ against iteration and against wall time, one line per set.
 from __future__ import annotations
 
 import math
-import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -26,17 +25,12 @@ from petsc4py import PETSc
 from .errors import DEQError
 from .problem import FixedPointProblem
 from .solver import DEQSolver
+from .solver_sets import SOLVER_SETS, parse_options
 
-#: Used when no set is given: the methods the Deep AndersoNN comparison is about, and
-#: PETSc's other answers to the same problem.
-DEFAULT_SETS = {
-    "picard": "-snes_type nrichardson -snes_linesearch_type basic",
-    "anderson5": "-snes_type anderson -snes_anderson_m 5",
-    "ngmres": "-snes_type ngmres",
-    "jfnk": "-snes_type newtonls -ksp_type gmres",
-    "anderson+npc": "-snes_type anderson -npc_snes_type nrichardson "
-                    "-npc_snes_linesearch_type basic -npc_snes_max_it 1",
-}
+#: Used when no set is given: the forward solvers of the named sets
+#: (:mod:`deq_petsc.solver_sets`; picard and anderson are the Deep AndersoNN comparison).
+DEFAULT_SETS = {"anderson5" if s.name == "anderson" else s.name: s.forward
+                for s in SOLVER_SETS.values() if s.name != "anderson-gmres"}
 
 
 @dataclass
@@ -51,29 +45,11 @@ class OptionSet:
         name, sep, rest = line.partition(":")
         if not sep or name.strip().startswith("-"):
             name, rest = line.strip(), line
-        tokens = shlex.split(rest)
-        options, i = {}, 0
-        while i < len(tokens):
-            key = tokens[i]
-            if not key.startswith("-") or key.startswith("--"):
-                raise ValueError(f"option set {name.strip()!r}: expected -option, got {key!r}")
-            value = None
-            if i + 1 < len(tokens) and not _is_option(tokens[i + 1]):
-                value = tokens[i + 1]
-                i += 1
-            options[key[1:]] = value
-            i += 1
+        try:
+            options = parse_options(rest)
+        except ValueError as err:
+            raise ValueError(f"option set {name.strip()!r}: {err}") from None
         return cls(name.strip(), options, rest.strip())
-
-
-def _is_option(token: str) -> bool:
-    if not token.startswith("-"):
-        return False
-    try:
-        float(token)                   # -1e-3 is a value, not an option
-        return False
-    except ValueError:
-        return True
 
 
 def read_option_sets(lines) -> list[OptionSet]:
@@ -145,16 +121,15 @@ def compare_solves(problem: FixedPointProblem, option_sets, comm=None,
     noisy machine hurts all alike) and each keeps its fastest run.
     """
     best: dict[int, SolveRun] = {}
-    for _ in range(max(1, repeat)):
+    passes = max(1, repeat)
+    for p in range(passes):
         for k, oset in enumerate(option_sets):
             run = _solve_one(problem, oset, f"cmp{k}_", comm, defaults)
             if k not in best or (run.converged and run.time < best[k].time):
                 best[k] = run
-    runs = [best[k] for k in range(len(option_sets))]
-    for run in runs:
-        if progress:
-            progress(run)
-    return runs
+            if progress and p == passes - 1:
+                progress(best[k])          # as each set finishes its last pass
+    return [best[k] for k in range(len(option_sets))]
 
 
 def _solve_one(problem, oset: OptionSet, prefix: str, comm, defaults) -> SolveRun:
@@ -200,6 +175,8 @@ def describe_error(err, oset: OptionSet) -> str:
         types = " ".join(f"-{k} {v}" for k, v in oset.options.items() if k.endswith("_type"))
         return f"PETSc rejected the set: {what}" + (f"; its types: {types}" if types else "")
     text = str(err).strip().splitlines()
+    if text and "rejected by PETSc: " in text[0]:      # DEQOptionsError from setFromOptions
+        return "PETSc rejected the set: " + text[0].split("rejected by PETSc: ", 1)[1]
     return text[0] if text else type(err).__name__
 
 

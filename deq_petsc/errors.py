@@ -33,8 +33,9 @@ class DEQNonFiniteError(DEQConvergenceError):
     """The cell produced NaN or Inf: a bug or an overflow, not slow convergence."""
 
 
-class DEQOptionsError(DEQError):
-    """An option value PETSc accepted but this package cannot honour."""
+class DEQOptionsError(DEQError, ValueError):
+    """Options PETSc rejected (an unknown type, a value out of range, not a number), or
+    accepted but this package cannot honour."""
 
 
 class DEQInputError(DEQError, ValueError):

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 from petsc4py import PETSc
 
+from .errors import DEQOptionsError
+
 
 def _reason_names(enum_class):
     names = {}
@@ -99,3 +101,54 @@ class OptionsHelp:
         for name, default, text, manpage in self.entries:
             lines.append(f"  -{self.prefix}{name} <{default}>: {text} ({manpage})")
         PETSc.Sys.Print("\n".join(lines), comm=self.comm)
+
+
+@contextmanager
+def options_checked(obj, what: str):
+    """``setFromOptions()`` (and friends) of ``obj``, with PETSc's rejection as one line.
+
+    PETSc raises an error code and its own traceback when an option value is
+    wrong (an unknown ``-snes_type``, ``-snes_rtol abc``, ``-snes_anderson_m -1``);
+    this names the object and its prefix and keeps PETSc's own last word, e.g.
+    ``the options of the forward SNES (prefix anderson_) were rejected by PETSc:
+    Unable to find requested SNES type foo``.
+    """
+    try:
+        yield
+    except PETSc.Error as err:
+        prefix = obj.getOptionsPrefix() or ""
+        raise DEQOptionsError(
+            f"the options of {what} ({f'prefix {prefix}' if prefix else 'no prefix'}) were "
+            f"rejected by PETSc: {petsc_message(err)}") from None
+
+
+def petsc_message(err) -> str:
+    """The last line of PETSc's error stack: what was wrong, in PETSc's words."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in reversed(lines):
+        text = line.split("]", 1)[1].strip() if line.startswith("[") else line
+        if text and "()" not in text and not text.startswith(("See https", "error code")) \
+                and "petsc.org" not in text:
+            return text
+    return f"PETSc error code {getattr(err, 'ierr', '?')}"
+
+
+#: Integer options PETSc takes without checking that they are positive (a negative
+#: Anderson depth reaches the allocator as 2**64 bytes and "Out of memory").
+POSITIVE_INTS = ("snes_anderson_m", "snes_ngmres_m", "ksp_gmres_restart", "snes_max_it",
+                 "ksp_max_it")
+
+
+def check_positive_ints(prefix: str, names=POSITIVE_INTS) -> None:
+    """Refuse ``-<prefix>name k`` with ``k < 1`` (or not an integer) in one line."""
+    opts = PETSc.Options(prefix)
+    for name in names:
+        if not opts.hasName(name):
+            continue
+        value = opts.getString(name)
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise DEQOptionsError(f"-{prefix}{name} {value}: not an integer") from None
+        if number < 1:
+            raise DEQOptionsError(f"-{prefix}{name} {value}: must be at least 1")

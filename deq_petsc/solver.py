@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from petsc4py import PETSc
 
-from .errors import DEQConvergenceError, DEQNonFiniteError
+from .errors import DEQConvergenceError, DEQError, DEQNonFiniteError
 from .interop import TensorLayout, layout_changed, vec_local_view
 from .operators import ResidualJacobian, create_residual_jacobian
-from .petsc_options import (OptionsHelp, inserted_defaults, ksp_reason_name,
-                            snes_reason_name)
+from .petsc_options import (OptionsHelp, check_positive_ints, inserted_defaults,
+                            ksp_reason_name, options_checked, petsc_message, snes_reason_name)
 from .problem import DEFAULT_JVP_MODE, JVP_MODES, FixedPointProblem
 
 _FUNCTION_EVENT = PETSc.Log.Event("DEQFunction")
@@ -245,7 +245,9 @@ class DEQSolver:
         # Programmatic defaults the options database may override: a python Mat
         # has no entries, so no preconditioner can be built from it.
         self.snes.getKSP().getPC().setType(PETSc.PC.Type.NONE)
-        with inserted_defaults(self.prefix, self.defaults):
+        with inserted_defaults(self.prefix, self.defaults), \
+                options_checked(self.snes, "the forward SNES"):
+            check_positive_ints(self.prefix)
             self.snes.setFromOptions()
         self._help.print_if_requested()
         max_it = self.snes.getTolerances()[3]
@@ -284,9 +286,10 @@ class DEQSolver:
         try:
             try:
                 self.snes.solve(None, X)
-            except PETSc.Error:
+            except PETSc.Error as err:
                 ctx.raise_callback_error()
-                raise
+                raise DEQError(f"PETSc failed inside the forward solve "
+                               f"(prefix {self.prefix or 'none'}): {petsc_message(err)}") from None
             elapsed = time.perf_counter() - start
             z_star = z if layout.zero_copy else layout.read(X).clone()
         finally:

@@ -81,3 +81,20 @@ def test_a_missing_cuda_device_is_a_clear_error_before_any_work():
         assert r.returncode == 1, r.stdout + r.stderr
         assert "--device cuda: torch sees no CUDA device on this machine" in r.stdout + r.stderr
         assert "graph images" not in r.stderr            # failed before building any data
+
+
+@pytest.mark.parametrize("options, message", [
+    (["-snes_type", "foo"], "the options of the forward SNES (no prefix) were rejected by PETSc: "
+                            "Unable to find requested SNES type foo"),
+    (["-snes_rtol", "abc"], "rejected by PETSc: Input string abc has no numeric value"),
+    (["-snes_anderson_m", "-3"], "-snes_anderson_m -3: must be at least 1"),
+    (["-snes_type", "ngmres", "-snes_ngmres_m", "x"], "-snes_ngmres_m x: not an integer"),
+    (["-snes_max_it", "0"], "-snes_max_it 0: must be at least 1"),
+])
+def test_options_petsc_rejects_are_one_line(options, message):
+    r = run_cli("solve", *SMALL, *options)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    errors = [line for line in (r.stdout + r.stderr).splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("deq-petsc solve: error: ") \
+        and message in errors[0], r.stdout + r.stderr

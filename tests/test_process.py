@@ -78,3 +78,19 @@ def test_petsc_blas_runs_on_one_thread():
     assert libs, "PETSc's OpenBLAS should be loaded"
     counts = {p: blas_threads.threads(p) for p in libs}
     assert all(n in (1, None) for n in counts.values()) and 1 in counts.values(), counts
+
+
+def test_atomic_files_get_the_users_umask(tmp_path):
+    import os
+
+    from deq_petsc.atomic import write_json
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "report.json", {"a": 1})
+        assert os.stat(path).st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        path = write_json(tmp_path / "private.json", {"a": 1})
+        assert os.stat(path).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -93,24 +93,26 @@ def model_device(model) -> torch.device:
 
 @torch.no_grad()
 def predict(model, images: torch.Tensor, batch_size: int = 256, dp: DataParallel | None = None):
-    """Outputs for ``images``, plus (mean forward iterations, f evaluations, seconds).
+    """Outputs for ``images``, plus (mean forward iterations, f evaluations, seconds,
+    batches whose solve stopped at its iteration limit).
 
     With ``dp`` over several ranks each rank computes its shard of every batch
     (the DEQ solve is one global solve) and every rank gets all the outputs.
     """
     model.eval()
     dp = dp or DataParallel(PETSc.COMM_SELF)
-    logits, its, evals = [], [], 0
+    logits, its, evals, inexact = [], [], 0, 0
     dtype, device = model_dtype(model), model_device(model)
     start = time.perf_counter()
     for i in range(0, len(images), batch_size):
         local = dp.shard(images[i:i + batch_size]).to(device=device, dtype=dtype)
         logits.append(dp.gather(model(local).cpu()))
-        f_its, f_evals, *_ = _solver_counts(model)
+        f_its, f_evals, _, unconverged, _ = _solver_counts(model)
         its.append(f_its)
         evals += f_evals
+        inexact += unconverged
     elapsed = time.perf_counter() - start
-    return torch.cat(logits), (float(np.mean(its)) if its else 0.0, evals, elapsed)
+    return torch.cat(logits), (float(np.mean(its)) if its else 0.0, evals, elapsed, inexact)
 
 
 def evaluate(model, data: TaskData, split: str = "test", batch_size: int = 256,
@@ -119,10 +121,11 @@ def evaluate(model, data: TaskData, split: str = "test", batch_size: int = 256,
     objective = objective or Classification(data.classes)
     images = data.images[data.indices(split)]
     y = objective.targets(data, split)
-    out, (its, evals, elapsed) = predict(model, images, batch_size, dp)
+    out, (its, evals, elapsed, inexact) = predict(model, images, batch_size, dp)
     report = objective.report(out.float(), y, data)
     report.update(split=split, forward_its=its, function_evals=evals, seconds=elapsed,
-                  seconds_per_sample=elapsed / max(len(y), 1))
+                  seconds_per_sample=elapsed / max(len(y), 1), inexact_forward=inexact,
+                  batches=-(-len(y) // batch_size))
     return report
 
 
@@ -219,7 +222,8 @@ class Trainer:
                    "forward_f_evals": sums.pop("f_evals") / batches,
                    "backward_its": sums.pop("b_its") / batches,
                    "jacobian_penalty": sums.pop("jac") / batches,
-                   "inexact_forward": unconverged[0], "inexact_adjoint": unconverged[1]}
+                   "inexact_forward": unconverged[0], "inexact_adjoint": unconverged[1],
+                   "batches": batches}
             row.update(sums)                 # trainer-specific counters
             row.update(epoch_time=train_time, elapsed=elapsed)
             self.history.append(row)

@@ -36,7 +36,7 @@ from petsc4py import PETSc
 
 from ..errors import DEQConvergenceError, DEQOptionsError
 from ..interop import TensorLayout
-from ..petsc_options import OptionsHelp, inserted_defaults, tao_reason_name
+from ..petsc_options import OptionsHelp, inserted_defaults, options_checked, tao_reason_name
 from .curvature import HESSIANS, OutputJacobian, ParameterSlices
 from .distributed import DataParallel
 from .loop import Trainer, model_device, predict
@@ -375,7 +375,8 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
             tao.getBRGNSubsolver().setMonitor(problem.monitor)
         tao.setSolution(params.vec)
         with inserted_defaults(prefix, defaults), \
-                inserted_defaults("", _newton_ksp_defaults(tao)):
+                inserted_defaults("", _newton_ksp_defaults(tao)), \
+                options_checked(tao, "the TAO trainer"):
             tao.setFromOptions()
         try:
             with _quiet_unless_root(dp):

@@ -1,0 +1,250 @@
+"""The main job: one polarity scientist trained with each named solver set, side by side.
+
+The same expressive DEQ (the implicit-layers tutorial's ResNet cell by
+default), data, seed and time per run, trained once per solver set of
+:mod:`deq_petsc.solver_sets` (each under its own options prefix, the set's
+options as defaults that the command line overrides), at the paper's training
+tolerances (rtol 1e-2, at most 25 iterations forward and backward; a solve at
+the cap goes on from its last iterate and is counted as not converged). Then,
+per run: time to a target validation accuracy, test accuracy, the fraction of
+forward and adjoint solves that converged, mean iterations and f evaluations,
+the spectral radius of ``J_f`` at ``z*`` on test images, and inference on the
+test split to rtol 1e-4 with the run's own forward solver. Finally every set's
+forward solver on one batch of test images through the last run's trained
+model: the residual-vs-iteration plot and the inference costs on one model.
+
+Writes ``<out>/summary.json``, ``comparison.png`` (loss and validation
+accuracy against training time), ``residuals.png`` and a run folder per set.
+
+Importing this module does not start PETSc (the CLI reads :class:`DemoConfig`'s
+defaults before it initialises PETSc with the command line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import solver_sets
+from .atomic import write_json
+
+#: The demo's model and protocol (chosen by measurement: docs/solvers.md).
+DEFAULT_SOLVERS = ("picard", "anderson", "anderson-gmres")
+
+
+@dataclass
+class DemoConfig:
+    limit: int = 2000
+    seed: int = 0
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 3e-3
+    width: int = 16
+    cell: str = "resnet"
+    gamma: float = 0.9               # the contractive cell's bound (with cell="contractive")
+    jac_reg: float = 0.0
+    solvers: tuple = DEFAULT_SOLVERS
+    train_rtol: float = 1e-2
+    train_max_it: int = 25
+    target_accuracy: float = 0.70
+    inference_rtol: float = 1e-4
+    inference_max_it: int = 500
+    time_budget: float | None = None  # seconds of training per solver set
+    out: str = "runs/demo"
+    cache_dir: str | None = None
+    progress: bool = True
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)   # more TrainConfig fields
+
+
+def prefix_of(name: str) -> str:
+    """A set's options prefix: its name with what PETSc does not allow turned into ``_``."""
+    return "".join(c if c.isalnum() else "_" for c in name) + "_"
+
+
+def training_defaults(cfg: DemoConfig, sset) -> dict:
+    """The set's options plus the paper's training tolerances, forward and backward."""
+    tol = {"snes_rtol": cfg.train_rtol, "snes_max_it": cfg.train_max_it}
+    back = {f"adjoint_{k}": v for k, v in tol.items()}
+    back.update(adjoint_ksp_rtol=cfg.train_rtol, adjoint_ksp_max_it=cfg.train_max_it)
+    return {**sset.options(), **tol, **back}
+
+
+def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
+    """Train, evaluate and compare; returns the summary written to ``summary.json``."""
+    from petsc4py import PETSc
+
+    from .data import load_task
+    from .petsc_options import inserted_defaults
+    from .train import TrainConfig, Trainer
+    from .train.plots import plot_comparison
+
+    if data is None:
+        data = load_task("polarity", limit=cfg.limit or None, seed=cfg.seed,
+                         cache_dir=cfg.cache_dir, progress=cfg.progress)
+    out = Path(cfg.out)
+    sets = [solver_sets.get(name) for name in cfg.solvers]
+    train_cfg = TrainConfig(task="polarity", epochs=cfg.epochs, batch_size=cfg.batch_size,
+                            lr=cfg.lr, seed=cfg.seed, width=cfg.width, cell=cfg.cell,
+                            gamma=cfg.gamma, jac_reg=cfg.jac_reg, limit=cfg.limit,
+                            device=cfg.device, **cfg.extra)
+    summary = {"task": "polarity", "target_accuracy": cfg.target_accuracy,
+               "config": asdict(cfg), "solvers": {}}
+    histories, last_model = {}, None
+    test_images = data.images[data.indices("test")]
+    for sset in sets:
+        prefix = prefix_of(sset.name)
+        say = (lambda line, n=sset.name: log(f"[{n}] {line}"))
+        with inserted_defaults(prefix, training_defaults(cfg, sset)):
+            trainer = Trainer(train_cfg, data, out / sset.name, prefix=prefix,
+                              progress=cfg.progress, log=say)
+            try:
+                history = trainer.fit(time_budget=cfg.time_budget)
+                report = trainer.finish()
+                rho = _spectral_radius(trainer.model, test_images[:cfg.batch_size])
+            finally:
+                trainer.destroy()
+        histories[sset.name] = history
+        inference = _inference(cfg, sset, out / sset.name / "checkpoint.pt", data)
+        summary["solvers"][sset.name] = _row(cfg, sset, history, report, rho, inference)
+        last_model = out / sset.name / "checkpoint.pt"
+        r = summary["solvers"][sset.name]
+        say(f"test accuracy {r['test_accuracy']:.3f}; forward solves converged "
+            f"{100 * r['forward_converged_fraction']:.0f}%, adjoint "
+            f"{100 * r['adjoint_converged_fraction']:.0f}%; spectral radius {rho:.3f}; "
+            f"inference to rtol {cfg.inference_rtol:g}: {r['inference_function_evals_mean']:.1f} "
+            f"f evals per batch, {r['inference_ms_per_sample']:.2f} ms per sample")
+    shared = _shared_model_solves(cfg, sets, last_model, test_images[:cfg.batch_size], out)
+    summary["inference_on_one_model"] = shared
+    if PETSc.COMM_WORLD.getRank() == 0:
+        plot_comparison(histories, out / "comparison.png",
+                        title=f"polarity DEQ ({cfg.cell} cell, width {cfg.width}): training "
+                              f"with each solver set (rtol {cfg.train_rtol:g}, max "
+                              f"{cfg.train_max_it} its)")
+        write_json(out / "summary.json", summary)
+    return summary
+
+
+def _row(cfg, sset, history, report, rho, inference) -> dict:
+    batches = sum(h["batches"] for h in history)
+    reached = [h["elapsed"] for h in history if h["val_acc"] >= cfg.target_accuracy]
+    mean = (lambda key: sum(h[key] for h in history) / len(history))
+    return {
+        "options": sset.text,
+        "about": sset.about,
+        "test_accuracy": report["accuracy"],
+        "majority_baseline": report["majority_baseline"],
+        "train_seconds": history[-1]["elapsed"],
+        "epochs": len(history),
+        "seconds_to_target": reached[0] if reached else None,
+        "final_val_accuracy": history[-1]["val_acc"],
+        "forward_converged_fraction": 1 - sum(h["inexact_forward"] for h in history) / batches,
+        "adjoint_converged_fraction": 1 - sum(h["inexact_adjoint"] for h in history) / batches,
+        "forward_iterations_mean": mean("forward_its"),
+        "forward_function_evals_mean": mean("forward_f_evals"),
+        "backward_iterations_mean": mean("backward_its"),
+        "spectral_radius_final": rho,
+        **inference,
+    }
+
+
+@torch.no_grad()
+def _spectral_radius(model, images) -> float:
+    """rho(J_f) at the trained model's z* for a batch of test images (JVP power iteration)."""
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    model(images.to(dtype))
+    return float(model.equilibrium.spectral_radius(iters=50))
+
+
+def _inference(cfg, sset, checkpoint, data) -> dict:
+    """The test split solved to the inference tolerance with the set's forward solver."""
+    from .petsc_options import inserted_defaults
+    from .train import evaluate, load_model
+
+    prefix = prefix_of(sset.name) + "infer_"
+    opts = {**solver_sets.parse_options(sset.forward), "snes_rtol": cfg.inference_rtol,
+            "snes_max_it": cfg.inference_max_it, "deq_accept_max_it": True}
+    with inserted_defaults(prefix, opts):
+        model, _ = load_model(checkpoint, prefix=prefix, device=cfg.device)
+        try:
+            evaluate(model, data, "val", cfg.batch_size)           # warm-up, not timed
+            report = evaluate(model, data, "test", cfg.batch_size)
+        finally:
+            model.destroy()
+    return {"inference_accuracy": report["accuracy"],
+            "inference_function_evals_mean": report["function_evals"] / report["batches"],
+            "inference_iterations_mean": report["forward_its"],
+            "inference_converged_fraction": 1 - report["inexact_forward"] / report["batches"],
+            "inference_ms_per_sample": 1e3 * report["seconds_per_sample"]}
+
+
+def _shared_model_solves(cfg, sets, checkpoint, images, out) -> dict:
+    """Every set's forward solver on one batch through one trained model, to the
+    inference tolerance: the residual-vs-iteration plot and its numbers."""
+    from petsc4py import PETSc
+
+    from .compare import OptionSet, compare_solves, plot_residuals
+    from .problem import FixedPointProblem
+    from .train import load_model
+
+    model, _ = load_model(checkpoint, prefix="demo_shared_")
+    try:
+        with torch.no_grad():
+            x = model.inject(images.to(next(model.parameters()).dtype))
+        problem = FixedPointProblem(model.equilibrium.cell, x)
+        with torch.no_grad():
+            problem.linearize(problem.z0).jvp(problem(problem.z0))      # warm-up
+        option_sets = [OptionSet(s.name, solver_sets.parse_options(s.forward), s.forward)
+                       for s in sets]
+        runs = compare_solves(problem, option_sets, defaults={
+            "snes_rtol": cfg.inference_rtol, "snes_max_it": cfg.inference_max_it})
+    finally:
+        model.destroy()
+    if PETSc.COMM_WORLD.getRank() == 0:
+        plot_residuals(runs, out / "residuals.png",
+                       title=f"one batch of {len(images)} test molecules through the "
+                             f"{checkpoint.parent.name} model, to rtol {cfg.inference_rtol:g}")
+    return {"model": checkpoint.parent.name, "batch": len(images),
+            "rtol": cfg.inference_rtol,
+            "solves": {r.name: {"converged": r.converged, "reason": r.reason,
+                                "iterations": r.iterations,
+                                "function_evals": r.function_evals + r.jvps,
+                                "seconds": r.time} for r in runs}}
+
+
+def format_summary(summary: dict) -> str:
+    """The side-by-side table the CLI prints."""
+    rows = summary["solvers"]
+    lines = [f"{'solver':15s} {'test acc':>8s} {'train s':>8s} {'to ' + str(summary['target_accuracy']):>8s} "
+             f"{'fwd conv':>8s} {'adj conv':>8s} {'fwd its':>7s} {'rho':>6s} {'inf f/b':>8s} "
+             f"{'inf ms':>7s}"]
+    for name, r in rows.items():
+        to = "never" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}"
+        lines.append(f"{name:15s} {r['test_accuracy']:8.3f} {r['train_seconds']:8.1f} {to:>8s} "
+                     f"{100 * r['forward_converged_fraction']:7.0f}% "
+                     f"{100 * r['adjoint_converged_fraction']:7.0f}% "
+                     f"{r['forward_iterations_mean']:7.1f} {r['spectral_radius_final']:6.3f} "
+                     f"{r['inference_function_evals_mean']:8.1f} "
+                     f"{r['inference_ms_per_sample']:7.2f}")
+    shared = summary["inference_on_one_model"]
+    base = shared["solves"].get("picard")
+    parts = []
+    for name, s in shared["solves"].items():
+        ratio = ""
+        if base and name != "picard" and s["function_evals"]:
+            bound = ">=" if not base["converged"] else ""
+            ratio = (f" (Picard / this: {bound}{base['function_evals'] / s['function_evals']:.1f}x "
+                     f"f evals, {bound}{base['seconds'] / s['seconds']:.1f}x time)")
+        parts.append(f"  {name}: {s['reason']} after {s['iterations']} its, "
+                     f"{s['function_evals']} f evals, {s['seconds']:.3f} s{ratio}")
+    lines.append(f"one batch of {shared['batch']} test molecules through the {shared['model']} "
+                 f"model, to rtol {shared['rtol']:g}:")
+    lines += parts
+    lines.append(f"majority-class baseline {next(iter(rows.values()))['majority_baseline']:.3f}; "
+                 f"'to {summary['target_accuracy']}': training seconds until validation "
+                 f"accuracy first reached it; 'inf f/b': f evaluations per test batch to rtol "
+                 f"{summary['config']['inference_rtol']:g}")
+    return "\n".join(lines)
