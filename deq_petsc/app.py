@@ -192,11 +192,12 @@ def run_demo(args) -> int:
                      batch_size=args.batch_size, lr=args.lr, width=args.width, cell=args.cell,
                      gamma=args.gamma, jac_reg=args.jac_reg, train_rtol=args.rtol,
                      train_max_it=args.max_it, solvers=tuple(args.solvers.split(",")),
-                     target_accuracy=args.target_accuracy, time_budget=args.time_budget,
+                     target_accuracy=args.target_accuracy, time_budget=args.time_budget or None,
                      out=args.out, cache_dir=args.cache_dir, progress=not args.no_progress,
                      device=args.device)
     if args.quick:
         cfg.limit, cfg.epochs, cfg.width, cfg.inference_max_it = 100, 1, 4, 100
+        cfg.time_budget = None
     data = _load_data("polarity", cfg.limit, cfg.seed, cache_dir=cfg.cache_dir,
                       progress=cfg.progress)
     say(versions(), data.summary(),

@@ -93,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forward and adjoint iteration cap in training (default: %(default)s)")
     p.add_argument("--target-accuracy", type=float, default=DEMO.target_accuracy,
                    help="validation accuracy whose time to reach is reported (default: 0.70)")
-    p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds of training per solver set (default: all epochs)")
+    p.add_argument("--time-budget", type=float, default=DEMO.time_budget,
+                   help="seconds of training per solver set: each stops after the first epoch "
+                        "that ends past it (default: %(default)s; 0 for all epochs)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny run (100 molecules, 1 epoch, width 4) that checks everything works")
     p.add_argument("--cache-dir")
