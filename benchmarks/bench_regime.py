@@ -1,9 +1,12 @@
 """Where Anderson pays: solver cost against the spectral radius of the trained cell.
 
 Trains the same expressive DEQ (the implicit-layers tutorial's ResNet cell by
-default) once per Jacobian-regularisation strength ``--jac-reg`` (same data,
-seed and epochs; Anderson(5) forward to rtol 1e-3 and a GMRES adjoint, so every
-model is trained with accurate gradients), then, on one batch of test images
+default) once per regularisation setting (same data, seed and epochs;
+Anderson(5) forward to rtol 1e-3 and a GMRES adjoint, so every model is trained
+with accurate gradients): ``--penalty spectral`` (default) holds the spectral
+radius below each of ``--values`` (``--weight`` 100), ``--penalty jac`` uses the
+Frobenius-norm Jacobian penalty with each of ``--values`` as its weight; ``none``
+in the list trains without a penalty. Then, on one batch of test images
 through each trained model, estimates the spectral radius of ``J_f`` at ``z*``
 and solves the fixed point with every option set to ``--rtol`` (default 1e-4)
 from ``z = 0``. Prints, per model, the f evaluations (JVPs counted as one f
@@ -12,7 +15,8 @@ the spectral radius. Picard's ratio is the speed-up; where Picard does not
 converge within ``--max-it`` the ratio is a lower bound (marked ``>``).
 
 Run by hand:
-    .venv/bin/python benchmarks/bench_regime.py --jac-reg 0,0.3,1,3 [--epochs 4]
+    .venv/bin/python benchmarks/bench_regime.py --values none,0.97,0.9,0.7,0.5 [--epochs 4]
+    .venv/bin/python benchmarks/bench_regime.py --penalty jac --values none,1,5
 """
 
 from __future__ import annotations
@@ -47,7 +51,10 @@ def main():
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--cell", default="resnet")
-    p.add_argument("--jac-reg", default="0,0.3,1,3", help="comma-separated strengths")
+    p.add_argument("--penalty", choices=["spectral", "jac"], default="spectral")
+    p.add_argument("--values", default="none,0.97,0.9,0.7,0.5",
+                   help="comma-separated targets (spectral) or weights (jac); none: no penalty")
+    p.add_argument("--weight", type=float, default=100.0, help="the spectral penalty's weight")
     p.add_argument("--batch", type=int, default=32, help="test images in the solved batch")
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--max-it", type=int, default=300)
@@ -63,14 +70,18 @@ def main():
     data = load_task(args.task, limit=args.limit or None, seed=0, progress=False)
     images = data.images[data.indices("test")][:args.batch]
     results = []
-    for lam in [float(v) for v in args.jac_reg.split(",")]:
+    for value in args.values.split(","):
+        lam = value.strip()
+        reg = {} if lam == "none" else (
+            {"spectral_reg": args.weight, "spectral_target": float(lam)}
+            if args.penalty == "spectral" else {"jac_reg": float(lam)})
         cfg = TrainConfig(task=args.task, epochs=args.epochs, width=args.width, cell=args.cell,
-                          jac_reg=lam, limit=args.limit, seed=0)
-        trainer = Trainer(cfg, data, out / f"jac{lam:g}", progress=False,
+                          limit=args.limit, seed=0, **reg)
+        trainer = Trainer(cfg, data, out / f"{args.penalty}-{lam}", progress=False,
                           solver_options={"snes_type": "anderson", "snes_anderson_m": 5},
-                          log=lambda line, lam=lam: print(f"[jac-reg {lam:g}] {line}",
+                          log=lambda line, lam=lam: print(f"[{args.penalty} {lam}] {line}",
                                                           flush=True))
-        if (out / f"jac{lam:g}" / "checkpoint.pt").exists():      # trained by an earlier run
+        if (out / f"{args.penalty}-{lam}" / "checkpoint.pt").exists():      # trained by an earlier run
             trainer.resume()
         history = trainer.fit()
         train_s = history[-1]["elapsed"]
@@ -96,10 +107,10 @@ def main():
             from deq_petsc.diagnostics import spectral_radius
             rho = spectral_radius(problem, z, iters=100)
         picard = next(r for r in runs if r.name == "picard")
-        row = {"jac_reg": lam, "spectral_radius": rho, "val_acc": history[-1]["val_acc"],
+        row = {"penalty": args.penalty, "value": lam, "spectral_radius": rho, "val_acc": history[-1]["val_acc"],
                "train_seconds": train_s, "runs": [r.row() for r in runs]}
         results.append(row)
-        print(f"jac-reg {lam:g}: spectral radius {rho:.4f}, val acc {row['val_acc']:.3f}, "
+        print(f"{args.penalty} {lam}: spectral radius {rho:.4f}, val acc {row['val_acc']:.3f}, "
               f"trained in {train_s:.0f} s")
         for r in runs:
             cost = r.function_evals + r.jvps
@@ -139,7 +150,7 @@ def plot(results, path, args):
                title=f"{what} to rtol {args.rtol:g}", yscale="log")
     return finish_figure(plt, fig, (ax1, ax2), path,
                          f"{args.task}: {args.cell} cell width {args.width}, "
-                         f"{args.epochs} epochs per jac-reg")
+                         f"{args.epochs} epochs per {args.penalty} penalty setting")
 
 
 if __name__ == "__main__":

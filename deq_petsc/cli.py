@@ -35,7 +35,8 @@ def _data_arguments(p, required_task=True, limit_default=None):
     p.add_argument("--jobs", type=int, default=None, help="image-building processes (2)")
 
 
-def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0):
+def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0,
+                        spectral_reg=0.0, spectral_target=0.9):
     p.add_argument("--epochs", type=int, default=epochs, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam's step size (default: %(default)s)")
@@ -50,6 +51,12 @@ def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0)
     p.add_argument("--jac-reg", type=float, default=jac_reg,
                    help="weight of a Jacobian-norm penalty, for cells that are not contractive "
                         "by construction (default: %(default)s)")
+    p.add_argument("--spectral-reg", type=float, default=spectral_reg,
+                   help="weight of a penalty on the spectral radius of J_f at z* above "
+                        "--spectral-target (per-sample power iteration; default: %(default)s)")
+    p.add_argument("--spectral-target", type=float, default=spectral_target,
+                   help="the radius the spectral penalty holds the cell below "
+                        "(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _device_argument(p)
 
@@ -100,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a tiny run (100 molecules, 1 epoch, width 4) that checks everything works")
     p.add_argument("--cache-dir")
     _training_arguments(p, epochs=DEMO.epochs, width=DEMO.width, cell=DEMO.cell,
-                        jac_reg=DEMO.jac_reg)
+                        jac_reg=DEMO.jac_reg, spectral_reg=DEMO.spectral_reg,
+                        spectral_target=DEMO.spectral_target)
 
     p = _command(sub, "train", "train a DEQ (or its explicit twin) on a science task",
                  "Train a graph-image model to classify a task's labels or regress its DFT "

@@ -46,6 +46,8 @@ class DemoConfig:
     cell: str = "resnet"
     gamma: float = 0.9               # the contractive cell's bound (with cell="contractive")
     jac_reg: float = 0.0
+    spectral_reg: float = 0.0
+    spectral_target: float = 0.9
     solvers: tuple = DEFAULT_SOLVERS
     train_rtol: float = 1e-2
     train_max_it: int = 25
@@ -90,6 +92,7 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
     train_cfg = TrainConfig(task="polarity", epochs=cfg.epochs, batch_size=cfg.batch_size,
                             lr=cfg.lr, seed=cfg.seed, width=cfg.width, cell=cfg.cell,
                             gamma=cfg.gamma, jac_reg=cfg.jac_reg, limit=cfg.limit,
+                            spectral_reg=cfg.spectral_reg, spectral_target=cfg.spectral_target,
                             device=cfg.device, **cfg.extra)
     summary = {"task": "polarity", "target_accuracy": cfg.target_accuracy,
                "config": asdict(cfg), "solvers": {}}

@@ -51,6 +51,8 @@ class TrainConfig:
     limit: int | None = None
     eval_batch_size: int = 256
     jac_reg: float = 0.0
+    spectral_reg: float = 0.0       # weight of the spectral-radius penalty (DEQ.spectral_penalty)
+    spectral_target: float = 0.9    # the radius above which it acts
     cell: str = "contractive"
     gamma: float = 0.9
     objective: str = "classify"     # or "regress": the task's DFT target, MSE
@@ -222,6 +224,7 @@ class Trainer:
                    "forward_f_evals": sums.pop("f_evals") / batches,
                    "backward_its": sums.pop("b_its") / batches,
                    "jacobian_penalty": sums.pop("jac") / batches,
+                   "spectral_penalty": sums.pop("spectral") / batches,
                    "inexact_forward": unconverged[0], "inexact_adjoint": unconverged[1],
                    "batches": batches}
             row.update(sums)                 # trainer-specific counters
@@ -251,7 +254,7 @@ class Trainer:
     @staticmethod
     def _new_sums() -> dict:
         return dict(loss=0.0, metric=0.0, f_its=0, f_evals=0, b_its=0, unconverged=0,
-                    unconverged_adjoint=0, batches=0, jac=0.0)
+                    unconverged_adjoint=0, batches=0, jac=0.0, spectral=0.0)
 
     def _count_solves(self, sums: dict) -> None:
         f_its, f_evals, b_its, unconv, unconv_b = _solver_counts(self.model)
@@ -288,6 +291,11 @@ class Trainer:
                 penalty = self.model.equilibrium.jacobian_penalty(generator=probes) / dp.size
                 objective = loss + self.cfg.jac_reg * penalty
                 sums["jac"] += float(penalty.detach())
+            if self.cfg.spectral_reg > 0 and self.cfg.kind == "deq":
+                penalty = self.model.equilibrium.spectral_penalty(self.cfg.spectral_target,
+                                                                  generator=probes)
+                objective = objective + self.cfg.spectral_reg * penalty / dp.size
+                sums["spectral"] += float(penalty.detach()) / dp.size
             self.opt.zero_grad(set_to_none=True)
             objective.backward()
             dp.sum_gradients(self.model.parameters())
@@ -306,6 +314,7 @@ class Trainer:
                             fwd_its=f"{sums['f_its'] / sums['batches']:.1f}")
         bar.close()
         sums["jac"] = float(dp.sum(sums["jac"]))
+        sums["spectral"] = float(dp.sum(sums["spectral"]))
         return sums
 
     def finish(self) -> dict:
