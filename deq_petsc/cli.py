@@ -231,10 +231,60 @@ def split_petsc_args(parser: argparse.ArgumentParser, argv: list[str]):
     return args, rest
 
 
+#: Our flags' valid ranges, checked before any work starts (a typo must not build all of
+#: QM9 or train an epoch before it is found). flag -> (test, what it must be).
+_RANGES = {
+    "limit": (lambda v: v >= 0, "0 (all of the source) or a positive number of records"),
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "eval_batch_size": (lambda v: v >= 1, "at least 1"),
+    "width": (lambda v: v >= 4 and v % 4 == 0, "a positive multiple of 4 (4 GroupNorm groups)"),
+    "depth": (lambda v: v >= 1, "at least 1"),
+    "lr": (lambda v: 0 < v < float("inf"), "a positive number"),
+    "seed": (lambda v: v >= 0, "a non-negative integer"),
+    "jac_reg": (lambda v: v >= 0, "non-negative"),
+    "spectral_reg": (lambda v: v >= 0, "non-negative"),
+    "spectral_target": (lambda v: v > 0, "positive"),
+    "gamma": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "rtol": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "max_it": (lambda v: v >= 1, "at least 1"),
+    "time_budget": (lambda v: v >= 0, "non-negative (0: no budget)"),
+    "target_accuracy": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "tao_batch": (lambda v: v >= 0, "0 (all) or a positive number of samples"),
+    "jobs": (lambda v: v >= 1, "at least 1"),
+    "repeat": (lambda v: v >= 1, "at least 1"),
+    "batch": (lambda v: v >= 1, "at least 1"),
+    "channels": (lambda v: v >= 1, "at least 1"),
+    "size": (lambda v: v >= 1, "at least 1"),
+    "contraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "png_count": (lambda v: v >= 0, "non-negative"),
+}
+
+
+def invalid_argument(args) -> str | None:
+    """The first of our flags outside its range, as one line (None when all are fine)."""
+    import math
+    from pathlib import Path
+
+    for name, (ok, what) in _RANGES.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if isinstance(value, float) and math.isnan(value) or not ok(value):
+            return f"--{name.replace('_', '-')} {value}: must be {what}"
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        return f"--out {out}: is a file, not a folder"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, petsc_args = split_petsc_args(parser, argv)
+    problem = invalid_argument(args)
+    if problem:
+        getattr(args, "parser", parser).error(problem)
 
     from . import init
     init([parser.prog] + petsc_args)

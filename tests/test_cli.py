@@ -98,3 +98,31 @@ def test_options_petsc_rejects_are_one_line(options, message):
     errors = [line for line in (r.stdout + r.stderr).splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith("deq-petsc solve: error: ") \
         and message in errors[0], r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("train", ["--task", "polarity", "--limit", "-5"], "--limit -5: must be 0"),
+    ("train", ["--task", "polarity", "--epochs", "0"], "--epochs 0: must be at least 1"),
+    ("train", ["--task", "polarity", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    ("train", ["--task", "polarity", "--width", "0"], "--width 0: must be a positive multiple"),
+    ("train", ["--task", "polarity", "--width", "6"], "--width 6: must be a positive multiple"),
+    ("train", ["--task", "polarity", "--lr", "-1"], "--lr -1.0: must be a positive number"),
+    ("train", ["--task", "polarity", "--lr", "nan"], "--lr nan: must be a positive number"),
+    ("train", ["--task", "polarity", "--seed", "-1"], "--seed -1: must be a non-negative"),
+    ("demo", ["--rtol", "2"], "--rtol 2.0: must be in (0, 1)"),
+    ("demo", ["--target-accuracy", "1.5"], "--target-accuracy 1.5: must be in [0, 1]"),
+    ("solve", ["--contraction", "1.2"], "--contraction 1.2: must be in (0, 1)"),
+])
+def test_arguments_are_checked_before_any_work(command, args, message):
+    r = run_cli(command, *args, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"deq-petsc {command}: error: {message}" in r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_out_naming_a_file_is_refused(tmp_path):
+    target = tmp_path / "a_file"
+    target.write_text("not a folder")
+    r = run_cli("train", "--task", "polarity", "--out", target, timeout=60)
+    assert r.returncode == 2 and "is a file, not a folder" in r.stderr
+    assert target.read_text() == "not a folder"
