@@ -318,6 +318,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise                      # the others may be inside a collective: abort
             PETSc.Sys.syncPrint(f"{what}: error: {err}", flush=True)
             return 1
+        except KeyboardInterrupt:
+            if PETSc.COMM_WORLD.getSize() > 1:
+                raise
+            out = getattr(args, "out", None)
+            kept = (f"; checkpoints written so far are intact in {out}" if out and
+                    args.command_name in ("train", "demo", "compare") else "")
+            print(f"{what}: interrupted{kept}", file=sys.stderr, flush=True)
+            return 130
 
 
 if __name__ == "__main__":

@@ -126,3 +126,22 @@ def test_out_naming_a_file_is_refused(tmp_path):
     r = run_cli("train", "--task", "polarity", "--out", target, timeout=60)
     assert r.returncode == 2 and "is a file, not a folder" in r.stderr
     assert target.read_text() == "not a folder"
+
+
+def test_ctrl_c_is_one_line(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from helpers import cli_path
+    proc = subprocess.Popen([cli_path(), "solve", "--batch", "64", "--channels", "16", "--size",
+                             "32", "--contraction", "0.999", "-snes_type", "nrichardson",
+                             "-snes_linesearch_type", "basic", "-snes_max_it", "100000",
+                             "-snes_rtol", "1e-300", "-snes_atol", "0", "-snes_monitor_cancel"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)                            # inside the solve by now
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "deq-petsc solve: interrupted"
