@@ -81,7 +81,7 @@ def main():
                           solver_options={"snes_type": "anderson", "snes_anderson_m": 5},
                           log=lambda line, lam=lam: print(f"[{args.penalty} {lam}] {line}",
                                                           flush=True))
-        if (out / f"{args.penalty}-{lam}" / "checkpoint.pt").exists():      # trained by an earlier run
+        if (out / f"{args.penalty}-{lam}" / "checkpoint.pt").exists():   # trained before
             trainer.resume()
         history = trainer.fit()
         train_s = history[-1]["elapsed"]
@@ -107,7 +107,8 @@ def main():
             from deq_petsc.diagnostics import spectral_radius
             rho = spectral_radius(problem, z, iters=100)
         picard = next(r for r in runs if r.name == "picard")
-        row = {"penalty": args.penalty, "value": lam, "spectral_radius": rho, "val_acc": history[-1]["val_acc"],
+        row = {"penalty": args.penalty, "value": lam, "spectral_radius": rho,
+               "val_acc": history[-1]["val_acc"],
                "train_seconds": train_s, "runs": [r.row() for r in runs]}
         results.append(row)
         print(f"{args.penalty} {lam}: spectral radius {rho:.4f}, val acc {row['val_acc']:.3f}, "

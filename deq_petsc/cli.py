@@ -308,24 +308,42 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         torch.set_num_threads(threads_per_rank())       # one rank per core by default
     what = f"deq-petsc {args.command_name}"
+    interrupted = _watch_interrupts()
     with abort_on_error(PETSc.COMM_WORLD, what):
         try:
             if getattr(args, "device", None) is not None:   # checked once, before any work
                 args.device = str(resolve_device(args.device))
             return app.COMMANDS[args.command_name](args)
-        except (DEQError, FileNotFoundError, ImportError) as err:
+        except (DEQError, FileNotFoundError, ImportError, KeyboardInterrupt,
+                PETSc.Error) as err:
             if PETSc.COMM_WORLD.getSize() > 1:
                 raise                      # the others may be inside a collective: abort
+            if interrupted or isinstance(err, KeyboardInterrupt):
+                # Ctrl-C, wherever it landed: in our code, or in a PETSc callback, where
+                # PETSc turned it into an error code that reached us as another error
+                out = getattr(args, "out", None)
+                kept = (f"; checkpoints written so far are intact in {out}" if out and
+                        args.command_name in ("train", "demo", "compare") else "")
+                print(f"{what}: interrupted{kept}", file=sys.stderr, flush=True)
+                return 130
+            if isinstance(err, PETSc.Error):
+                raise
             PETSc.Sys.syncPrint(f"{what}: error: {err}", flush=True)
             return 1
-        except KeyboardInterrupt:
-            if PETSc.COMM_WORLD.getSize() > 1:
-                raise
-            out = getattr(args, "out", None)
-            kept = (f"; checkpoints written so far are intact in {out}" if out and
-                    args.command_name in ("train", "demo", "compare") else "")
-            print(f"{what}: interrupted{kept}", file=sys.stderr, flush=True)
-            return 130
+
+
+def _watch_interrupts() -> list:
+    """A list that gets an entry when SIGINT arrives (then KeyboardInterrupt, as usual)."""
+    import signal
+
+    seen: list = []
+
+    def on_sigint(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return seen
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
     test_images = data.images[data.indices("test")]
     for sset in sets:
         prefix = prefix_of(sset.name)
-        say = (lambda line, n=sset.name: log(f"[{n}] {line}"))
+        def say(line, n=sset.name):
+            log(f"[{n}] {line}")
         with inserted_defaults(prefix, training_defaults(cfg, sset)):
             trainer = Trainer(train_cfg, data, out / sset.name, prefix=prefix,
                               progress=cfg.progress, log=say)
@@ -135,7 +136,8 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
 def _row(cfg, sset, history, report, rho, inference) -> dict:
     batches = sum(h["batches"] for h in history)
     reached = [h["elapsed"] for h in history if h["val_acc"] >= cfg.target_accuracy]
-    mean = (lambda key: sum(h[key] for h in history) / len(history))
+    def mean(key):
+        return sum(h[key] for h in history) / len(history)
     return {
         "options": sset.text,
         "about": sset.about,
@@ -224,7 +226,8 @@ def _shared_model_solves(cfg, sets, checkpoint, images, out) -> dict:
 def format_summary(summary: dict) -> str:
     """The side-by-side table the CLI prints."""
     rows = summary["solvers"]
-    lines = [f"{'solver':15s} {'test acc':>8s} {'train s':>8s} {'to ' + str(summary['target_accuracy']):>8s} "
+    target = "to " + str(summary["target_accuracy"])
+    lines = [f"{'solver':15s} {'test acc':>8s} {'train s':>8s} {target:>8s} "
              f"{'fwd conv':>8s} {'adj conv':>8s} {'fwd its':>7s} {'rho':>6s} {'inf f/b':>8s} "
              f"{'inf ms':>7s}"]
     for name, r in rows.items():

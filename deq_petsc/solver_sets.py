@@ -40,7 +40,8 @@ class SolverSet:
 
 
 def parse_options(text: str) -> dict:
-    """``"-snes_type anderson -snes_monitor"`` -> ``{"snes_type": "anderson", "snes_monitor": None}``."""
+    """``"-snes_type anderson -snes_monitor"`` -> ``{"snes_type": "anderson",
+    "snes_monitor": None}``."""
     tokens = shlex.split(text)
     options, i = {}, 0
     while i < len(tokens):

@@ -39,7 +39,8 @@ def test_every_set_converges_to_the_tolerance_and_a_bad_one_is_its_own_row():
                           repeat=2)
     by = {r.name: r for r in runs}
     assert [r.name for r in runs] == ["picard", "bad", "anderson", "jfnk"]
-    assert by["bad"].reason == "ERROR" and "Unable to find requested SNES type nosuchsolver" in by["bad"].error
+    assert by["bad"].reason == "ERROR"
+    assert "Unable to find requested SNES type nosuchsolver" in by["bad"].error
     for name in ("picard", "anderson", "jfnk"):
         r = by[name]
         assert r.converged and r.relative_residual <= 1e-10, (name, r.reason)

@@ -84,7 +84,8 @@ def test_training_step_gradients_equal_torchdeqs(petsc_solver):
 def test_bad_options_and_divergence_are_clear_errors(petsc_solver, petsc_options):
     x = torch.zeros(2, 4, dtype=torch.float64)
     petsc_options({"petsc_snes_type": "nosuchsolver"})
-    with pytest.raises(DEQOptionsError, match="prefix petsc_.*Unable to find requested SNES type nosuchsolver"):
+    with pytest.raises(DEQOptionsError,
+                       match="prefix petsc_.*Unable to find requested SNES type nosuchsolver"):
         petsc_torchdeq.TorchDEQSolver("petsc_")(lambda z: z * 0.5, x, tol=1e-6)
 
 
