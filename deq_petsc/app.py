@@ -28,20 +28,22 @@ def versions() -> str:
             f"{allocator.status()}")
 
 
-def _load_data(task, limit, seed, cache_dir=None, jobs=None, csv=None, progress=True):
+def _load_data(task, limit, seed, cache_dir=None, jobs=None, csv=None, progress=True,
+               rebuild=False):
     """The task's data set; under MPI rank 0 builds (or checks) the cache, then all read it."""
     from .train.distributed import load_task_collectively
     if limit is not None and limit <= 0:
         limit = None                       # --limit 0: the whole source
     return load_task_collectively(task, limit=limit, seed=seed, cache_dir=cache_dir,
-                                  n_jobs=jobs, progress=progress,
+                                  n_jobs=jobs, progress=progress, rebuild=rebuild,
                                   **({"csv": csv} if csv else {}))
 
 
 def _args_data(args, task=None, limit=None, seed=None):
     """The data set named by a command's --task/--limit/--seed/--csv/--cache-dir/--jobs."""
     return _load_data(task or args.task, limit, seed, cache_dir=args.cache_dir, jobs=args.jobs,
-                      csv=args.csv, progress=not getattr(args, "no_progress", False))
+                      csv=args.csv, progress=not getattr(args, "no_progress", False),
+                      rebuild=getattr(args, "rebuild", False))
 
 
 def _solver_line(model) -> str:
@@ -321,10 +323,12 @@ def run_compare(args) -> int:
         f"z = 0: " + ", ".join(s.name for s in sets))
     with torch.no_grad():          # torch's one-off warm-up, outside every timing
         problem.linearize(problem.z0).jvp(problem(problem.z0))
+    def progress(r):
+        say(f"  {r.name}: {r.reason} after {r.iterations} its, {r.time:.3f} s")
+
     runs = compare_solves(problem, sets, comm=comm,
                           defaults={"snes_rtol": args.rtol, "snes_max_it": args.max_it},
-                          repeat=args.repeat, progress=lambda r: say(f"  {r.name}: {r.reason} after {r.iterations} "
-                                                 f"its, {r.time:.3f} s"))
+                          repeat=args.repeat, progress=progress)
     table = markdown_table(runs)
     say("", table)
     if comm.getRank() == 0:

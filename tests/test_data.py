@@ -1,10 +1,12 @@
 """Graph images and the three science tasks (small subsets; full builds are benchmarks)."""
 
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 pytest.importorskip("rdkit")
 pytest.importorskip("pymatgen")
@@ -16,6 +18,7 @@ from deq_petsc.data import (cif_image, load_task, make_task, mol_from_smiles,  #
                             molecule_image, render_png, smiles_image, structure_image)
 from deq_petsc.data.tasks import default_crystals_csv  # noqa: E402
 from deq_petsc.errors import DEQInputError  # noqa: E402
+from helpers import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +241,23 @@ def test_mof_subset_builds_in_parallel(cache_dir):
     assert d.images.shape[1:] == (5, 16, 16)
     assert set(d.labels.tolist()) <= {0, 1, 2}
     assert (d.images[:, 4].sum(dim=(1, 2)) > 0).all()       # every MOF has a density
+
+
+@pytest.mark.parametrize("content", ["null", "[]", "42", '{"digests": []}', '{"digests": {}}'])
+def test_a_cache_record_of_the_wrong_shape_is_rebuilt(tmp_path, content, capsys):
+    first = load_task("polarity", limit=20, seed=3, cache_dir=tmp_path, progress=False)
+    meta = Path(first.cache_path) / "meta.json"
+    meta.write_text(content)
+    again = load_task("polarity", limit=20, seed=3, cache_dir=tmp_path, progress=False)
+    assert not again.from_cache and "is not a cache record" in capsys.readouterr().err
+    assert torch.equal(again.images, first.images)
+    assert load_task("polarity", limit=20, seed=3, cache_dir=tmp_path, progress=False).from_cache
+
+
+def test_data_rebuild_flag_reaches_the_cache(tmp_path):
+    args = ["data", "--task", "polarity", "--limit", "20", "--seed", "3", "--cache-dir", tmp_path]
+    first = run_cli(*args)
+    assert first.returncode == 0 and "(built:" in first.stdout, first.stdout + first.stderr
+    assert "(cache:" in run_cli(*args).stdout
+    again = run_cli(*args, "--rebuild")
+    assert again.returncode == 0 and "(built:" in again.stdout, again.stdout + again.stderr

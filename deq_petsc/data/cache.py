@@ -53,8 +53,9 @@ def _digest(path: Path) -> str:
 class DatasetCache:
     """Arrays plus JSON metadata under ``root/<name>/<key>/``."""
 
-    def __init__(self, root=None):
+    def __init__(self, root=None, required=()):
         self.root = Path(root) if root is not None else default_cache_dir()
+        self.required = tuple(required)        # metadata keys an entry must have
 
     def path(self, name: str, key: str) -> Path:
         return self.root / name / key
@@ -70,6 +71,10 @@ class DatasetCache:
             return None
         try:
             meta = json.loads(meta_file.read_text())
+            if not isinstance(meta, dict) or not isinstance(meta.get("digests"), dict) or \
+                    any(k not in meta for k in self.required):
+                raise DEQCacheError(f"{meta_file} is not a cache record (a "
+                                    f"{type(meta).__name__} without the expected fields)")
             arrays = {}
             for array_name, digest in meta["digests"].items():
                 file = entry / f"{array_name}.npy"
@@ -78,7 +83,7 @@ class DatasetCache:
                 arrays[array_name] = np.load(file, allow_pickle=False)
         except DEQCacheError:
             raise
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
             raise DEQCacheError(f"cache entry {entry} is unreadable: {err}") from None
         return arrays, meta
 

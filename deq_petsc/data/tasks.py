@@ -324,7 +324,7 @@ def load_task(name: str, limit: int | None = None, seed: int = 0, cache_dir=None
     import torch
 
     task = make_task(name, **task_options)
-    cache = DatasetCache(cache_dir)
+    cache = DatasetCache(cache_dir, required=("params", "attempted", "skipped"))
     params = {"task": name, "representation": REPRESENTATION_VERSION, "size": task.size,
               "limit": limit, "seed": seed, **task.params()}
     key = cache_key(params)

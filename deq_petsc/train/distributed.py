@@ -123,4 +123,5 @@ def load_task_collectively(name: str, comm=None, **options):
     options["progress"] = options.get("progress", True) and dp.is_root
     data = load_task(name, **options) if dp.is_root else None
     dp.barrier()
-    return data if data is not None else load_task(name, **options)
+    # the others read what rank 0 built (a --rebuild is rank 0's alone)
+    return data if data is not None else load_task(name, **{**options, "rebuild": False})
