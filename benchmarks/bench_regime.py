@@ -35,12 +35,11 @@ import torch  # noqa: E402
 from deq_petsc.compare import compare_solves, read_option_sets  # noqa: E402
 from deq_petsc.data import load_task  # noqa: E402
 from deq_petsc.problem import FixedPointProblem  # noqa: E402
-from deq_petsc.solver_sets import SOLVER_SETS  # noqa: E402
+from deq_petsc.solver_sets import forward_solvers  # noqa: E402
 from deq_petsc.train import TrainConfig, Trainer  # noqa: E402
 
-#: The registry's forward solvers (anderson-gmres differs from anderson only backward),
-#: and a deeper Anderson window.
-SETS = [f"{s.name}: {s.forward}" for s in SOLVER_SETS.values() if s.name != "anderson-gmres"] \
+#: The registry's forward solvers, each once, and a deeper Anderson window.
+SETS = [f"{name}: {forward}" for name, forward in forward_solvers().items()] \
     + ["anderson20: -snes_type anderson -snes_anderson_m 20"]
 
 

@@ -25,12 +25,12 @@ from petsc4py import PETSc
 from .errors import DEQError
 from .problem import FixedPointProblem
 from .solver import DEQSolver
-from .solver_sets import SOLVER_SETS, parse_options
+from .solver_sets import forward_solvers, parse_options
 
 #: Used when no set is given: the forward solvers of the named sets
 #: (:mod:`deq_petsc.solver_sets`; picard and anderson are the Deep AndersoNN comparison).
-DEFAULT_SETS = {"anderson5" if s.name == "anderson" else s.name: s.forward
-                for s in SOLVER_SETS.values() if s.name != "anderson-gmres"}
+DEFAULT_SETS = {"anderson5" if name == "anderson" else name: forward
+                for name, forward in forward_solvers().items()}
 
 
 @dataclass
@@ -174,9 +174,9 @@ def describe_error(err, oset: OptionSet) -> str:
         what = _PETSC_ERRORS.get(err.ierr, f"PETSc error {err.ierr}")
         types = " ".join(f"-{k} {v}" for k, v in oset.options.items() if k.endswith("_type"))
         return f"PETSc rejected the set: {what}" + (f"; its types: {types}" if types else "")
+    if getattr(err, "petsc_message", None):          # DEQOptionsError from setFromOptions
+        return f"PETSc rejected the set: {err.petsc_message}"
     text = str(err).strip().splitlines()
-    if text and "rejected by PETSc: " in text[0]:      # DEQOptionsError from setFromOptions
-        return "PETSc rejected the set: " + text[0].split("rejected by PETSc: ", 1)[1]
     return text[0] if text else type(err).__name__
 
 

@@ -35,7 +35,10 @@ class DEQNonFiniteError(DEQConvergenceError):
 
 class DEQOptionsError(DEQError, ValueError):
     """Options PETSc rejected (an unknown type, a value out of range, not a number), or
-    accepted but this package cannot honour."""
+    accepted but this package cannot honour. ``petsc_message``: PETSc's own words, when
+    PETSc rejected them."""
+
+    petsc_message: str | None = None
 
 
 class DEQInputError(DEQError, ValueError):

@@ -117,9 +117,12 @@ def options_checked(obj, what: str):
         yield
     except PETSc.Error as err:
         prefix = obj.getOptionsPrefix() or ""
-        raise DEQOptionsError(
+        message = petsc_message(err)
+        error = DEQOptionsError(
             f"the options of {what} ({f'prefix {prefix}' if prefix else 'no prefix'}) were "
-            f"rejected by PETSc: {petsc_message(err)}") from None
+            f"rejected by PETSc: {message}")
+        error.petsc_message = message
+        raise error from None
 
 
 def petsc_message(err) -> str:

@@ -25,6 +25,7 @@ class SolverSet:
     forward: str                   # options of the forward SNES
     backward: str = ""             # options of the adjoint solve, without "adjoint_"
     about: str = ""
+    new_forward: bool = True       # False: the forward solver of another set
 
     def options(self) -> dict:
         """Forward and backward options as one dict of database names (no prefix, no dash)."""
@@ -81,7 +82,8 @@ SOLVER_SETS = {s.name: s for s in (
     SolverSet("anderson", f"{_ANDERSON} {_NO_DTOL}", f"-deq_method snes {_ANDERSON} {_NO_DTOL}",
               "Anderson (m = 5) both ways: the paper's solver"),
     SolverSet("anderson-gmres", _ANDERSON, "-deq_method ksp -ksp_type gmres",
-              "Anderson (m = 5) forward, a GMRES adjoint (Krylov needs no contraction)"),
+              "Anderson (m = 5) forward, a GMRES adjoint (Krylov needs no contraction)",
+              new_forward=False),
     SolverSet("ngmres", "-snes_type ngmres", "-deq_method ksp -ksp_type gmres",
               "nonlinear GMRES forward, GMRES adjoint"),
     SolverSet("jfnk", "-snes_type newtonls -snes_linesearch_type basic -ksp_type gmres "
@@ -93,6 +95,13 @@ SOLVER_SETS = {s.name: s for s in (
               "-deq_method ksp -ksp_type gmres",
               "Anderson with a Picard step as nonlinear preconditioner, GMRES adjoint"),
 )}
+
+
+def forward_solvers() -> dict:
+    """``name -> forward options`` of the sets that compare forward solvers (what
+    ``deq-petsc compare`` and ``bench_regime.py`` run; a set that differs from another
+    only in its backward solve says ``new_forward=False``)."""
+    return {s.name: s.forward for s in SOLVER_SETS.values() if s.new_forward}
 
 
 def get(name: str) -> SolverSet:

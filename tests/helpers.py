@@ -48,3 +48,14 @@ def synthetic(n=40, channels=2, size=6, seed=0):
     return TaskData(task="polarity", classes=("low", "high"), channels=("a", "b"), images=images,
                     labels=labels, targets=target, ids=[str(i) for i in range(n)],
                     split_of=split, params={}, attempted=n)
+
+
+#: Solves tight enough that distributed and serial runs agree to rounding (MPI scripts).
+TIGHT_SOLVER = {"snes_rtol": 1e-12, "snes_atol": 1e-14, "snes_max_it": 300}
+TIGHT_ADJOINT = {"ksp_rtol": 1e-12, "ksp_atol": 1e-15, "ksp_max_it": 300}
+
+
+def shared_tempdir(mpi):
+    """One temporary folder for all ranks (rank 0 makes it), as a Path."""
+    import tempfile
+    return Path(mpi.bcast(tempfile.mkdtemp() if mpi.Get_rank() == 0 else None, root=0))

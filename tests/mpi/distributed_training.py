@@ -8,7 +8,6 @@ division by sqrt(v) magnifies that in entries whose gradient is near zero).
 """
 
 import sys
-import tempfile
 from pathlib import Path
 
 import deq_petsc
@@ -21,19 +20,18 @@ import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from deq_petsc.train import TaoTrainer, TrainConfig, Trainer  # noqa: E402
-from helpers import synthetic  # noqa: E402
+from helpers import TIGHT_ADJOINT, TIGHT_SOLVER, shared_tempdir, synthetic  # noqa: E402
 
 comm = PETSc.COMM_WORLD
 mpi = comm.tompi4py()
 rank, size = comm.getRank(), comm.getSize()
 torch.set_num_threads(1)
 data = synthetic(n=25, seed=4)          # 20 train: batches of 8, 8, 4 -> shards of 4/4, 4/4, 2/2
-tight = {"snes_rtol": 1e-12, "snes_atol": 1e-14, "snes_max_it": 300}
-tight_adjoint = {"ksp_rtol": 1e-12, "ksp_atol": 1e-15, "ksp_max_it": 300}
+tight, tight_adjoint = TIGHT_SOLVER, TIGHT_ADJOINT
 opts = PETSc.Options()
 opts.setValue("tao_type", sys.argv[1] if len(sys.argv) > 1 else "bntr")  # Gauss-Newton TR
 opts.setValue("tao_max_it", "2")
-base = Path(mpi.bcast(tempfile.mkdtemp() if rank == 0 else None, root=0))
+base = shared_tempdir(mpi)
 
 failures = 0
 for kind, trainer_class, objective in (("adam", Trainer, "classify"),

@@ -11,7 +11,6 @@ the tuned allocator is in effect (large blocks not mmapped).
 """
 
 import sys
-import tempfile
 from pathlib import Path
 
 import deq_petsc
@@ -26,16 +25,15 @@ from petsc4py import PETSc  # noqa: E402
 from deq_petsc.allocator import large_blocks_are_mapped  # noqa: E402
 from deq_petsc.train import TrainConfig, Trainer, predict  # noqa: E402
 from deq_petsc.train.distributed import DataParallel  # noqa: E402
-from helpers import synthetic  # noqa: E402
+from helpers import TIGHT_ADJOINT, TIGHT_SOLVER, shared_tempdir, synthetic  # noqa: E402
 
 comm = PETSc.COMM_WORLD
 mpi = comm.tompi4py()
 rank, size = comm.getRank(), comm.getSize()
 torch.set_num_threads(1)
 data = synthetic(n=25, seed=4)
-tight = {"snes_rtol": 1e-12, "snes_atol": 1e-14, "snes_max_it": 300}
-tight_adjoint = {"ksp_rtol": 1e-12, "ksp_atol": 1e-15, "ksp_max_it": 300}
-base = Path(mpi.bcast(tempfile.mkdtemp() if rank == 0 else None, root=0))
+tight, tight_adjoint = TIGHT_SOLVER, TIGHT_ADJOINT
+base = shared_tempdir(mpi)
 
 mapped = mpi.allgather(large_blocks_are_mapped())
 PETSc.Sys.Print(f"allocator: ranks={size} large blocks mmapped per rank {mapped} "
