@@ -74,6 +74,27 @@ def run_data(args) -> int:
     return 0
 
 
+# -- the reference ------------------------------------------------------------------------
+def run_baseline(args) -> int:
+    from .atomic import write_json
+    from .baseline import BaselineConfig, format_baseline, run_baseline as baseline
+
+    if PETSc.COMM_WORLD.getSize() > 1:
+        raise DEQInputError("baseline runs on one process (scikit-learn uses the cores "
+                            "itself): run it without mpiexec")
+    data = _args_data(args, limit=args.limit, seed=args.seed)
+    say(data.summary())
+    cfg = BaselineConfig(features=args.features, max_iter=args.max_iter, seed=args.seed,
+                         cache_dir=args.cache_dir, jobs=args.jobs,
+                         progress=not args.no_progress)
+    report = baseline(cfg, data, log=say)
+    out = Path(args.out or f"runs/baseline-{args.task}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "baseline.json", report)
+    say(f"test split ({args.task}):", format_baseline(report), f"wrote {out}/baseline.json")
+    return 0
+
+
 # -- training -----------------------------------------------------------------------------
 def _train_config(args, task, kind="deq", depth=8):
     from .train import TrainConfig
@@ -198,7 +219,7 @@ def run_demo(args) -> int:
                      train_max_it=args.max_it, solvers=tuple(args.solvers.split(",")),
                      target_accuracy=args.target_accuracy, time_budget=args.time_budget or None,
                      out=args.out, cache_dir=args.cache_dir, progress=not args.no_progress,
-                     device=args.device)
+                     device=args.device, baseline=not args.no_baseline)
     if args.quick:
         cfg.limit, cfg.epochs, cfg.width, cfg.inference_max_it = 100, 1, 4, 100
         cfg.time_budget = None
@@ -395,5 +416,5 @@ def _compare_training(args, sets) -> int:
     return 0 if histories else 1
 
 
-COMMANDS = {"compare": run_compare, "demo": run_demo, "train": run_train, "evaluate": run_evaluate,
+COMMANDS = {"baseline": run_baseline, "compare": run_compare, "demo": run_demo, "train": run_train, "evaluate": run_evaluate,
             "predict": run_predict, "data": run_data, "solve": run_solve}

@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=DEMO.time_budget,
                    help="seconds of training per solver set: each stops after the first epoch "
                         "that ends past it (default: %(default)s; 0 for all epochs)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the gradient-boosting reference on the same split (deq-petsc "
+                        "baseline)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny run (100 molecules, 1 epoch, width 4) that checks everything works")
     p.add_argument("--cache-dir")
@@ -165,6 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="ignore an existing cache entry")
     p.add_argument("--png", metavar="DIR", help="write the first few images here as PNGs")
     p.add_argument("--png-count", type=int, default=3)
+
+    p = _command(sub, "baseline", "the reference a DEQ must beat: gradient boosting on "
+                 "descriptors, same split",
+                 "Fit scikit-learn's HistGradientBoostingClassifier on the train split of a "
+                 "task's build (the same --task/--limit/--seed as train, so the same test "
+                 "molecules and materials), choose its rounds on the validation split and "
+                 "report the test split. --features descriptors: RDKit 2D descriptors and "
+                 "Morgan counts (molecules), composition statistics and density, volume per "
+                 "atom, packing, space group (crystals, MOFs); --features images: the DEQ's "
+                 "own graph images, flattened. Writes OUT/baseline.json.")
+    _data_arguments(p, limit_default=2000)
+    p.add_argument("--features", choices=["descriptors", "images"], default="descriptors",
+                   help="(default: %(default)s)")
+    p.add_argument("--max-iter", type=int, default=500,
+                   help="boosting rounds at most (default: %(default)s)")
+    p.add_argument("--out", help="folder for baseline.json (default: runs/baseline-<task>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = _command(sub, "compare", "run named PETSc option sets on one DEQ problem: table, CSV, plots",
                  "Solve the same fixed point with every option set, each under its own options "
@@ -253,6 +273,7 @@ _RANGES = {
     "tao_batch": (lambda v: v >= 0, "0 (all) or a positive number of samples"),
     "jobs": (lambda v: v >= 1, "at least 1"),
     "repeat": (lambda v: v >= 1, "at least 1"),
+    "max_iter": (lambda v: v >= 1, "at least 1"),
     "batch": (lambda v: v >= 1, "at least 1"),
     "channels": (lambda v: v >= 1, "at least 1"),
     "size": (lambda v: v >= 1, "at least 1"),

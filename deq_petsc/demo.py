@@ -59,6 +59,7 @@ class DemoConfig:
     cache_dir: str | None = None
     progress: bool = True
     device: str = "cpu"
+    baseline: bool = True             # gradient boosting on descriptors, same split
     extra: dict = field(default_factory=dict)   # more TrainConfig fields
 
 
@@ -124,6 +125,8 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
             f"f evals per batch, {r['inference_ms_per_sample']:.2f} ms per sample")
     shared = _shared_model_solves(cfg, sets, shared_model, test_images[:cfg.batch_size], out)
     summary["inference_on_one_model"] = shared
+    if cfg.baseline:
+        summary["baseline"] = _baseline(cfg, data, log)
     if PETSc.COMM_WORLD.getRank() == 0:
         plot_comparison(histories, out / "comparison.png",
                         title=f"polarity DEQ ({cfg.cell} cell, width {cfg.width}): training "
@@ -131,6 +134,23 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
                               f"{cfg.train_max_it} its)")
         write_json(out / "summary.json", summary)
     return summary
+
+
+def _baseline(cfg, data, log) -> dict:
+    """The descriptor baseline's numbers on the same split (rank 0 fits, all get them)."""
+    from petsc4py import PETSc
+
+    from .baseline import BaselineConfig, run_baseline
+    comm = PETSc.COMM_WORLD.tompi4py()
+    report = None
+    if comm.rank == 0:
+        full = run_baseline(BaselineConfig(seed=cfg.seed, cache_dir=cfg.cache_dir,
+                                           progress=cfg.progress), data,
+                            log=lambda line: log(f"[baseline] {line}"))
+        report = {k: full[k] for k in ("model", "features", "n_features", "rounds",
+                                       "val_accuracy", "fit_seconds")}
+        report["test_accuracy"] = full["accuracy"]
+    return comm.bcast(report, root=0)
 
 
 def _row(cfg, sset, history, report, rho, inference) -> dict:
@@ -252,6 +272,11 @@ def format_summary(summary: dict) -> str:
     lines.append(f"one batch of {shared['batch']} test molecules through the {shared['model']} "
                  f"model, to rtol {shared['rtol']:g}:")
     lines += parts
+    if summary.get("baseline"):
+        b = summary["baseline"]
+        lines.append(f"reference on the same split: gradient boosting on {b['n_features']} "
+                     f"{b['features']}, test accuracy {b['test_accuracy']:.3f} (deq-petsc "
+                     f"baseline; fit {b['fit_seconds']:.0f} s)")
     lines.append(f"majority-class baseline {next(iter(rows.values()))['majority_baseline']:.3f}; "
                  f"'to {summary['target_accuracy']}': training seconds until validation "
                  f"accuracy first reached it; 'inf f/b': f evaluations per test batch to rtol "

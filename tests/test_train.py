@@ -177,6 +177,10 @@ def test_quick_demo_writes_a_summary_with_every_field(cache_dir, tmp_path):
     assert summary["solvers"]["anderson"]["adjoint_converged_fraction"] == 1.0
     assert "-snes_type nrichardson" in summary["solvers"]["picard"]["options"]
     assert set(summary["inference_on_one_model"]["solves"]) == {"picard", "anderson"}
+    # the descriptor baseline on the same split, beside the DEQs
+    assert 0.0 <= summary["baseline"]["test_accuracy"] <= 1.0
+    assert summary["baseline"]["features"] == "descriptors"
+    assert "reference on the same split: gradient boosting" in r.stdout
     for name in ("comparison.png", "residuals.png", "anderson/curves.png",
                  "picard/confusion.png", "anderson/checkpoint.pt"):
         assert (out / name).stat().st_size > 0, name

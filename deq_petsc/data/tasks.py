@@ -28,7 +28,6 @@ import os
 import sys
 import tarfile
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from ..errors import DEQCacheError, DEQInputError
 from .cache import DatasetCache, cache_key, fingerprint
 from .graph_image import (MOLECULE_CHANNELS, MOLECULE_SIZE, PERIODIC_CHANNELS, PERIODIC_SIZE,
                           cif_image, smiles_image)
+from .workers import map_in_workers
 
 REPRESENTATION_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -253,20 +253,6 @@ def render(payload_kind: str, payload: str, size: int):
         return None, f"{type(err).__name__}: {err}"
 
 
-def _worker_init():
-    """Forked workers must not keep the parent's PETSc signal handlers (a SIGTERM would
-    be reported as a PETSc crash and answered with MPI_Abort)."""
-    import signal
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGSEGV, signal.SIGFPE, signal.SIGBUS):
-        signal.signal(sig, signal.SIG_DFL)
-
-
-def _render_star(args):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return render(*args)
-
-
 # -- the data set ------------------------------------------------------------------------
 @dataclass
 class TaskData:
@@ -355,39 +341,14 @@ def load_task(name: str, limit: int | None = None, seed: int = 0, cache_dir=None
 
 
 def _build(task: Task, limit, seed, cache_root: Path, n_jobs, progress):
-    from ..progress import progress as progress_bar
-
     records = task.records(cache_root)
     order = np.random.default_rng(seed).permutation(len(records))
     if limit is not None:
         order = order[:limit]
     chosen = [records[i] for i in order]
-    jobs = [(task.payload, r.payload, task.size) for r in chosen]
-    n_jobs = n_jobs or min(2, os.cpu_count() or 1)
-    bar = progress_bar(total=len(jobs), desc=f"{task.name} graph images", unit="img",
-                       enabled=progress)
-    results = []
-    if n_jobs > 1 and len(jobs) >= 64:
-        import multiprocessing
-        # fork, not spawn: spawn re-imports the caller's __main__, which breaks any
-        # script without a main guard. The workers only run RDKit/pymatgen/numpy (no
-        # torch, no MPI) and leave by os._exit, so no PETSc atexit handler runs there.
-        pool = multiprocessing.get_context("fork").Pool(n_jobs, initializer=_worker_init)
-        try:
-            for res in pool.imap(_render_star, jobs, chunksize=16):
-                results.append(res)
-                bar.update()
-            pool.close()           # let the workers finish and exit on their own ...
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()            # ... rather than be killed by Pool.__exit__'s SIGTERM
-    else:
-        for job in jobs:
-            results.append(_render_star(job))
-            bar.update()
-    bar.close()
+    results = map_in_workers(render, [(task.payload, r.payload, task.size) for r in chosen],
+                             desc=f"{task.name} graph images", n_jobs=n_jobs,
+                             progress=progress, unit="img")
 
     images, labels, targets, ids, skipped = [], [], [], [], []
     for record, (image, reason) in zip(chosen, results):
