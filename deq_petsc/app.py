@@ -187,6 +187,8 @@ def run_predict(args) -> int:
     task = state["task"]
     try:
         molecular = task["name"] == "polarity"
+        if args.input is not None:
+            return _predict_many(args, model, state, molecular)
         if args.smiles is not None and not molecular:
             raise DEQInputError(f"this model classifies {task['name']}: give --cif, not --smiles")
         if args.cif is not None and molecular:
@@ -206,6 +208,23 @@ def run_predict(args) -> int:
     finally:
         model.destroy()
     return 0
+
+
+def _predict_many(args, model, state, molecular: bool) -> int:
+    from .atomic import write_csv
+    from .batch_predict import predict_inputs, read_inputs, summarize
+    from .data.graph_image import MOLECULE_SIZE, PERIODIC_SIZE
+    from .train import objective_of
+
+    items = read_inputs(args.input, molecular)
+    objective = objective_of(state)
+    rows = predict_inputs(model, objective, items, molecular,
+                          MOLECULE_SIZE if molecular else PERIODIC_SIZE, args.batch_size,
+                          args.jobs, progress=not args.no_progress)
+    if PETSc.COMM_WORLD.getRank() == 0:
+        write_csv(args.output, rows)
+    say(summarize(rows, objective), f"wrote {args.output}")
+    return 0 if any(not r["error"] for r in rows) else 1
 
 
 # -- the main job ---------------------------------------------------------------------------

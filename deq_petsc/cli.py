@@ -153,12 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     _device_argument(p)
 
-    p = _command(sub, "predict", "ask a trained model about a new molecule or structure",
-                 "Polarity models take --smiles; mof-pore and crystals models take --cif.")
+    p = _command(sub, "predict", "ask a trained model about new molecules or structures",
+                 "Polarity models take --smiles; mof-pore and crystals models take --cif. "
+                 "--input asks about many at once: a CSV with a 'smiles' column (and "
+                 "optionally 'name' or 'id'), a file with one SMILES per line, a folder of "
+                 "CIFs or a file listing CIF paths; --output gets one CSV row per input (the "
+                 "label, each class's probability, or the reason the input could not be "
+                 "read: a bad row never stops the batch).")
     p.add_argument("--checkpoint", required=True)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--smiles")
     what.add_argument("--cif", help="a CIF file")
+    what.add_argument("--input", help="many inputs (see above)")
+    p.add_argument("--output", default="predictions.csv",
+                   help="with --input: the CSV to write (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=256, help="(default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=None, help="image-building processes (2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = _command(sub, "data", "build (or load from the cache) a task's graph images",
                  "Build the graph-image data set of a science task from its DFT source, print "
@@ -296,6 +307,9 @@ def invalid_argument(args) -> str | None:
     out = getattr(args, "out", None)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         return f"--out {out}: is a file, not a folder"
+    output = getattr(args, "output", None)
+    if getattr(args, "input", None) is not None and Path(output).is_dir():
+        return f"--output {output}: is a folder, not a file"
     return None
 
 

@@ -55,9 +55,9 @@ class LineProgress:
         self.n += n
         if not self.enabled or not self.total:
             return
-        while self._next_step <= self.steps and self.n * self.steps >= self._next_step * self.total:
-            self._next_step += 1
-            self._line()
+        if self._next_step <= self.steps and self.n * self.steps >= self._next_step * self.total:
+            self._next_step = min(self.n, self.total) * self.steps // self.total + 1
+            self._line()          # one line, however many tenths this update crossed
 
     def set_postfix(self, **values) -> None:
         self.postfix = " ".join(f"{k}={v}" for k, v in values.items())

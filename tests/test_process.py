@@ -64,6 +64,16 @@ def test_progress_can_be_switched_off_and_counts_updates():
         bar.update()
     bar.close()
     assert len(log.getvalue().splitlines()) == 3
+    # fewer items than steps, or one update across several tenths: one line per update
+    small = io.StringIO()
+    bar = progress(total=3, desc="few", stream=small, steps=10)
+    for _ in range(3):
+        bar.update()
+    bar = progress(total=100, desc="jump", stream=small, steps=10)
+    bar.update(35)
+    bar.update(65)
+    assert [line.split("(")[0].strip() for line in small.getvalue().splitlines()] == \
+        ["few:  33%", "few:  67%", "few: 100%", "jump:  35%", "jump: 100%"]
 
 
 def test_petsc_blas_runs_on_one_thread():

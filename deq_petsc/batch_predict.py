@@ -1,0 +1,148 @@
+"""Asking a trained scientist about many molecules or structures at once.
+
+A chemist's question is rarely one SMILES: it is a screening list, a folder of
+CIFs from a database export. Inputs are read from
+
+* molecules: a CSV with a ``smiles`` column (and, if present, a ``name`` or
+  ``id`` column), or a text file with one SMILES per line (``.smi`` style:
+  ``SMILES [name]``; blank lines and ``#`` comments skipped);
+* periodic structures: a folder of ``*.cif`` files, one ``.cif`` file, or a
+  text file with one CIF path per line (relative to the list's folder).
+
+Every input gets one output row, in input order: the predicted class and each
+class's probability (or the regressed number), or the reason it could not be
+read. A bad row never aborts the batch. Images are rendered in worker
+processes, then solved in batches with the model's forward solver; a batch
+whose solve stopped at the iteration cap marks its rows ``inexact``.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DEQInputError
+
+
+@dataclass
+class Item:
+    name: str
+    payload: str       # a SMILES or a CIF path
+
+
+def read_inputs(path, molecular: bool) -> list[Item]:
+    """The inputs named by ``path`` (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise DEQInputError(f"--input {path}: no such file or folder")
+    if molecular:
+        if path.is_dir():
+            raise DEQInputError(f"--input {path}: a folder; molecules come in a CSV with a "
+                                f"'smiles' column or a file with one SMILES per line")
+        if path.suffix.lower() == ".csv":
+            return _read_smiles_csv(path)
+        return _read_lines(path, lambda fields, n: Item(fields[1] if len(fields) > 1 else
+                                                        f"line {n}", fields[0]))
+    if path.is_dir():
+        files = sorted(path.glob("*.cif"))
+        if not files:
+            raise DEQInputError(f"--input {path}: a folder without *.cif files")
+        return [Item(f.name, str(f)) for f in files]
+    if path.suffix.lower() == ".cif":
+        return [Item(path.name, str(path))]
+    return _read_lines(path, lambda fields, n: Item(
+        fields[0], str(path.parent / fields[0]) if not Path(fields[0]).is_absolute()
+        else fields[0]))
+
+
+def _read_lines(path: Path, make) -> list[Item]:
+    items = []
+    with open(path, errors="replace") as fh:
+        for n, line in enumerate(fh, start=1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                items.append(make(line.split(), n))
+    if not items:
+        raise DEQInputError(f"--input {path}: no inputs in it")
+    return items
+
+
+def _read_smiles_csv(path: Path) -> list[Item]:
+    with open(path, newline="", errors="replace") as fh:
+        reader = csv.DictReader(fh)
+        columns = {c.strip().lower(): c for c in reader.fieldnames or []}
+        if "smiles" not in columns:
+            raise DEQInputError(f"--input {path}: no 'smiles' column (columns: "
+                                f"{', '.join(reader.fieldnames or []) or 'none'})")
+        label = columns.get("name") or columns.get("id")
+        items = [Item(row[label] if label and row.get(label) else f"row {n}",
+                      (row[columns["smiles"]] or "").strip())
+                 for n, row in enumerate(reader, start=1)]
+    if not items:
+        raise DEQInputError(f"--input {path}: no rows")
+    return items
+
+
+def predict_inputs(model, objective, items: list[Item], molecular: bool, size: int,
+                   batch_size: int = 256, jobs=None, progress: bool = True) -> list[dict]:
+    """One row per item: name, input, prediction columns, ``inexact``, ``error``."""
+    from .data.tasks import render
+    from .data.workers import map_in_workers
+    from .progress import progress as progress_bar
+    from .train.loop import predict
+
+    kind = "smiles" if molecular else "cif_file"
+    rendered = map_in_workers(render, [(kind, it.payload, size) for it in items],
+                              desc="graph images", n_jobs=jobs, progress=progress, unit="input")
+    good = [k for k, (image, _) in enumerate(rendered) if image is not None]
+    columns = _prediction_columns(objective)
+    rows = [{"name": it.name, "input": it.payload, **dict.fromkeys(columns, ""),
+             "inexact": "", "error": reason or ""}
+            for it, (_, reason) in zip(items, rendered)]
+    bar = progress_bar(total=len(good), desc="solving", unit="input", enabled=progress)
+    for start in range(0, len(good), batch_size):
+        chunk = good[start:start + batch_size]
+        images = torch.from_numpy(np.stack([rendered[k][0] for k in chunk]).astype(np.float32))
+        out, (_, _, _, inexact) = predict(model, images, batch_size)
+        for k, values in zip(chunk, _prediction_values(objective, out.float())):
+            rows[k].update(values, inexact=bool(inexact))
+        bar.update(len(chunk))
+    bar.close()
+    return rows
+
+
+def _prediction_columns(objective) -> list[str]:
+    if objective.name == "classify":
+        return ["label"] + [f"p({c})" for c in objective.classes]
+    return [objective.target_name]
+
+
+def _prediction_values(objective, out: torch.Tensor) -> list[dict]:
+    if objective.name == "classify":
+        probs = torch.softmax(out, dim=1).numpy()
+        return [{"label": objective.classes[int(p.argmax())],
+                 **{f"p({c})": round(float(q), 6) for c, q in zip(objective.classes, p)}}
+                for p in probs]
+    values = objective.unscale(out).reshape(-1).tolist()
+    return [{objective.target_name: round(v, 6)} for v in values]
+
+
+def summarize(rows: list[dict], objective) -> str:
+    """Counts, errors, solves at the cap, and the predicted class balance."""
+    failed = [r for r in rows if r["error"]]
+    done = len(rows) - len(failed)
+    lines = [f"{len(rows)} inputs: {done} predicted, {len(failed)} could not be read"
+             + (f" (first: {failed[0]['name']}: {failed[0]['error']})" if failed else "")]
+    inexact = sum(1 for r in rows if r["inexact"] is True)
+    if inexact:
+        lines.append(f"WARNING: {inexact} predictions come from solves stopped at the "
+                     f"iteration limit (column 'inexact')")
+    if objective.name == "classify" and done:
+        counts = {c: sum(1 for r in rows if r["label"] == c) for c in objective.classes}
+        lines.append("predicted classes: " + ", ".join(
+            f"{c} {k} ({100 * k / done:.0f}%)" for c, k in counts.items()))
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""predict --input: many molecules or structures at once, bad rows reported, never fatal."""
+
+import csv
+
+import pytest
+
+pytest.importorskip("rdkit")
+pytest.importorskip("pymatgen")
+
+from helpers import run_cli  # noqa: E402
+
+
+def rows_of(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny polarity model and a tiny crystals model (one epoch each)."""
+    root = tmp_path_factory.mktemp("predict")
+    cache = root / "cache"
+    models = {}
+    for task in ("polarity", "crystals"):
+        from deq_petsc.data.tasks import default_crystals_csv
+        if task == "crystals" and default_crystals_csv() is None:
+            continue
+        r = run_cli("train", "--task", task, "--limit", "100", "--epochs", "1", "--width", "4",
+                    "--out", root / task, "--cache-dir", cache, "--no-progress")
+        assert r.returncode == 0, r.stdout + r.stderr
+        models[task] = root / task / "checkpoint.pt"
+    return models
+
+
+def test_a_smiles_csv_gives_one_row_per_input_with_errors_named(trained, tmp_path):
+    inputs = tmp_path / "screen.csv"
+    inputs.write_text("id,SMILES\nethanol,CCO\nbroken,C1CC\nphenol,c1ccccc1O\nblank,\n"
+                      "pentavalent,C(C)(C)(C)(C)C\n")
+    out = tmp_path / "pred.csv"
+    r = run_cli("predict", "--checkpoint", trained["polarity"], "--input", inputs, "--output",
+                out, "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "5 inputs: 2 predicted, 3 could not be read (first: broken: unparsable SMILES" \
+        in r.stdout
+    assert "predicted classes: weakly polar" in r.stdout
+    rows = rows_of(out)
+    assert [row["name"] for row in rows] == ["ethanol", "broken", "phenol", "blank",
+                                             "pentavalent"]
+    for row in rows:
+        if row["name"] in ("ethanol", "phenol"):
+            p = float(row["p(weakly polar)"]) + float(row["p(strongly polar)"])
+            assert p == pytest.approx(1.0, abs=1e-5) and row["error"] == ""
+            assert row["label"] in ("weakly polar", "strongly polar")
+        else:
+            assert row["label"] == "" and row["error"]
+    assert "valence" in rows[4]["error"].lower()
+    # one input alone answers as it does in a batch (same model, same solver)
+    single = run_cli("predict", "--checkpoint", trained["polarity"], "--smiles", "CCO")
+    assert single.returncode == 0 and rows[0]["label"] in single.stdout
+
+
+def test_a_smiles_list_and_inputs_that_cannot_be_read(trained, tmp_path):
+    smi = tmp_path / "list.smi"
+    smi.write_text("# a screening list\nCCO ethanol\n\nN#N\n")
+    out = tmp_path / "pred.csv"
+    r = run_cli("predict", "--checkpoint", trained["polarity"], "--input", smi, "--output", out,
+                "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [row["name"] for row in rows_of(out)] == ["ethanol", "line 4"]
+    no_column = tmp_path / "x.csv"
+    no_column.write_text("name,formula\na,H2O\n")
+    bad = run_cli("predict", "--checkpoint", trained["polarity"], "--input", no_column)
+    assert bad.returncode == 1
+    assert (bad.stdout + bad.stderr).strip().splitlines()[-1] == (
+        f"deq-petsc predict: error: --input {no_column}: no 'smiles' column (columns: name, "
+        f"formula)")
+    assert "Traceback" not in bad.stdout + bad.stderr
+    all_bad = tmp_path / "bad.smi"
+    all_bad.write_text("C1CC\nxyz\n")
+    none = run_cli("predict", "--checkpoint", trained["polarity"], "--input", all_bad,
+                   "--output", tmp_path / "none.csv", "--no-progress")
+    assert none.returncode == 1 and len(rows_of(tmp_path / "none.csv")) == 2
+
+
+def test_a_folder_of_cifs(trained, tmp_path):
+    if "crystals" not in trained:
+        pytest.skip("no crystal data set beside the project")
+    from pymatgen.core import Lattice, Structure
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
+                              [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(folder / "nacl.cif"))
+    Structure(Lattice.cubic(3.61), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5],
+                                                [0, 0.5, 0.5]]).to(filename=str(folder / "cu.cif"))
+    (folder / "junk.cif").write_text("not a cif at all\n")
+    out = tmp_path / "pred.csv"
+    r = run_cli("predict", "--checkpoint", trained["crystals"], "--input", folder, "--output",
+                out, "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = rows_of(out)
+    assert [row["name"] for row in rows] == ["cu.cif", "junk.cif", "nacl.cif"]
+    assert rows[1]["error"] == "not a CIF (no _cell_length_a)" and rows[1]["label"] == ""
+    assert {rows[0]["label"], rows[2]["label"]} <= {"metal", "semiconductor", "insulator"}
+    wrong = run_cli("predict", "--checkpoint", trained["crystals"], "--input", tmp_path / "no")
+    assert wrong.returncode == 1 and "no such file or folder" in wrong.stdout + wrong.stderr
