@@ -29,21 +29,24 @@ def versions() -> str:
 
 
 def _load_data(task, limit, seed, cache_dir=None, jobs=None, csv=None, progress=True,
-               rebuild=False):
+               rebuild=False, split_by=None):
     """The task's data set; under MPI rank 0 builds (or checks) the cache, then all read it."""
     from .train.distributed import load_task_collectively
     if limit is not None and limit <= 0:
         limit = None                       # --limit 0: the whole source
     return load_task_collectively(task, limit=limit, seed=seed, cache_dir=cache_dir,
                                   n_jobs=jobs, progress=progress, rebuild=rebuild,
+                                  split_by=split_by or "random",
                                   **({"csv": csv} if csv else {}))
 
 
-def _args_data(args, task=None, limit=None, seed=None):
-    """The data set named by a command's --task/--limit/--seed/--csv/--cache-dir/--jobs."""
+def _args_data(args, task=None, limit=None, seed=None, split_by=None):
+    """The data set named by a command's --task/--limit/--seed/--split-by/--csv/--cache-dir/
+    --jobs."""
     return _load_data(task or args.task, limit, seed, cache_dir=args.cache_dir, jobs=args.jobs,
                       csv=args.csv, progress=not getattr(args, "no_progress", False),
-                      rebuild=getattr(args, "rebuild", False))
+                      rebuild=getattr(args, "rebuild", False),
+                      split_by=split_by or getattr(args, "split_by", None))
 
 
 def _solver_line(model) -> str:
@@ -102,7 +105,8 @@ def _train_config(args, task, kind="deq", depth=8):
     dtype = getattr(args, "dtype", None) or ("float64" if trainer == "tao" else "float32")
     return TrainConfig(task=task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        seed=args.seed, width=args.width, kind=kind, depth=depth,
-                       limit=args.limit, jac_reg=args.jac_reg, cell=args.cell,
+                       limit=args.limit, split_by=getattr(args, "split_by", None) or "random",
+                       jac_reg=args.jac_reg, cell=args.cell,
                        spectral_reg=args.spectral_reg, spectral_target=args.spectral_target,
                        gamma=args.gamma, objective=getattr(args, "objective", "classify"),
                        dtype=dtype, tao_batch=getattr(args, "tao_batch", 0),
@@ -122,7 +126,8 @@ def _report(report: dict, objective, stats_line: str = "") -> str:
 
 def run_train(args) -> int:
     from .train import TaoTrainer, Trainer
-    from .train.checkpoint import DEQCheckpointError
+    from .train.checkpoint import DEQCheckpointError, load_checkpoint
+    from .train.run_folder import RunFolder, resumed_config
 
     out = Path(args.out or f"runs/{args.task}")
     if (out / "checkpoint.pt").exists() and not (args.resume or args.overwrite):
@@ -130,7 +135,11 @@ def run_train(args) -> int:
                                  f"it, --overwrite to start over, or another --out")
     if args.resume and not (out / "checkpoint.pt").exists():
         raise DEQCheckpointError(f"--resume: no checkpoint in {out}")
-    data = _args_data(args, limit=args.limit, seed=args.seed)
+    cfg, notes = _train_config(args, args.task, args.model, args.depth), []
+    if args.resume:                  # the checkpoint's settings, but for what the user typed
+        saved = load_checkpoint(out / "checkpoint.pt")["train_config"]
+        cfg, notes = resumed_config(cfg, saved, args.explicit, str(out))
+    data = _args_data(args, limit=cfg.limit, seed=cfg.seed, split_by=cfg.split_by)
     say(versions(), data.summary())
     size = PETSc.COMM_WORLD.getSize()
     if size > 1:
@@ -138,20 +147,22 @@ def run_train(args) -> int:
             f"each): every batch of {args.batch_size} split across them, one DEQ state Vec "
             f"over PETSC_COMM_WORLD; rank 0 writes {args.out or f'runs/{args.task}'}")
     kind = TaoTrainer if args.trainer == "tao" else Trainer
-    trainer = kind(_train_config(args, args.task, args.model, args.depth), data, out,
-                   progress=not args.no_progress, log=say)
-    try:
-        if args.resume:
-            epoch = trainer.resume()
-            say(f"resuming {out} after epoch {epoch}")
-        trainer.fit()
-        report = trainer.finish()
-        plot = "confusion.png" if "confusion" in report else "parity.png"
-        say(f"test split ({args.task} {trainer.objective.name}, {args.model}, "
-            f"{trainer.name}):", _report(report, trainer.objective, _solver_line(trainer.model)),
-            f"wrote {out}/checkpoint.pt, metrics.csv, curves.png, {plot}, report.json")
-    finally:
-        trainer.destroy()
+    with RunFolder(out, overwrite=args.overwrite, active=PETSc.COMM_WORLD.getRank() == 0):
+        trainer = kind(cfg, data, out, progress=not args.no_progress, log=say)
+        try:
+            if args.resume:
+                epoch = trainer.resume()
+                say(f"resuming {out} after epoch {epoch}"
+                    + (": " + "; ".join(notes) if notes else ""))
+            trainer.fit()
+            report = trainer.finish()
+            plot = "confusion.png" if "confusion" in report else "parity.png"
+            say(f"test split ({args.task} {trainer.objective.name}, {args.model}, "
+                f"{trainer.name}):",
+                _report(report, trainer.objective, _solver_line(trainer.model)),
+                f"wrote {out}/checkpoint.pt, metrics.csv, curves.png, {plot}, report.json")
+        finally:
+            trainer.destroy()
     return 0
 
 
@@ -167,7 +178,8 @@ def run_evaluate(args) -> int:
             raise DEQInputError(f"{args.checkpoint} was trained on {cfg['task']!r}, not {task!r}")
         limit = args.limit if args.limit is not None else cfg["limit"]
         seed = args.seed if args.seed is not None else cfg["seed"]
-        data = _args_data(args, task=task, limit=limit, seed=seed)
+        data = _args_data(args, task=task, limit=limit, seed=seed,
+                          split_by=args.split_by or cfg.get("split_by", "random"))
         objective = objective_of(state, data)
         report = evaluate(model, data, args.split, args.batch_size, objective, DataParallel())
         say(f"{args.checkpoint} on the {args.split} split of {task} "

@@ -30,6 +30,10 @@ def _data_arguments(p, required_task=True, limit_default=None):
                    help="random subset of the source; 0 for all of it (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None if not required_task else 0,
                    help="subset, split and initialisation seed (default: 0)")
+    p.add_argument("--split-by", choices=["random", "scaffold"], default=None,
+                   help="train/val/test 80/10/10 at random, or (molecules) by Bemis-Murcko "
+                        "scaffold: test molecules with ring systems training never saw "
+                        "(default: random; evaluate: the checkpoint's)")
     p.add_argument("--csv", help="crystals only: a CSV with material_id, band_gap, cif")
     p.add_argument("--cache-dir", help="default: $DEQ_PETSC_CACHE or ~/.cache/deq_petsc")
     p.add_argument("--jobs", type=int, default=None, help="image-building processes (2)")
@@ -293,6 +297,14 @@ _RANGES = {
 }
 
 
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the flags the user typed (``--lr 1e-3``, ``--lr=1e-3``), as
+    opposed to those left at their defaults: what a resumed run may change."""
+    typed = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    return {action.dest for action in parser._actions
+            if any(o in typed for o in action.option_strings)}
+
+
 def invalid_argument(args) -> str | None:
     """The first of our flags outside its range, as one line (None when all are fine)."""
     import math
@@ -307,6 +319,8 @@ def invalid_argument(args) -> str | None:
     out = getattr(args, "out", None)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         return f"--out {out}: is a file, not a folder"
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        return "--resume and --overwrite: continue the run, or start it over, not both"
     output = getattr(args, "output", None)
     if getattr(args, "input", None) is not None and Path(output).is_dir():
         return f"--output {output}: is a folder, not a file"
@@ -317,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, petsc_args = split_petsc_args(parser, argv)
+    args.explicit = explicit_flags(getattr(args, "parser", parser), argv)
     problem = invalid_argument(args)
     if problem:
         getattr(args, "parser", parser).error(problem)

@@ -45,5 +45,10 @@ class DEQInputError(DEQError, ValueError):
     """An input the science tasks cannot use: invalid SMILES or CIF, too large, ..."""
 
 
+class DEQTrainingError(DEQError):
+    """Training that blew up (a non-finite or exploding loss): the last good checkpoint
+    is kept, the run ends with an error instead of saving the blown-up model."""
+
+
 class DEQCacheError(DEQError):
     """A cache entry that is corrupt or stale (it is rebuilt, never used)."""

@@ -63,23 +63,23 @@ def test_bad_inputs_give_a_reason_not_an_exception():
 def test_baseline_command_on_the_same_split_as_the_deq(cache_dir, tmp_path):
     out = tmp_path / "bl"
     r = run_cli("baseline", "--task", "polarity", "--limit", "600", "--out", out,
-                "--cache-dir", cache_dir, "--no-progress", "--max-iter", "100")
+                "--cache-dir", cache_dir, "--no-progress", "--max-iter", "60")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "descriptors of 600 polarity samples" in r.stdout
     report = json.loads((out / "baseline.json").read_text())
     assert report["split_sizes"] == {"train": 480, "val": 60, "test": 60}
-    assert report["n_features"] == len(names("molecule")) and 1 <= report["rounds"] <= 100
+    assert report["n_features"] == len(names("molecule")) and 1 <= report["rounds"] <= 60
     # descriptors predict polarity far better than always answering the larger class
     assert report["accuracy"] > report["majority_baseline"] + 0.15
     assert report["train_accuracy"] >= report["accuracy"]
     # the second run takes the descriptors from the cache; images need no descriptors
     again = run_cli("baseline", "--task", "polarity", "--limit", "600", "--out", out,
-                    "--cache-dir", cache_dir, "--no-progress", "--max-iter", "100")
+                    "--cache-dir", cache_dir, "--no-progress", "--max-iter", "60")
     assert again.returncode == 0 and "descriptors of" not in again.stdout
     assert json.loads((out / "baseline.json").read_text())["accuracy"] == report["accuracy"]
     images = run_cli("baseline", "--task", "polarity", "--limit", "600", "--features",
                      "images", "--out", tmp_path / "img", "--cache-dir", cache_dir,
-                     "--no-progress", "--max-iter", "50")
+                     "--no-progress", "--max-iter", "10")
     assert images.returncode == 0, images.stdout + images.stderr
     assert json.loads((tmp_path / "img" / "baseline.json").read_text())["n_features"] == 5 * 32 * 32
 

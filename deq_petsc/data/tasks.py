@@ -18,7 +18,11 @@ crystals  Materials Project PBE band gaps  metal (gap = 0 exactly, as PBE report
 A build picks ``limit`` records at random (by ``seed``) from the source, renders
 their graph images (in parallel, with a progress bar), skips unusable inputs
 with a count and the first reasons, splits what was built 80/10/10 into
-train/validation/test (by the same seed) and caches the result.
+train/validation/test and caches the result. The split is random (by the same
+seed), or for molecules by Bemis-Murcko scaffold (``split_by="scaffold"``):
+whole scaffold groups, largest first, fill train, then validation, so the test
+molecules have ring systems the model never saw, the usual test of whether a
+molecular model generalises beyond its training chemistry.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .workers import map_in_workers
 REPRESENTATION_VERSION = 1
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+SPLIT_KINDS = ("random", "scaffold")
 
 
 # -- sources -----------------------------------------------------------------------------
@@ -288,7 +293,9 @@ class TaskData:
 
     def summary(self) -> str:
         lines = [f"task {self.task}: {len(self.ids)} graph images {tuple(self.images.shape[1:])} "
-                 f"({'cache' if self.from_cache else 'built'}: {self.cache_path})",
+                 f"({'cache' if self.from_cache else 'built'}: {self.cache_path})"
+                 + (", split by Bemis-Murcko scaffold" if self.params.get("split_by") ==
+                    "scaffold" else ""),
                  f"  channels: {', '.join(self.channels)}"]
         for s, counts in self.class_balance().items():
             total = sum(counts.values())
@@ -305,14 +312,21 @@ class TaskData:
 
 def load_task(name: str, limit: int | None = None, seed: int = 0, cache_dir=None,
               n_jobs: int | None = None, progress: bool = True, rebuild: bool = False,
-              **task_options) -> TaskData:
+              split_by: str = "random", **task_options) -> TaskData:
     """Build (or load from the cache) the graph-image data set of a task."""
     import torch
 
     task = make_task(name, **task_options)
+    if split_by not in SPLIT_KINDS:
+        raise DEQInputError(f"split_by must be one of {SPLIT_KINDS}, got {split_by!r}")
+    if split_by == "scaffold" and task.kind != "molecule":
+        raise DEQInputError(f"a scaffold split needs molecules; {name} holds periodic "
+                            f"structures (use the random split)")
     cache = DatasetCache(cache_dir, required=("params", "attempted", "skipped"))
     params = {"task": name, "representation": REPRESENTATION_VERSION, "size": task.size,
               "limit": limit, "seed": seed, **task.params()}
+    if split_by != "random":                 # the random split keeps its old cache keys
+        params["split_by"] = split_by
     key = cache_key(params)
     entry = None
     if not rebuild:
@@ -322,7 +336,7 @@ def load_task(name: str, limit: int | None = None, seed: int = 0, cache_dir=None
             print(f"deq_petsc.data: {err}; rebuilding", file=sys.stderr)
             cache.discard(name, key)
     if entry is None:
-        arrays, meta = _build(task, limit, seed, cache.root, n_jobs, progress)
+        arrays, meta = _build(task, limit, seed, cache.root, n_jobs, progress, split_by)
         meta["params"] = params
         path = cache.store(name, key, arrays, meta)
         from_cache = False
@@ -340,7 +354,50 @@ def load_task(name: str, limit: int | None = None, seed: int = 0, cache_dir=None
                     cache_path=str(path))
 
 
-def _build(task: Task, limit, seed, cache_root: Path, n_jobs, progress):
+def random_split(m: int) -> np.ndarray:
+    """0 train, 1 val, 2 test for ``m`` samples already in random order: 80/10/10."""
+    n_train = int(round(SPLIT_FRACTIONS[0] * m))
+    n_val = int(round(SPLIT_FRACTIONS[1] * m))
+    split = np.full(m, 2, dtype=np.int8)
+    split[:n_train] = 0
+    split[n_train:n_train + n_val] = 1
+    return split
+
+
+def murcko_scaffold(smiles: str) -> str:
+    """The Bemis-Murcko scaffold (ring systems and their linkers) as canonical SMILES;
+    ``""`` for an acyclic molecule."""
+    from rdkit import Chem
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        return smiles                 # cannot happen for built images; keeps it a group
+    return Chem.MolToSmiles(MurckoScaffold.GetScaffoldForMol(mol))
+
+
+def scaffold_split(smiles: list[str]) -> np.ndarray:
+    """Whole scaffold groups to train, largest first, until the next would pass 80%;
+    then to validation until 90%; the rest (the rarest scaffolds) to test."""
+    groups: dict[str, list[int]] = {}
+    for k, s in enumerate(smiles):
+        groups.setdefault(murcko_scaffold(s), []).append(k)
+    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0]))
+    m = len(smiles)
+    train_cut, val_cut = SPLIT_FRACTIONS[0] * m, (SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1]) * m
+    split = np.full(m, 2, dtype=np.int8)
+    n_train = n_val = 0
+    for group in ordered:
+        if n_train + len(group) <= train_cut:
+            split[group] = 0
+            n_train += len(group)
+        elif n_train + n_val + len(group) <= val_cut:
+            split[group] = 1
+            n_val += len(group)
+    return split
+
+
+def _build(task: Task, limit, seed, cache_root: Path, n_jobs, progress, split_by="random"):
     records = task.records(cache_root)
     order = np.random.default_rng(seed).permutation(len(records))
     if limit is not None:
@@ -350,7 +407,7 @@ def _build(task: Task, limit, seed, cache_root: Path, n_jobs, progress):
                              desc=f"{task.name} graph images", n_jobs=n_jobs,
                              progress=progress, unit="img")
 
-    images, labels, targets, ids, skipped = [], [], [], [], []
+    images, labels, targets, ids, payloads, skipped = [], [], [], [], [], []
     for record, (image, reason) in zip(chosen, results):
         if image is None:
             skipped.append((record.id, reason))
@@ -359,18 +416,14 @@ def _build(task: Task, limit, seed, cache_root: Path, n_jobs, progress):
         labels.append(task.label(record.target))
         targets.append(record.target)
         ids.append(record.id)
+        payloads.append(record.payload)
     if skipped:
         print(f"deq_petsc.data: skipped {len(skipped)} of {len(chosen)} {task.name} inputs; "
               f"first reasons: " + "; ".join(f"{i}: {r}" for i, r in skipped[:3]),
               file=sys.stderr)
     if not images:
         raise DEQInputError(f"no usable inputs for {task.name} among {len(chosen)}")
-    m = len(images)
-    n_train = int(round(SPLIT_FRACTIONS[0] * m))
-    n_val = int(round(SPLIT_FRACTIONS[1] * m))
-    split = np.full(m, 2, dtype=np.int8)
-    split[:n_train] = 0
-    split[n_train:n_train + n_val] = 1
+    split = scaffold_split(payloads) if split_by == "scaffold" else random_split(len(images))
     arrays = {"images": np.stack(images), "labels": np.asarray(labels, dtype=np.int64),
               "targets": np.asarray(targets, dtype=np.float64),
               "ids": np.asarray(ids, dtype=str), "split": split}

@@ -21,6 +21,7 @@ from petsc4py import PETSc
 
 from ..atomic import write_csv, write_json
 from ..data.tasks import TaskData
+from ..errors import DEQTrainingError
 from ..models.graph_classifier import ClassifierConfig, GraphImageClassifier
 from ..progress import progress
 from .checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
@@ -49,6 +50,7 @@ class TrainConfig:
     kind: str = "deq"
     depth: int = 8
     limit: int | None = None
+    split_by: str = "random"        # or "scaffold" (molecules): data.tasks.scaffold_split
     eval_batch_size: int = 256
     jac_reg: float = 0.0
     spectral_reg: float = 0.0       # weight of the spectral-radius penalty (DEQ.spectral_penalty)
@@ -192,8 +194,13 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         if self.opt is not None:
             self.opt.load_state_dict(state["optimizer"])
+            for group in self.opt.param_groups:      # the run's step size (a typed --lr)
+                group["lr"] = self.cfg.lr
+                group["weight_decay"] = self.cfg.weight_decay
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"])
+        if self.dp.is_root:       # a kill after the metrics but before the checkpoint
+            self._write_metrics()  # left them an epoch ahead: back to the checkpoint's
         return self.start_epoch
 
     # -- training -----------------------------------------------------------------------
@@ -229,6 +236,7 @@ class Trainer:
                    "batches": batches}
             row.update(sums)                 # trainer-specific counters
             row.update(epoch_time=train_time, elapsed=elapsed)
+            self._check_diverged(row)
             self.history.append(row)
             self.log(f"epoch {epoch + 1:3d}: loss {row['train_loss']:.4f} {m} "
                      f"{row[f'train_{m}']:.3f} | val loss {row['val_loss']:.4f} {m} "
@@ -247,6 +255,20 @@ class Trainer:
             if time_budget is not None and elapsed >= time_budget:
                 break
         return self.history
+
+    #: a training loss this many times a constant guess's means the run blew up
+    DIVERGED_FACTOR = 100.0
+
+    def _check_diverged(self, row: dict) -> None:
+        """Refuse to checkpoint a blown-up model (the last good checkpoint stays)."""
+        loss, chance = row["train_loss"], self.objective.chance_loss
+        if math.isfinite(loss) and loss <= self.DIVERGED_FACTOR * chance:
+            return
+        kept = (f"the checkpoint of epoch {self.history[-1]['epoch']} in {self.out} is kept"
+                if self.history else "no checkpoint was written")
+        raise DEQTrainingError(
+            f"training diverged: epoch {row['epoch']} ended with training loss {loss:.3g} "
+            f"(a constant guess scores {chance:.3g}); {kept}; lower --lr (now {self.cfg.lr:g})")
 
     def _epoch_note(self, row: dict) -> str:
         return ""
@@ -303,8 +325,7 @@ class Trainer:
             batch_loss, batch_metric = dp.sum(
                 np.array([loss.item(), self.objective.metric_sum(out, target)]))
             if not math.isfinite(batch_loss):
-                raise FloatingPointError(f"training loss became {batch_loss} in epoch "
-                                         f"{epoch + 1}; lower --lr")
+                self._check_diverged({"epoch": epoch + 1, "train_loss": batch_loss})
             self._count_solves(sums)
             sums["loss"] += float(batch_loss) * len(idx)
             sums["metric"] += float(batch_metric)

@@ -46,6 +46,11 @@ class Classification:
         self.classes = tuple(classes)
         self.out_dim = len(self.classes)
 
+    @property
+    def chance_loss(self) -> float:
+        """Cross-entropy of the uniform guess: the scale a diverged loss is judged on."""
+        return math.log(self.out_dim)
+
     def state(self) -> dict:
         return {"name": self.name, "classes": list(self.classes)}
 
@@ -100,6 +105,9 @@ class Regression:
         self.mean, self.std = float(mean), float(std) if std > 0 else 1.0
         self.target_name = target_name or TASKS[data.task].target_name
         self.out_dim = 1
+
+    #: MSE of predicting the training mean on standardised targets
+    chance_loss = 1.0
 
     def state(self) -> dict:
         return {"name": self.name, "mean": self.mean, "std": self.std,
