@@ -30,11 +30,12 @@ from petsc4py import PETSc
 from .errors import DEQConvergenceError
 from .interop import TensorLayout, layout_changed
 from .operators import ResidualJacobian, create_residual_jacobian
-from .petsc_options import (OptionsHelp, check_positive_ints, inserted_defaults,
-                            ksp_reason_name, options_checked)
+from .options_spec import ADJOINT as ADJOINT_OPTIONS
+from .petsc_options import (check_positive_ints, inserted_defaults, ksp_reason_name,
+                            options_checked)
 from .problem import FixedPointProblem, Linearization
 
-ADJOINT_METHODS = ("ksp", "snes", "jfb", "phantom")
+ADJOINT_METHODS = ADJOINT_OPTIONS["deq_method"].choices
 
 _ADJOINT_EVENT = PETSc.Log.Event("DEQAdjoint")
 
@@ -162,34 +163,19 @@ class AdjointSolver:
         self._ksp: ImplicitKSP | None = None
         self._snes_solver = None
         self.last_stats: AdjointStats | None = None
-        self._help = (OptionsHelp("DEQ adjoint (deq_petsc)", prefix, self.comm)
-                      .add("deq_method", "ksp", f"Backward solve: {'|'.join(ADJOINT_METHODS)} "
-                           "(-{0}snes_type implies snes)".format(prefix), "AdjointSolver")
-                      .add("deq_phantom_steps", 5, "Unrolled steps of the phantom gradient",
-                           "AdjointSolver")
-                      .add("deq_phantom_damping", 1.0, "Damping lam of the phantom gradient",
-                           "AdjointSolver")
-                      .add("deq_accept_max_it", "false", "Use the last iterate when the adjoint "
-                           "solve reaches its iteration limit (an inexact gradient, counted in "
-                           "the stats) instead of raising", "AdjointSolver"))
         self.method = self._read_method()
 
     # -- options --------------------------------------------------------------------
     def _read_method(self) -> str:
         opts = PETSc.Options(self.prefix)
         default = self._method_arg or ("snes" if opts.hasName("snes_type") else "ksp")
-        method = opts.getString("deq_method", default)
-        if method not in ADJOINT_METHODS:
-            raise ValueError(f"-{self.prefix}deq_method must be one of {ADJOINT_METHODS}, "
-                             f"got {method!r}")
-        self.accept_max_it = opts.getBool("deq_accept_max_it", self._accept_max_it_default)
-        self.phantom_steps = opts.getInt("deq_phantom_steps", 5)
-        self.phantom_damping = opts.getReal("deq_phantom_damping", 1.0)
-        if self.phantom_steps < 1 or not 0 < self.phantom_damping <= 1:
-            raise ValueError(f"-{self.prefix}deq_phantom_steps must be >= 1 and "
-                             f"-{self.prefix}deq_phantom_damping in (0, 1]")
-        self._help.print_if_requested()
-        return method
+        own = ADJOINT_OPTIONS.read(self.prefix, deq_method=default,
+                                   deq_accept_max_it=self._accept_max_it_default)
+        self.accept_max_it = own["deq_accept_max_it"]
+        self.phantom_steps = own["deq_phantom_steps"]
+        self.phantom_damping = own["deq_phantom_damping"]
+        ADJOINT_OPTIONS.print_help(self.prefix, self.comm, deq_method=default)
+        return own["deq_method"]
 
     # -- solve ----------------------------------------------------------------------
     def solve(self, problem: FixedPointProblem, z_star: torch.Tensor, g: torch.Tensor):

@@ -25,7 +25,8 @@ from torch import nn
 from .adjoint import AdjointSolver, AdjointStats, ImplicitKSP
 from .diagnostics import spectral_radius
 from .errors import DEQConvergenceError
-from .petsc_options import OptionsHelp, ksp_reason_name
+from .options_spec import LAYER as LAYER_OPTIONS
+from .petsc_options import ksp_reason_name
 from .problem import FixedPointProblem
 from .solver import DEQSolver, SolveStats
 
@@ -81,11 +82,8 @@ class DEQ(nn.Module):
         self.solver = DEQSolver(prefix=prefix, comm=comm, options=options)
         self.adjoint = AdjointSolver(prefix=prefix + "adjoint_" if adjoint_prefix is None
                                      else adjoint_prefix, comm=comm, ksp_options=adjoint_options)
-        self.warm_start = PETSc.Options(prefix).getBool("deq_warm_start", warm_start)
-        (OptionsHelp("DEQ layer (deq_petsc)", prefix, self.solver.comm)
-         .add("deq_warm_start", str(warm_start).lower(), "Start each forward solve from the "
-              "previous z* when the shapes match", "DEQ")
-         .print_if_requested())
+        self.warm_start = LAYER_OPTIONS.read(prefix, deq_warm_start=warm_start)["deq_warm_start"]
+        LAYER_OPTIONS.print_help(prefix, self.solver.comm, deq_warm_start=warm_start)
         self.last_stats = LayerStats()
         self._last_z: torch.Tensor | None = None
         self._last_x = None

@@ -29,9 +29,10 @@ from petsc4py import PETSc
 from .errors import DEQConvergenceError, DEQError, DEQNonFiniteError
 from .interop import TensorLayout, layout_changed, vec_local_view
 from .operators import ResidualJacobian, create_residual_jacobian
-from .petsc_options import (OptionsHelp, check_positive_ints, inserted_defaults,
-                            ksp_reason_name, options_checked, petsc_message, snes_reason_name)
-from .problem import DEFAULT_JVP_MODE, JVP_MODES, FixedPointProblem
+from .options_spec import SOLVER as SOLVER_OPTIONS
+from .petsc_options import (check_positive_ints, inserted_defaults, ksp_reason_name,
+                            options_checked, petsc_message, snes_reason_name)
+from .problem import FixedPointProblem
 
 _FUNCTION_EVENT = PETSc.Log.Event("DEQFunction")
 _SOLVE_EVENT = PETSc.Log.Event("DEQSolve")
@@ -207,27 +208,13 @@ class DEQSolver:
         self._F: PETSc.Vec | None = None
         self._J: PETSc.Mat | None = None
         self.last_stats: SolveStats | None = None
-        self._help = (OptionsHelp("DEQ solver (deq_petsc)", self.prefix, self.comm)
-                      .add("deq_check_finite", "true", "Test every f(z, x) for NaN/Inf and "
-                           "report the first bad evaluation")
-                      .add("deq_jvp", DEFAULT_JVP_MODE, "Jacobian-vector products: "
-                           f"{'|'.join(JVP_MODES)} (reverse: double backward through one "
-                           "graph per Newton step; forward: dual numbers, no graph kept)")
-                      .add("deq_stats_view", "false", "Print the statistics of every solve")
-                      .add("deq_accept_max_it", "false", "Use the last iterate when -snes_max_it "
-                           "is reached (counted in the stats) instead of raising; NaN and other "
-                           "divergence still raise"))
 
     # -- set-up ---------------------------------------------------------------------
     def _read_own_options(self):
-        opts = PETSc.Options(self.prefix)
-        check_finite = opts.getBool("deq_check_finite", True)
-        jvp_mode = opts.getString("deq_jvp", DEFAULT_JVP_MODE)
-        if jvp_mode not in JVP_MODES:
-            raise ValueError(f"-{self.prefix}deq_jvp must be one of {JVP_MODES}, got {jvp_mode!r}")
-        self.stats_view = opts.getBool("deq_stats_view", False)
-        self.accept_max_it = opts.getBool("deq_accept_max_it", self.accept_max_it)
-        return check_finite, jvp_mode
+        own = SOLVER_OPTIONS.read(self.prefix, deq_accept_max_it=self.accept_max_it)
+        self.stats_view = own["deq_stats_view"]
+        self.accept_max_it = own["deq_accept_max_it"]
+        return own["deq_check_finite"], own["deq_jvp"]
 
     def _setup(self, layout: TensorLayout, problem: FixedPointProblem):
         if not layout_changed(self.comm, layout, self._layout):
@@ -249,7 +236,7 @@ class DEQSolver:
                 options_checked(self.snes, "the forward SNES"):
             check_positive_ints(self.prefix)
             self.snes.setFromOptions()
-        self._help.print_if_requested()
+        SOLVER_OPTIONS.print_help(self.prefix, self.comm)
         max_it = self.snes.getTolerances()[3]
         self.snes.setConvergenceHistory(length=max(int(max_it) + 1, 1000), reset=True)
         self._layout = layout

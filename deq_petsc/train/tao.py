@@ -36,7 +36,8 @@ from petsc4py import PETSc
 
 from ..errors import DEQConvergenceError, DEQOptionsError
 from ..interop import TensorLayout
-from ..petsc_options import OptionsHelp, inserted_defaults, options_checked, tao_reason_name
+from ..options_spec import TAO_TRAINER as TAO_TRAINER_OPTIONS
+from ..petsc_options import inserted_defaults, options_checked, tao_reason_name
 from .curvature import HESSIANS, OutputJacobian, ParameterSlices
 from .distributed import DataParallel
 from .loop import Trainer, model_device, predict
@@ -439,17 +440,9 @@ class TaoTrainer(Trainer):
                          solver_options={**TAO_SOLVER_OPTIONS, **(solver_options or {})},
                          adjoint_options={**TAO_ADJOINT_OPTIONS, **(adjoint_options or {})},
                          progress=progress, log=log, comm=comm)
-        opts = PETSc.Options(prefix)
-        self.hessian = opts.getString("train_hessian", "gauss-newton")
-        _check_hessian(self.hessian, prefix)          # before any training
-        self.accept_failure = opts.getBool("train_accept_failure", False)
-        (OptionsHelp("TAO trainer (deq_petsc)", prefix, self.dp.comm)
-         .add("train_hessian", "gauss-newton", "Hessian of Newton-type TAO methods: "
-              "gauss-newton (J^T H_out J, PSD) or exact (double backward; explicit models)",
-              "TaoTrainer")
-         .add("train_accept_failure", "false", "Keep an epoch's iterate when TAO stops with a "
-              "negative reason other than DIVERGED_MAXITS, instead of raising", "TaoTrainer")
-         .print_if_requested())
+        own = TAO_TRAINER_OPTIONS.read(prefix)         # before any training
+        self.hessian, self.accept_failure = own["train_hessian"], own["train_accept_failure"]
+        TAO_TRAINER_OPTIONS.print_help(prefix, self.dp.comm)
         self.last_result: TaoResult | None = None
 
     def _make_optimizer(self):

@@ -1,0 +1,156 @@
+"""The one specification of this package's own PETSc options (``-deq_*``, ``-train_*``).
+
+Each option is declared once, here: its type, default, allowed values and the
+sentence that explains it. The same declaration reads the option from the
+database (:meth:`OptionGroup.read`, with one-line errors for bad values),
+prints it under ``-help`` in PETSc's format (:meth:`OptionGroup.print_help`),
+and generates the reference in ``docs/options.md`` (``python -m
+deq_petsc.options_spec``), so code, ``-help`` and docs cannot disagree. A test
+checks that every option the package reads is declared here.
+
+Importing this module does not start PETSc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OwnOption:
+    name: str
+    kind: str                      # "bool", "int", "real" or "string"
+    default: object
+    text: str
+    choices: tuple = ()
+    minimum: float | None = None   # inclusive
+    maximum: float | None = None   # inclusive
+
+    def shown_default(self, value=None) -> str:
+        value = self.default if value is None else value
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@dataclass(frozen=True)
+class OptionGroup:
+    title: str          # the -help heading
+    owner: str          # the class that reads them (the "manual page" of -help)
+    prefix_rule: str    # where the group's prefix comes from (docs)
+    options: tuple
+
+    def __getitem__(self, name: str) -> OwnOption:
+        for option in self.options:
+            if option.name == name:
+                return option
+        raise KeyError(name)
+
+    def read(self, prefix: str, **defaults) -> dict:
+        """Every option of the group under ``prefix``: ``{name: value}``.
+
+        ``defaults`` replace the declared defaults (a constructor argument, say);
+        a value of the wrong type or outside its range is a one-line
+        :class:`DEQOptionsError` naming the option.
+        """
+        from petsc4py import PETSc
+
+        from .errors import DEQOptionsError
+        opts = PETSc.Options(prefix)
+        values = {}
+        for o in self.options:
+            default = defaults.get(o.name, o.default)
+            try:
+                value = {"bool": opts.getBool, "int": opts.getInt, "real": opts.getReal,
+                         "string": opts.getString}[o.kind](o.name, default)
+            except PETSc.Error:
+                raise DEQOptionsError(f"-{prefix}{o.name} {opts.getString(o.name, '')}: not "
+                                      f"a{'n' if o.kind == 'int' else ''} {o.kind}") from None
+            if o.choices and value not in o.choices:
+                raise DEQOptionsError(f"-{prefix}{o.name} {value}: must be one of "
+                                      f"{', '.join(o.choices)}")
+            if o.minimum is not None and value < o.minimum or \
+                    o.maximum is not None and value > o.maximum:
+                raise DEQOptionsError(f"-{prefix}{o.name} {value}: must be in "
+                                      f"[{o.minimum}, {o.maximum if o.maximum is not None else 'inf'}]")
+            values[o.name] = value
+        return values
+
+    def print_help(self, prefix: str, comm=None, **defaults) -> None:
+        """The group under ``-help``, once per title and prefix in a process."""
+        from .petsc_options import OptionsHelp
+        helper = OptionsHelp(self.title, prefix, comm)
+        for o in self.options:
+            helper.add(o.name, o.shown_default(defaults.get(o.name)), _help_text(o), self.owner)
+        helper.print_if_requested()
+
+
+def _help_text(o: OwnOption) -> str:
+    return o.text + (f" ({'|'.join(o.choices)})" if o.choices else "")
+
+
+ACCEPT_MAX_IT = ("Use the last iterate when the solve reaches its iteration limit (counted "
+                 "in the stats as not converged) instead of raising; NaN and other "
+                 "divergence still raise")
+
+SOLVER = OptionGroup("DEQ solver (deq_petsc)", "DEQSolver",
+                     "the solver's prefix: none by default, the model's in training, "
+                     "`<set>_` in the demo", (
+    OwnOption("deq_check_finite", "bool", True,
+              "Test every f(z, x) for NaN/Inf and report the first bad evaluation"),
+    OwnOption("deq_jvp", "string", "reverse",
+              "Jacobian-vector products: reverse (double backward through one graph per "
+              "Newton step) or forward (dual numbers, no graph kept)",
+              choices=("reverse", "forward")),
+    OwnOption("deq_stats_view", "bool", False, "Print the statistics of every solve"),
+    OwnOption("deq_accept_max_it", "bool", False, ACCEPT_MAX_IT),
+))
+
+ADJOINT = OptionGroup("DEQ adjoint (deq_petsc)", "AdjointSolver",
+                      "the solver's prefix followed by `adjoint_`", (
+    OwnOption("deq_method", "string", "ksp",
+              "Backward solve; an -snes_type under the same prefix implies snes",
+              choices=("ksp", "snes", "jfb", "phantom")),
+    OwnOption("deq_phantom_steps", "int", 5, "Unrolled steps of the phantom gradient",
+              minimum=1),
+    OwnOption("deq_phantom_damping", "real", 1.0, "Damping lam of the phantom gradient",
+              minimum=1e-12, maximum=1.0),
+    OwnOption("deq_accept_max_it", "bool", False, ACCEPT_MAX_IT + " (an inexact gradient)"),
+))
+
+LAYER = OptionGroup("DEQ layer (deq_petsc)", "DEQ", "the solver's prefix", (
+    OwnOption("deq_warm_start", "bool", False,
+              "Start each forward solve from the previous z* when the shapes match"),
+))
+
+TAO_TRAINER = OptionGroup("TAO trainer (deq_petsc)", "TaoTrainer",
+                          "the run's prefix (none from the CLI)", (
+    OwnOption("train_hessian", "string", "gauss-newton",
+              "Hessian of Newton-type TAO methods: gauss-newton (J^T H_out J, PSD) or exact "
+              "(double backward; explicit models)", choices=("gauss-newton", "exact")),
+    OwnOption("train_accept_failure", "bool", False,
+              "Keep an epoch's iterate when TAO stops with a negative reason other than "
+              "DIVERGED_MAXITS, instead of raising"),
+))
+
+GROUPS = (SOLVER, ADJOINT, LAYER, TAO_TRAINER)
+
+
+def markdown() -> str:
+    """``docs/options.md``: the reference, generated from :data:`GROUPS`."""
+    lines = ["# Options reference (generated)", "",
+             "This package's own PETSc options, generated from `deq_petsc/options_spec.py` by",
+             "`python -m deq_petsc.options_spec > docs/options.md` (a test checks the file is",
+             "current). Every PETSc option of the objects (`-snes_*`, `-ksp_*`, `-tao_*`, ...)",
+             "applies as well, under the same prefixes; `-help` lists both.", ""]
+    for group in GROUPS:
+        lines += [f"## {group.title.split(' (')[0]} (`{group.owner}`)", "",
+                  f"Prefix: {group.prefix_rule}.", "",
+                  "| option | type | default | meaning |", "|---|---|---|---|"]
+        for o in group.options:
+            lines.append(f"| `-{o.name}` | {o.kind} | `{o.shown_default()}` | "
+                         f"{_help_text(o)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
