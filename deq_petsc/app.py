@@ -191,6 +191,7 @@ def run_evaluate(args) -> int:
 
 
 def run_predict(args) -> int:
+    from .batch_predict import unseen_elements
     from .data import cif_image, smiles_image
     from .train import load_model, objective_of
     from .train.loop import model_dtype
@@ -217,6 +218,10 @@ def run_predict(args) -> int:
         with torch.no_grad():
             out = model(torch.from_numpy(graph.image)[None].to(model_dtype(model)))
         say(f"{what}: {objective_of(state).answer(out.float())}")
+        unseen = unseen_elements(graph.image, state.get("domain", {}).get("elements"))
+        if unseen:
+            say(f"WARNING: {unseen}: no training sample had this element; the answer is "
+                f"outside the model's domain")
     finally:
         model.destroy()
     return 0
@@ -232,7 +237,8 @@ def _predict_many(args, model, state, molecular: bool) -> int:
     objective = objective_of(state)
     rows = predict_inputs(model, objective, items, molecular,
                           MOLECULE_SIZE if molecular else PERIODIC_SIZE, args.batch_size,
-                          args.jobs, progress=not args.no_progress)
+                          args.jobs, progress=not args.no_progress,
+                          domain=state.get("domain", {}).get("elements"))
     if PETSc.COMM_WORLD.getRank() == 0:
         write_csv(args.output, rows)
     say(summarize(rows, objective), f"wrote {args.output}")

@@ -87,9 +87,20 @@ def _read_smiles_csv(path: Path) -> list[Item]:
     return items
 
 
+def unseen_elements(image, domain) -> str:
+    """The elements of one graph image that no training sample had (``""`` if none, or
+    if the checkpoint does not record its domain)."""
+    from .data.graph_image import element_symbols, elements_in
+    if not domain:
+        return ""
+    return element_symbols(sorted(set(elements_in(image)) - set(domain)))
+
+
 def predict_inputs(model, objective, items: list[Item], molecular: bool, size: int,
-                   batch_size: int = 256, jobs=None, progress: bool = True) -> list[dict]:
-    """One row per item: name, input, prediction columns, ``inexact``, ``error``."""
+                   batch_size: int = 256, jobs=None, progress: bool = True,
+                   domain=None) -> list[dict]:
+    """One row per item: name, input, prediction columns, ``inexact``, ``unseen_elements``
+    (outside the training set's chemistry: ``domain``, its atomic numbers), ``error``."""
     from .data.tasks import render
     from .data.workers import map_in_workers
     from .progress import progress as progress_bar
@@ -101,8 +112,9 @@ def predict_inputs(model, objective, items: list[Item], molecular: bool, size: i
     good = [k for k, (image, _) in enumerate(rendered) if image is not None]
     columns = _prediction_columns(objective)
     rows = [{"name": it.name, "input": it.payload, **dict.fromkeys(columns, ""),
-             "inexact": "", "error": reason or ""}
-            for it, (_, reason) in zip(items, rendered)]
+             "inexact": "", "unseen_elements": "" if image is None else
+             unseen_elements(image, domain), "error": reason or ""}
+            for it, (image, reason) in zip(items, rendered)]
     bar = progress_bar(total=len(good), desc="solving", unit="input", enabled=progress)
     for start in range(0, len(good), batch_size):
         chunk = good[start:start + batch_size]
@@ -141,6 +153,11 @@ def summarize(rows: list[dict], objective) -> str:
     if inexact:
         lines.append(f"WARNING: {inexact} predictions come from solves stopped at the "
                      f"iteration limit (column 'inexact')")
+    unseen = [r for r in rows if r["unseen_elements"]]
+    if unseen:
+        lines.append(f"WARNING: {len(unseen)} inputs contain elements no training sample had "
+                     f"(first: {unseen[0]['name']}: {unseen[0]['unseen_elements']}; column "
+                     f"'unseen_elements'): those answers are outside the model's domain")
     if objective.name == "classify" and done:
         counts = {c: sum(1 for r in rows if r["label"] == c) for c in objective.classes}
         lines.append("predicted classes: " + ", ".join(

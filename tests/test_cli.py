@@ -145,3 +145,17 @@ def test_ctrl_c_is_one_line(tmp_path):
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "deq-petsc solve: interrupted"
+
+
+def test_the_readme_library_quick_start_runs_with_options_chosen_solvers():
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "quick_start.py"), "-snes_type",
+                        "nrichardson", "-snes_linesearch_type", "basic", "-adjoint_ksp_type",
+                        "bcgs"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    forward, backward = r.stdout.strip().splitlines()
+    assert forward.startswith("nrichardson: CONVERGED_FNORM_RELATIVE after ")
+    assert backward.startswith("adjoint ksp/bcgs: CONVERGED_RTOL after ")

@@ -214,24 +214,40 @@ def test_a_changed_parameter_is_a_different_entry(cache_dir):
 def test_bad_inputs_in_a_users_csv_are_counted_not_fatal(cache_dir, tmp_path):
     good = rock_salt().to(fmt="cif")
     rows = [("x-1", 5.0, good), ("x-2", 0.0, "data_broken\n_cell_length_a 1\n"),
-            ("x-3", 1.0, good), ("x-4", 2.0, "no cif at all"), ("x-5", 0.0, good)]
+            ("x-3", 1.0, good), ("x-4", 2.0, "no cif at all"), ("x-5", 0.0, good),
+            ("x-6", float("nan"), good), ("x-7", -0.5, good), ("x-8", "n/a", good),
+            ("x-9", 1.0, None)]
     csv = tmp_path / "mine.csv.gz"
     with gzip.open(csv, "wt") as fh:
         pd.DataFrame(rows, columns=["material_id", "band_gap", "cif"]).to_csv(fh, index=False)
     d = load_task("crystals", csv=csv, cache_dir=cache_dir, progress=False, seed=0)
-    assert d.attempted == 5 and len(d.ids) == 3
-    assert sorted(i for i, _ in d.skipped) == ["x-2", "x-4"]
-    assert all(reason for _, reason in d.skipped)
+    assert d.attempted == 9 and len(d.ids) == 3
+    skipped = dict(d.skipped)
+    assert sorted(skipped) == ["x-2", "x-4", "x-6", "x-7", "x-8", "x-9"]
+    assert all(reason for reason in skipped.values())
+    # a missing, negative or non-numeric gap is never labelled (it was: insulator / metal)
+    assert skipped["x-6"] == "PBE band gap (eV) nan is not a non-negative number"
+    assert skipped["x-7"] == "PBE band gap (eV) -0.5 is not a non-negative number"
+    assert skipped["x-8"] == "PBE band gap (eV) nan is not a non-negative number"
+    assert skipped["x-9"] == "not a CIF (no _cell_length_a)"
     assert sorted(d.ids) == ["x-1", "x-3", "x-5"]
     labels = dict(zip(d.ids, d.labels.tolist()))
     assert labels == {"x-1": 2, "x-3": 1, "x-5": 0}
-    assert "skipped 2 of 5" in d.summary()
+    assert "skipped 6 of 9" in d.summary()
 
 
 def test_users_csv_without_the_columns_is_rejected(cache_dir, tmp_path):
     csv = tmp_path / "wrong.csv"
     pd.DataFrame({"id": [1], "gap": [0.0]}).to_csv(csv, index=False)
     with pytest.raises(DEQInputError, match="missing columns"):
+        load_task("crystals", csv=csv, cache_dir=cache_dir, progress=False)
+
+
+@pytest.mark.parametrize("content", [b"\x00\x9f\x92\x96binary\xff" * 50, b"", b'a,"b\n1,2'])
+def test_a_users_file_that_is_not_a_csv_is_one_named_error(cache_dir, tmp_path, content):
+    csv = tmp_path / "x.csv"
+    csv.write_bytes(content)
+    with pytest.raises(DEQInputError, match=f"{csv}: (not a readable CSV|missing columns)"):
         load_task("crystals", csv=csv, cache_dir=cache_dir, progress=False)
 
 

@@ -35,19 +35,23 @@ def trained(tmp_path_factory):
 def test_a_smiles_csv_gives_one_row_per_input_with_errors_named(trained, tmp_path):
     inputs = tmp_path / "screen.csv"
     inputs.write_text("id,SMILES\nethanol,CCO\nbroken,C1CC\nphenol,c1ccccc1O\nblank,\n"
-                      "pentavalent,C(C)(C)(C)(C)C\n")
+                      "pentavalent,C(C)(C)(C)(C)C\nselenide,CC[Se]C\n")
     out = tmp_path / "pred.csv"
     r = run_cli("predict", "--checkpoint", trained["polarity"], "--input", inputs, "--output",
                 out, "--no-progress")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "5 inputs: 2 predicted, 3 could not be read (first: broken: unparsable SMILES" \
+    assert "6 inputs: 3 predicted, 3 could not be read (first: broken: unparsable SMILES" \
         in r.stdout
     assert "predicted classes: weakly polar" in r.stdout
+    # QM9 has no selenium: the answer comes with a warning and the column says why
+    assert ("WARNING: 1 inputs contain elements no training sample had (first: selenide: Se;"
+            in r.stdout)
     rows = rows_of(out)
     assert [row["name"] for row in rows] == ["ethanol", "broken", "phenol", "blank",
-                                             "pentavalent"]
+                                             "pentavalent", "selenide"]
+    assert [row["unseen_elements"] for row in rows] == ["", "", "", "", "", "Se"]
     for row in rows:
-        if row["name"] in ("ethanol", "phenol"):
+        if row["name"] in ("ethanol", "phenol", "selenide"):
             p = float(row["p(weakly polar)"]) + float(row["p(strongly polar)"])
             assert p == pytest.approx(1.0, abs=1e-5) and row["error"] == ""
             assert row["label"] in ("weakly polar", "strongly polar")
@@ -57,6 +61,11 @@ def test_a_smiles_csv_gives_one_row_per_input_with_errors_named(trained, tmp_pat
     # one input alone answers as it does in a batch (same model, same solver)
     single = run_cli("predict", "--checkpoint", trained["polarity"], "--smiles", "CCO")
     assert single.returncode == 0 and rows[0]["label"] in single.stdout
+    assert "WARNING" not in single.stdout
+    outside = run_cli("predict", "--checkpoint", trained["polarity"], "--smiles", "CC[Se]C")
+    assert outside.returncode == 0
+    assert ("WARNING: Se: no training sample had this element; the answer is outside the "
+            "model's domain") in outside.stdout
 
 
 def test_a_smiles_list_and_inputs_that_cannot_be_read(trained, tmp_path):

@@ -244,6 +244,26 @@ def cif_image(text: str, size: int = PERIODIC_SIZE) -> GraphImage:
     return structure_image(structure_from_cif(text), size)
 
 
+# -- what a model has seen ------------------------------------------------------------
+def elements_in(images) -> list[int]:
+    """The atomic numbers present in graph images ``[M, C, N, N]`` (or one ``[C, N, N]``),
+    read from the diagonal of the element channel (Z / 10): the chemical domain a model
+    trained on them has seen, sorted."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[None]
+    k = MOLECULE_CHANNELS.index("element")          # the same channel in both kinds
+    diag = np.diagonal(images[:, k], axis1=1, axis2=2)
+    z = np.rint(diag[diag > 0] * 10.0).astype(int)
+    return sorted(int(v) for v in np.unique(z))
+
+
+def element_symbols(numbers) -> str:
+    from rdkit import Chem
+    table = Chem.GetPeriodicTable()
+    return ", ".join(table.GetElementSymbol(int(z)) for z in numbers)
+
+
 # -- looking at one ------------------------------------------------------------------
 def render_png(graph: GraphImage, path, title: str | None = None) -> str:
     """Write the channels of a graph image side by side as a PNG; returns the path."""

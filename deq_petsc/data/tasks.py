@@ -28,6 +28,7 @@ molecular model generalises beyond its training chemistry.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import sys
 import tarfile
@@ -212,13 +213,19 @@ class CrystalsTask(Task):
 
     def records(self, cache_root):
         import pandas as pd
-        df = pd.read_csv(self.csv)
+        try:
+            df = pd.read_csv(self.csv)
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError, OSError) as err:
+            raise DEQInputError(f"{self.csv}: not a readable CSV ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''})") from None
         missing = {"material_id", "band_gap", "cif"} - set(df.columns)
         if missing:
             raise DEQInputError(f"{self.csv}: missing columns {sorted(missing)} (need "
                                 f"material_id, band_gap, cif)")
-        return [Record(str(m), c, float(g))
-                for m, c, g in zip(df["material_id"], df["cif"], df["band_gap"])]
+        # a gap that is not a number is a missing value: skipped and counted by the build
+        gaps = pd.to_numeric(df["band_gap"], errors="coerce")
+        return [Record(str(m), c if isinstance(c, str) else "", float(g))
+                for m, c, g in zip(df["material_id"], df["cif"], gaps)]
 
     def label(self, target):
         if target <= self.metal_cutoff:
@@ -403,9 +410,17 @@ def _build(task: Task, limit, seed, cache_root: Path, n_jobs, progress, split_by
     if limit is not None:
         order = order[:limit]
     chosen = [records[i] for i in order]
-    results = map_in_workers(render, [(task.payload, r.payload, task.size) for r in chosen],
+    # a target that is missing, not a number or negative (dipoles, cavity diameters and
+    # band gaps are magnitudes) has no label: skipped with its reason, never mislabelled
+    bad_target = {k: f"{task.target_name} {r.target!r} is not a non-negative number"
+                  for k, r in enumerate(chosen) if not (math.isfinite(r.target) and r.target >= 0)}
+    results = map_in_workers(render, [(task.payload, r.payload, task.size)
+                                      for k, r in enumerate(chosen) if k not in bad_target],
                              desc=f"{task.name} graph images", n_jobs=n_jobs,
                              progress=progress, unit="img")
+    rendered = iter(results)
+    results = [(None, bad_target[k]) if k in bad_target else next(rendered)
+               for k in range(len(chosen))]
 
     images, labels, targets, ids, payloads, skipped = [], [], [], [], [], []
     for record, (image, reason) in zip(chosen, results):

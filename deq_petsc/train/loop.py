@@ -20,6 +20,7 @@ import torch
 from petsc4py import PETSc
 
 from ..atomic import write_csv, write_json
+from ..data.graph_image import elements_in
 from ..data.tasks import TaskData
 from ..errors import DEQTrainingError
 from ..models.graph_classifier import ClassifierConfig, GraphImageClassifier
@@ -154,6 +155,8 @@ class Trainer:
                                  comm=self.dp.comm, solver_options=solver_options,
                                  adjoint_options=adjoint_options)
         self.opt = self._make_optimizer()
+        #: atomic numbers in the training split: predict warns about inputs outside them
+        self.training_elements = elements_in(data.images[data.indices("train")].numpy())
         self.history: list[dict] = []
         self.start_epoch = 0
         self.deadline: float | None = None     # perf_counter() time a budgeted fit ends
@@ -175,6 +178,7 @@ class Trainer:
                 "optimizer": self.opt.state_dict() if self.opt is not None else None,
                 "objective": self.objective.state(), "history": self.history,
                 "train_config": asdict(self.cfg), "model_config": self.model.config.as_dict(),
+                "domain": {"elements": self.training_elements},
                 "task": {"name": self.data.task, "classes": list(self.data.classes),
                          "channels": list(self.data.channels), "params": self.data.params},
                 "prefix": self.prefix}
