@@ -49,6 +49,7 @@ channel           diagonal (species a)            off-diagonal (a, b)
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -176,6 +177,12 @@ def structure_from_cif(text: str):
     from pymatgen.core import Structure
     if not isinstance(text, str) or "_cell_length_a" not in text:
         raise DEQInputError("not a CIF (no _cell_length_a)")
+    for tag, value in re.findall(r"^\s*(_cell_length_[abc]|_cell_angle_\w+)\s+(\S+)", text, re.M):
+        number = re.match(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", value)   # "5.64(2)": 5.64
+        low, high = (0, math.inf) if "length" in tag else (0, 180)
+        if number is None or not low < float(number.group()) < high:
+            raise DEQInputError(f"invalid cell: {tag} {value} (a length must be positive, an "
+                                f"angle in (0, 180) degrees)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -1,0 +1,290 @@
+"""Bad input, table-driven: every case ends in one named error (class and message), never
+another exception; and property-based fuzzing of the readers (hypothesis).
+
+In-process, so the table stays fast; the command line's one-line printing of these
+errors is tested in test_cli.py, test_predict.py and test_run_folder.py.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("rdkit")
+pytest.importorskip("pymatgen")
+
+from deq_petsc.batch_predict import read_inputs  # noqa: E402
+from deq_petsc.cli import build_parser, invalid_argument, split_petsc_args  # noqa: E402
+from deq_petsc.data import cif_image, smiles_image  # noqa: E402
+from deq_petsc.data.cache import DatasetCache  # noqa: E402
+from deq_petsc.errors import DEQCacheError, DEQInputError, DEQOptionsError  # noqa: E402
+from deq_petsc.train.checkpoint import DEQCheckpointError, load_checkpoint  # noqa: E402
+
+NACL = """data_NaCl
+_cell_length_a 5.64
+_cell_length_b 5.64
+_cell_length_c 5.64
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'P 1'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+Na1 Na 0 0 0 1
+Cl1 Cl 0.5 0.5 0.5 1
+"""
+
+
+# -- SMILES ------------------------------------------------------------------------------
+@pytest.mark.parametrize("smiles, message", [
+    ("", "empty SMILES"),
+    ("   ", "empty SMILES"),
+    (None, "empty SMILES"),
+    (42, "empty SMILES"),
+    ("C1CC", "unparsable SMILES 'C1CC'"),
+    ("xyz", "unparsable SMILES"),
+    ("C(C)(C)(C)(C)C", "Explicit valence"),
+    ("c1cccc1", "invalid SMILES 'c1cccc1': Can't kekulize"),
+    ("[Xx]", "unparsable SMILES"),
+    ("((C", "unparsable SMILES"),
+    ("C==C", "unparsable SMILES"),
+    ("C" * 12, "does not fit a 32x32 graph image"),          # 38 atoms with hydrogens
+    (".".join(["[Na+].[Cl-]"] * 20), "molecule with 40 atoms does not fit"),
+])
+def test_bad_smiles(smiles, message):
+    with pytest.raises(DEQInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        smiles_image(smiles)
+
+
+# -- CIF ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, message", [
+    ("", "not a CIF"),
+    ("not a cif", "not a CIF"),
+    (None, "not a CIF"),
+    ("data_x\n_cell_length_a 3\n", "CIF"),
+    (NACL[: len(NACL) // 2], "CIF"),
+    (NACL.replace("Na1 Na 0 0 0 1", "Na1 Na abc 0 0 1"), "unreadable CIF"),
+    (NACL.replace("Na1 Na 0 0 0 1\n", "").replace("Cl1 Cl 0.5 0.5 0.5 1\n", ""), "CIF"),
+    (NACL.replace("Na1 Na 0 0 0 1", "Na1 Na 0 0 0 0.5\nK1 K 0 0 0 0.5"), "disordered"),
+    (NACL.replace("_cell_length_a 5.64", "_cell_length_a -5.64"),
+     "invalid cell: _cell_length_a -5.64 \\(a length must be positive"),
+    (NACL.replace("_cell_angle_beta 90", "_cell_angle_beta 190"), "invalid cell: _cell_angle_b"),
+    (NACL.replace("_cell_length_b 5.64", "_cell_length_b ?"), "invalid cell: _cell_length_b ?"),
+])
+def test_bad_cifs(text, message):
+    with pytest.raises(DEQInputError, match=message):
+        cif_image(text)
+
+
+# -- input lists for predict --input ---------------------------------------------------------
+def _write(path, content):
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path
+
+
+@pytest.mark.parametrize("name, content, molecular, message", [
+    ("missing.csv", None, True, "no such file or folder"),
+    ("empty.csv", "", True, "no 'smiles' column"),
+    ("header.csv", "smiles\n", True, "no rows"),
+    ("nocolumn.csv", "name,formula\na,H2O\n", True, "no 'smiles' column \\(columns: name, "
+                                                     "formula\\)"),
+    ("empty.smi", "\n# only a comment\n\n", True, "no inputs in it"),
+    ("folder", "dir", True, "a folder; molecules come in a CSV"),
+    ("nocifs", "dir", False, "a folder without \\*.cif files"),
+    ("empty.txt", "", False, "no inputs in it"),
+])
+def test_bad_input_lists(tmp_path, name, content, molecular, message):
+    path = tmp_path / name
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        _write(path, content)
+    with pytest.raises(DEQInputError, match=message):
+        read_inputs(path, molecular)
+
+
+# -- checkpoints -------------------------------------------------------------------------
+class _NotPlain:
+    pass
+
+
+def _checkpoint_cases(tmp_path):
+    real = tmp_path / "real.pt"
+    torch.save({"format": "deq_petsc-checkpoint-1", "model": {"w": torch.ones(1000)}}, real)
+    blob = real.read_bytes()
+    cases = {
+        "missing.pt": (None, "no checkpoint at"),
+        "empty.pt": (b"", "corrupt or truncated"),
+        "noise.pt": (np.random.default_rng(0).bytes(4096), "corrupt or truncated"),
+        "text.pt": (json.dumps({"format": "deq_petsc-checkpoint-1"}).encode(),
+                    "corrupt or truncated"),
+        "truncated.pt": (blob[: len(blob) // 2], "corrupt or truncated"),
+    }
+    for name, (content, message) in cases.items():
+        if content is not None:
+            _write(tmp_path / name, content)
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    cases["tensor.pt"] = (..., "is not a deq_petsc checkpoint")
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    cases["other.pt"] = (..., "is not a deq_petsc checkpoint")
+    torch.save({"format": "deq_petsc-checkpoint-1", "x": _NotPlain()}, tmp_path / "obj.pt")
+    cases["obj.pt"] = (..., "refusing to load .* could run code")
+    return cases
+
+
+@pytest.mark.parametrize("name", ["missing.pt", "empty.pt", "noise.pt", "text.pt",
+                                  "truncated.pt", "tensor.pt", "other.pt", "obj.pt"])
+def test_bad_checkpoints(tmp_path, name):
+    _, message = _checkpoint_cases(tmp_path)[name]
+    with pytest.raises(DEQCheckpointError, match=message):
+        load_checkpoint(tmp_path / name)
+
+
+# -- cache entries -----------------------------------------------------------------------
+def _cache_entry(tmp_path):
+    cache = DatasetCache(tmp_path, required=("params",))
+    entry = cache.store("t", "k", {"a": np.arange(5)}, {"params": {}})
+    return cache, entry
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda e: (e / "meta.json").write_text("null"), "not a cache record"),
+    (lambda e: (e / "meta.json").write_text("[]"), "not a cache record"),
+    (lambda e: (e / "meta.json").write_text('{"digests": {"a": "x"}}'), "not a cache record"),
+    (lambda e: (e / "meta.json").write_text("{not json"), "unreadable"),
+    (lambda e: (e / "a.npy").write_bytes(b"\x93NUMPY garbage"), "does not match its recorded"),
+    (lambda e: (e / "a.npy").unlink(), "unreadable"),
+    (lambda e: (e / "meta.json").unlink(), "unreadable"),
+])
+def test_bad_cache_entries(tmp_path, damage, message):
+    cache, entry = _cache_entry(tmp_path)
+    damage(entry)
+    with pytest.raises(DEQCacheError, match=message):
+        cache.load("t", "k")
+
+
+# -- arguments ---------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--task", "polarity", "--limit", "-5"], "--limit -5: must be 0"),
+    (["train", "--task", "polarity", "--epochs", "0"], "--epochs 0: must be at least 1"),
+    (["train", "--task", "polarity", "--jobs", "0"], "--jobs 0: must be at least 1"),
+    (["train", "--task", "polarity", "--gamma", "1.5"], "--gamma 1.5: must be in (0, 1)"),
+    (["train", "--task", "polarity", "--spectral-target", "0"], "--spectral-target 0.0: must"),
+    (["train", "--task", "polarity", "--jac-reg", "-1"], "--jac-reg -1.0: must be non-negative"),
+    (["train", "--task", "polarity", "--tao-batch", "-1"], "--tao-batch -1: must be 0"),
+    (["train", "--task", "polarity", "--depth", "0"], "--depth 0: must be at least 1"),
+    (["train", "--task", "polarity", "--resume", "--overwrite"], "--resume and --overwrite"),
+    (["baseline", "--task", "polarity", "--max-iter", "0"], "--max-iter 0: must be at least 1"),
+    (["data", "--task", "polarity", "--png-count", "-1"], "--png-count -1: must be non-negative"),
+    (["compare", "--repeat", "0"], "--repeat 0: must be at least 1"),
+    (["demo", "--time-budget", "-1"], "--time-budget -1.0: must be non-negative"),
+    (["evaluate", "--checkpoint", "c", "--batch-size", "0"], "--batch-size 0: must be at "),
+    (["solve", "--channels", "0"], "--channels 0: must be at least 1"),
+])
+def test_bad_arguments(argv, message):
+    args, _ = split_petsc_args(build_parser(), argv)
+    assert message in invalid_argument(args)
+
+
+def test_output_paths_of_the_wrong_kind(tmp_path):
+    file = _write(tmp_path / "file", "x")
+    args, _ = split_petsc_args(build_parser(), ["train", "--task", "polarity", "--out",
+                                                str(file)])
+    assert invalid_argument(args) == f"--out {file}: is a file, not a folder"
+    args, _ = split_petsc_args(build_parser(), ["predict", "--checkpoint", "c", "--input",
+                                                "x.csv", "--output", str(tmp_path)])
+    assert invalid_argument(args) == f"--output {tmp_path}: is a folder, not a file"
+
+
+# -- PETSc options -----------------------------------------------------------------------
+@pytest.mark.parametrize("options, message", [
+    ({"snes_type": "foo"}, "rejected by PETSc: Unable to find requested SNES type foo"),
+    ({"snes_rtol": "abc"}, "rejected by PETSc: Input string abc has no numeric value"),
+    ({"snes_anderson_m": "0"}, "-bad_snes_anderson_m 0: must be at least 1"),
+    ({"snes_max_it": "x"}, "-bad_snes_max_it x: not an integer"),
+    ({"deq_jvp": "sideways"}, "-bad_deq_jvp sideways: must be one of reverse, forward"),
+    ({"deq_check_finite": "perhaps"}, "-bad_deq_check_finite perhaps: not a bool"),
+])
+def test_bad_solver_options(petsc_options, options, message):
+    from deq_petsc import DEQSolver, FixedPointProblem
+    from deq_petsc.models import TanhCell
+    petsc_options({f"bad_{k}": v for k, v in options.items()})
+    cell = TanhCell(4, contraction=0.5)
+    with DEQSolver(prefix="bad_") as solver:
+        with pytest.raises(DEQOptionsError) as err:
+            solver.solve(FixedPointProblem(cell, torch.zeros(2, 4, dtype=torch.float64)))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"deq_method": "magic"}, "-bada_deq_method magic: must be one of ksp, snes, jfb, phantom"),
+    ({"deq_phantom_steps": "0"}, "-bada_deq_phantom_steps 0: must be in [1, inf]"),
+    ({"deq_phantom_damping": "2"}, "-bada_deq_phantom_damping 2.0: must be in"),
+])
+def test_bad_adjoint_options(petsc_options, options, message):
+    from deq_petsc.adjoint import AdjointSolver
+    petsc_options({f"bada_{k}": v for k, v in options.items()})
+    with pytest.raises(DEQOptionsError) as err:
+        AdjointSolver(prefix="bada_")
+    assert message in str(err.value)
+
+
+def test_bad_trainer_option(petsc_options):
+    from deq_petsc.options_spec import TAO_TRAINER
+    petsc_options({"badt_train_hessian": "bfgs"})
+    with pytest.raises(DEQOptionsError, match="-badt_train_hessian bfgs: must be one of "
+                                              "gauss-newton, exact"):
+        TAO_TRAINER.read("badt_")
+
+
+# -- fuzzing the readers -------------------------------------------------------------------
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SMILES_ALPHABET = "CNOSPFIclBrn()[]=#@+-123456789.%/\\Hc "
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(st.text(alphabet=SMILES_ALPHABET, max_size=40) | st.text(max_size=20))
+def test_any_smiles_gives_an_image_or_a_named_error(text):
+    try:
+        image = smiles_image(text).image
+    except DEQInputError:
+        return
+    assert image.shape == (5, 32, 32) and np.isfinite(image).all()
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(NACL.splitlines()), max_size=20).map("\n".join)
+       | st.text(max_size=200))
+def test_any_cif_text_gives_an_image_or_a_named_error(text):
+    try:
+        image = cif_image(text).image
+    except DEQInputError:
+        return
+    assert image.shape == (5, 16, 16) and np.isfinite(image).all()
+
+
+@FUZZ
+@given(st.binary(max_size=300) | st.text(alphabet="smile,name\n\"'C1O=# ", max_size=120))
+def test_any_input_list_reads_or_is_a_named_error(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("fuzz") / "inputs.csv"
+    _write(path, content)
+    for molecular in (True, False):
+        try:
+            items = read_inputs(path, molecular)
+        except DEQInputError:
+            continue
+        assert items and all(isinstance(i.payload, str) for i in items)
