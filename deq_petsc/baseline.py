@@ -67,8 +67,9 @@ def task_descriptors(data: TaskData, cache_dir=None, jobs=None, progress=True,
     log(f"descriptors of {len(data.ids)} {data.task} samples: {X.shape[1]} each, "
         f"{time.perf_counter() - start:.1f} s; {len(failed)} failed"
         + (f" (first: {data.ids[failed[0][0]]}: {failed[0][1]})" if failed else ""))
-    cache.store(f"{data.task}-descriptors", key, {"X": X},
-                {"names": names(kind), "failed": [(data.ids[r], why) for r, why in failed]})
+    cache.store_or_warn(f"{data.task}-descriptors", key, {"X": X},
+                        {"names": names(kind),
+                         "failed": [(data.ids[r], why) for r, why in failed]})
     return X, names(kind)
 
 

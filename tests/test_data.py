@@ -277,3 +277,11 @@ def test_data_rebuild_flag_reaches_the_cache(tmp_path):
     assert "(cache:" in run_cli(*args).stdout
     again = run_cli(*args, "--rebuild")
     assert again.returncode == 0 and "(built:" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_only_the_caching(tmp_path, capfd):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")             # (root ignores chmod: use a file instead)
+    d = load_task("polarity", limit=20, seed=0, cache_dir=blocker / "cache", progress=False)
+    assert len(d.ids) == 20 and d.cache_path == "not cached" and not d.from_cache
+    assert "WARNING: could not write the cache entry" in capfd.readouterr().err

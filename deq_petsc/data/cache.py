@@ -106,5 +106,17 @@ class DatasetCache:
             raise
         return entry
 
+    def store_or_warn(self, name: str, key: str, arrays: dict, meta: dict) -> str:
+        """:meth:`store`, but a cache folder that cannot be written (read-only, full) costs
+        only the caching: one warning, and the build is used as it is."""
+        try:
+            return str(self.store(name, key, arrays, meta))
+        except OSError as err:
+            import sys
+            print(f"deq_petsc.data: WARNING: could not write the cache entry under {self.root} "
+                  f"({err.strerror or err}); using this build without caching it (set "
+                  f"DEQ_PETSC_CACHE or --cache-dir to a writable folder)", file=sys.stderr)
+            return "not cached"
+
     def discard(self, name: str, key: str) -> None:
         shutil.rmtree(self.path(name, key), ignore_errors=True)

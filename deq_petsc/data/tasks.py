@@ -345,7 +345,7 @@ def load_task(name: str, limit: int | None = None, seed: int = 0, cache_dir=None
     if entry is None:
         arrays, meta = _build(task, limit, seed, cache.root, n_jobs, progress, split_by)
         meta["params"] = params
-        path = cache.store(name, key, arrays, meta)
+        path = cache.store_or_warn(name, key, arrays, meta)
         from_cache = False
     else:
         arrays, meta = entry
