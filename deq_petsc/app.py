@@ -400,57 +400,33 @@ def run_compare(args) -> int:
 
 
 def _compare_training(args, sets) -> int:
-    """One training run per option set, same data, seed and model; table, CSV, plot."""
+    """compare --train: the library's compare_training, then the table, CSV and plot."""
     from .atomic import write_csv
-    from .compare import describe_error, markdown_table, prefixed_options
-    from .train import TaoTrainer, Trainer
+    from .compare import compare_training, markdown_table
     from .train.plots import plot_comparison
 
     data = _load_data(args.task, args.limit, args.seed, cache_dir=args.cache_dir,
                       progress=not args.no_progress)
     cfg = _train_config(args, args.task)
     cfg.dtype = "float64" if args.trainer == "tao" else "float32"
-    kind = TaoTrainer if args.trainer == "tao" else Trainer
     out = Path(args.out)
     say(versions(), data.summary(), f"training once per option set ({args.trainer}, "
         f"{args.epochs} epochs): " + ", ".join(s.name for s in sets))
-    rows, histories, metric, label = [], {}, "acc", "accuracy"
-    for k, oset in enumerate(sets):
-        row = {"name": oset.name, "options": oset.text, "error": ""}
-        trainer = None
-        with prefixed_options(f"cmp{k}_", oset.options) as unused:
-            try:
-                trainer = kind(cfg, data, out / oset.name, prefix=f"cmp{k}_",
-                               progress=not args.no_progress,
-                               log=lambda line, n=oset.name: say(f"[{n}] {line}"))
-                history = trainer.fit()
-                report = trainer.finish()
-                metric, label = trainer.objective.metric, trainer.objective.metric_label
-                key = "accuracy" if metric == "acc" else metric
-                row.update({f"test {key}": report[key], "train s": history[-1]["elapsed"],
-                            "fwd its": sum(h["forward_its"] for h in history) / len(history),
-                            "bwd its": sum(h["backward_its"] for h in history) / len(history),
-                            "ms/sample": 1e3 * report["seconds_per_sample"]})
-                histories[oset.name] = history
-            except (PETSc.Error, DEQError, ValueError) as err:
-                row["error"] = describe_error(err, oset)
-            finally:
-                if trainer is not None:
-                    trainer.destroy()
-        row["unused_options"] = " ".join(unused)
-        rows.append(row)
-    columns = [(c, c) for c in dict.fromkeys(k for r in rows for k in r)
+    result = compare_training(cfg, data, sets, out, trainer=args.trainer,
+                              progress=not args.no_progress, log=say)
+    columns = [(c, c) for c in dict.fromkeys(k for r in result.rows for k in r)
                if c not in ("options", "error", "unused_options")]
-    table = markdown_table(rows, columns)
+    table = markdown_table(result.rows, columns)
     say("", table)
     if PETSc.COMM_WORLD.getRank() == 0:
         (out / "table.md").write_text(table + "\n")
-        write_csv(out / "results.csv", rows)
-        if histories:
-            plot_comparison(histories, out / "training.png", metric=metric, metric_label=label,
+        write_csv(out / "results.csv", result.rows)
+        if result.histories:
+            plot_comparison(result.histories, out / "training.png", metric=result.metric,
+                            metric_label=result.metric_label,
                             title=f"{args.task}: training with each option set")
         say(f"wrote {out}/table.md, results.csv, training.png and a run folder per set")
-    return 0 if histories else 1
+    return 0 if result.histories else 1
 
 
 COMMANDS = {"baseline": run_baseline, "compare": run_compare, "demo": run_demo, "train": run_train, "evaluate": run_evaluate,

@@ -218,3 +218,53 @@ def plot_residuals(runs, path, title: str = "") -> str:
     ax1.set(xlabel="iteration", ylabel="||F(z)|| = ||z - f(z, x)||", title="residual vs iteration")
     ax2.set(xlabel="wall time (s)", ylabel="||F(z)||", title="residual vs time")
     return finish_figure(plt, fig, (ax1, ax2), path, title)
+
+
+@dataclass
+class TrainingComparison:
+    """One training run per option set: a row each (test metric, time, iterations, or the
+    set's error), the runs' histories, and what the metric is."""
+
+    rows: list = field(default_factory=list)
+    histories: dict = field(default_factory=dict)
+    metric: str = "acc"
+    metric_label: str = "accuracy"
+
+
+def compare_training(cfg, data, option_sets, out, trainer: str = "adam",
+                     progress: bool = True, log=print) -> TrainingComparison:
+    """Train ``cfg``'s model on ``data`` once per option set, each under its own prefix
+    (the set's ``-snes_*`` drive the DEQ's forward solves, ``-adjoint_*`` its backward,
+    ``-tao_*`` the TAO trainer), each in ``out/<set name>``. A set that fails (PETSc
+    rejects it, a solve diverges) is a row with its error; the others still run."""
+    from pathlib import Path
+
+    from .train import TaoTrainer, Trainer
+
+    kind = TaoTrainer if trainer == "tao" else Trainer
+    result = TrainingComparison()
+    for k, oset in enumerate(option_sets):
+        row = {"name": oset.name, "options": oset.text, "error": ""}
+        run = None
+        with prefixed_options(f"cmp{k}_", oset.options) as unused:
+            try:
+                run = kind(cfg, data, Path(out) / oset.name, prefix=f"cmp{k}_",
+                           progress=progress, log=lambda line, n=oset.name: log(f"[{n}] {line}"))
+                history = run.fit()
+                report = run.finish()
+                result.metric = run.objective.metric
+                result.metric_label = run.objective.metric_label
+                key = "accuracy" if result.metric == "acc" else result.metric
+                row.update({f"test {key}": report[key], "train s": history[-1]["elapsed"],
+                            "fwd its": sum(h["forward_its"] for h in history) / len(history),
+                            "bwd its": sum(h["backward_its"] for h in history) / len(history),
+                            "ms/sample": 1e3 * report["seconds_per_sample"]})
+                result.histories[oset.name] = history
+            except (PETSc.Error, DEQError, ValueError) as err:
+                row["error"] = describe_error(err, oset)
+            finally:
+                if run is not None:
+                    run.destroy()
+        row["unused_options"] = " ".join(unused)
+        result.rows.append(row)
+    return result
