@@ -252,14 +252,14 @@ def cif_image(text: str, size: int = PERIODIC_SIZE) -> GraphImage:
 
 
 # -- what a model has seen ------------------------------------------------------------
-def elements_in(images) -> list[int]:
+def elements_in(images, channel: int | None = None) -> list[int]:
     """The atomic numbers present in graph images ``[M, C, N, N]`` (or one ``[C, N, N]``),
     read from the diagonal of the element channel (Z / 10): the chemical domain a model
     trained on them has seen, sorted."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 3:
         images = images[None]
-    k = MOLECULE_CHANNELS.index("element")          # the same channel in both kinds
+    k = MOLECULE_CHANNELS.index("element") if channel is None else channel  # both kinds
     diag = np.diagonal(images[:, k], axis1=1, axis2=2)
     z = np.rint(diag[diag > 0] * 10.0).astype(int)
     return sorted(int(v) for v in np.unique(z))

@@ -21,6 +21,7 @@ times from ``z = 0`` with the same weights, differentiated by autograd.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -128,7 +129,23 @@ class ClassifierConfig:
         return asdict(self)
 
 
+class EquilibriumModel(Protocol):
+    """What the trainers, the TAO curvature products and the demo need of a model:
+    ``head(equilibrium(inject(images)))``, where ``equilibrium`` is a :class:`DEQ` (or an
+    explicit stack) with a ``cell``, and the parameter-name prefixes of the three parts
+    (Gauss-Newton products differentiate the parts separately)."""
+
+    PARAMETER_PREFIXES: ClassVar[dict]
+    inject: nn.Module
+    equilibrium: nn.Module
+    head: nn.Module
+
+
 class GraphImageClassifier(nn.Module):
+    """The graph-image scientist: an :class:`EquilibriumModel`."""
+
+    PARAMETER_PREFIXES = {"inject": "inject.", "cell": "equilibrium.cell.", "head": "head."}
+
     def __init__(self, config: ClassifierConfig, prefix: str = "", comm=None,
                  solver_options: dict | None = None, adjoint_options: dict | None = None):
         super().__init__()

@@ -74,7 +74,12 @@ class OutputJacobian:
         self.model, self.images, self.slices = model, images, slices
         self.deq = _deq_of(model)
         if self.deq is not None:
-            known = ("inject.", "equilibrium.cell.", "head.")
+            self.prefixes = getattr(model, "PARAMETER_PREFIXES", None)
+            if self.prefixes is None:
+                raise DEQOptionsError(f"Gauss-Newton products through a DEQ need an "
+                                      f"EquilibriumModel (inject / equilibrium / head with "
+                                      f"PARAMETER_PREFIXES), not a {type(model).__name__}")
+            known = tuple(self.prefixes.values())
             stray = [n for n, _ in slices.named if not n.startswith(known)]
             if stray:
                 raise DEQOptionsError(f"Gauss-Newton products know inject/cell/head "
@@ -100,7 +105,7 @@ class OutputJacobian:
             x = functional_call(model.inject, p_inject, (images,))
             return functional_call(cell, p_cell, (z_star, x))
 
-        pi, pc, ph = "inject.", "equilibrium.cell.", "head."
+        pi, pc, ph = (self.prefixes[k] for k in ("inject", "cell", "head"))
         with torch.no_grad():
             _, rhs = jvp(cell_of_params, (_sub(P, pi), _sub(P, pc)), (_sub(V, pi), _sub(V, pc)))
         dz = self.deq.tangent(z_star, self.problem, rhs)

@@ -156,7 +156,10 @@ class Trainer:
                                  adjoint_options=adjoint_options)
         self.opt = self._make_optimizer()
         #: atomic numbers in the training split: predict warns about inputs outside them
-        self.training_elements = elements_in(data.images[data.indices("train")].numpy())
+        self.training_elements = (
+            elements_in(data.images[data.indices("train")].numpy(),
+                        list(data.channels).index("element"))
+            if "element" in data.channels else [])
         self.history: list[dict] = []
         self.start_epoch = 0
         self.deadline: float | None = None     # perf_counter() time a budgeted fit ends

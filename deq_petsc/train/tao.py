@@ -225,8 +225,9 @@ class TrainingProblem:
                            for images, _ in self.chunks]
         self.counts["jacobian"] += 1
 
-    # python Mat context of the residual's Jacobian: d r / d theta = J_out / sqrt(n)
-    class ResidualJacobian:
+    # python Mat context of brgn's least-squares residual's Jacobian in the parameters,
+    # d r / d theta = J_out / sqrt(n) (not operators.ResidualJacobian, the DEQ's I - J_f)
+    class LossResidualJacobian:
         def __init__(self, problem: "TrainingProblem"):
             self.problem = problem
 
@@ -356,7 +357,7 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
             rows = problem.n * objective.out_dim
             R = PETSc.Vec().createSeq(rows, comm=PETSc.COMM_SELF)
             J = PETSc.Mat().createPython(((rows, rows), (n, n)),
-                                         context=TrainingProblem.ResidualJacobian(problem),
+                                         context=TrainingProblem.LossResidualJacobian(problem),
                                          comm=PETSc.COMM_SELF)
             J.setUp()
             mats += [R, J]
