@@ -319,11 +319,31 @@ def invalid_argument(args) -> str | None:
     out = getattr(args, "out", None)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         return f"--out {out}: is a file, not a folder"
+    if out is not None and (problem := _unwritable(Path(out))):
+        return f"--out {out}: {problem}"
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
         return "--resume and --overwrite: continue the run, or start it over, not both"
     output = getattr(args, "output", None)
-    if getattr(args, "input", None) is not None and Path(output).is_dir():
-        return f"--output {output}: is a folder, not a file"
+    if getattr(args, "input", None) is not None:
+        if Path(output).is_dir():
+            return f"--output {output}: is a folder, not a file"
+        if problem := _unwritable(Path(output).parent):
+            return f"--output {output}: {problem}"
+    return None
+
+
+def _unwritable(folder) -> str | None:
+    """Why ``folder`` could not be created or written to (None if it can), found before
+    any work: its nearest existing ancestor must be a folder this user can write."""
+    import os
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write in {existing} (permission denied)"
     return None
 
 

@@ -203,6 +203,13 @@ def test_output_paths_of_the_wrong_kind(tmp_path):
     args, _ = split_petsc_args(build_parser(), ["predict", "--checkpoint", "c", "--input",
                                                 "x.csv", "--output", str(tmp_path)])
     assert invalid_argument(args) == f"--output {tmp_path}: is a folder, not a file"
+    # a folder that cannot be made: found before any work, not after an epoch
+    for argv, flag in ((["train", "--task", "polarity", "--out", f"{file}/run"], "--out"),
+                       (["baseline", "--task", "polarity", "--out", f"{file}/a/b"], "--out"),
+                       (["predict", "--checkpoint", "c", "--input", "x.csv", "--output",
+                         f"{file}/p.csv"], "--output")):
+        args, _ = split_petsc_args(build_parser(), argv)
+        assert invalid_argument(args) == f"{flag} {argv[-1]}: {file} is a file, not a folder"
 
 
 # -- PETSc options -----------------------------------------------------------------------

@@ -102,3 +102,41 @@ def test_compare_under_mpiexec_matches_serial(tmp_path):
     rows = [re.findall(r"^\| (picard|jfnk) \| (\w+) \| (\d+) \| (\d+) \| (\d+) \|.*\| ([0-9.e+-]+) \|$",
                        out.stdout, re.M) for out in (par, ser)]
     assert len(rows[0]) == 2 and rows[0] == rows[1]       # same its, evals, relative residual
+
+
+@pytest.mark.mpi
+def test_commands_with_uneven_and_empty_shards_under_mpiexec(tmp_path):
+    """train, evaluate, predict and compare on 2 ranks with batches that do not split
+    evenly (and a last training batch of one sample: rank 1 empty), each under a timeout
+    so that a deadlock fails the test."""
+    pytest.importorskip("rdkit")
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    data = ["--task", "polarity", "--limit", "101", "--cache-dir", cache]
+    # 81 training molecules in batches of 8: ten of 8 (4/4), then one of 1 (1/0)
+    train = mpiexec(2, cli_path(), "train", *data, "--epochs", "1", "--width", "4",
+                    "--batch-size", "8", "--no-progress", "--out", out, python=False,
+                    timeout=120)
+    assert train.returncode == 0, train.stdout + train.stderr
+    assert "nan" not in train.stdout.lower()
+    checkpoint = out / "checkpoint.pt"
+    # 10 test molecules in batches of 7 (4/3) and 3 (2/1): the numbers of one process
+    evaluate = ["evaluate", "--checkpoint", checkpoint, "--cache-dir", cache,
+                "--batch-size", "7", "-snes_rtol", "1e-10", "-snes_max_it", "300"]
+    par = mpiexec(2, cli_path(), *evaluate, python=False, timeout=120)
+    ser = run_cli(*evaluate)
+    assert par.returncode == 0 and ser.returncode == 0, par.stdout + par.stderr + ser.stderr
+    accuracy = r"accuracy ([0-9.]+) on 10 samples"
+    assert re.search(accuracy, par.stdout).group(1) == re.search(accuracy, ser.stdout).group(1)
+    # three inputs, one unreadable: every rank predicts, rank 0 writes the CSV
+    inputs = tmp_path / "in.smi"
+    inputs.write_text("CCO\nC1CC\nc1ccccc1O\n")
+    pred = mpiexec(2, cli_path(), "predict", "--checkpoint", checkpoint, "--input", inputs,
+                   "--output", tmp_path / "p.csv", "--no-progress", python=False, timeout=120)
+    assert pred.returncode == 0, pred.stdout + pred.stderr
+    assert "3 inputs: 2 predicted, 1 could not be read" in pred.stdout
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 4
+    # a batch of 3 over 2 ranks (2/1)
+    compare = mpiexec(2, cli_path(), "compare", "--batch", "3", "--channels", "4", "--size",
+                      "8", "--out", tmp_path / "cmp", python=False, timeout=120)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert "CONVERGED" in compare.stdout

@@ -47,12 +47,16 @@ class RunFolder:
     def __enter__(self):
         if not self.active:               # the ranks that do not write
             return self
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._acquire()
-        self._remove_orphans()
-        if self.overwrite:
-            for name in OUTPUTS:
-                (self.out / name).unlink(missing_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._acquire()
+            self._remove_orphans()
+            if self.overwrite:
+                for name in OUTPUTS:
+                    (self.out / name).unlink(missing_ok=True)
+        except OSError as err:
+            raise DEQCheckpointError(f"cannot use the run folder {self.out}: "
+                                     f"{err.strerror or err}") from None
         return self
 
     def __exit__(self, *exc):
