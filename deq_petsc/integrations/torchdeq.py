@@ -120,9 +120,8 @@ def _torchdeq_traces(test: PerSampleTest, max_iter: int, x0):
             better = r < lowest[mode]
             lowest[mode] = torch.where(better, r, lowest[mode])
             step[mode] = torch.where(better, torch.full_like(step[mode], k + 1), step[mode])
-    for mode in ("abs", "rel"):
-        while len(trace[mode]) < max_iter + 1:
-            trace[mode].append(lowest[mode].clone())
+    for mode in ("abs", "rel"):      # padded with one shared tensor, as TorchDEQ pads them
+        trace[mode].extend([lowest[mode]] * max(max_iter + 1 - len(trace[mode]), 0))
     return lowest, trace, step
 
 
