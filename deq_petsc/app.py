@@ -156,7 +156,7 @@ def run_train(args) -> int:
                     + (": " + "; ".join(notes) if notes else ""))
             trainer.fit()
             report = trainer.finish()
-            plot = "confusion.png" if "confusion" in report else "parity.png"
+            plot = ("confusion.png, reliability.png" if "confusion" in report else "parity.png")
             say(f"test split ({args.task} {trainer.objective.name}, {args.model}, "
                 f"{trainer.name}):",
                 _report(report, trainer.objective, _solver_line(trainer.model)),

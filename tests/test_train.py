@@ -3,6 +3,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,8 +37,11 @@ def test_training_lowers_the_loss_and_writes_the_run(tiny, tmp_path):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert all(h["forward_its"] > 0 and h["backward_its"] > 0 for h in history)
     for name in ("checkpoint.pt", "metrics.csv", "metrics.json", "curves.png",
-                 "confusion.png", "report.json"):
+                 "confusion.png", "reliability.png", "report.json"):
         assert (tmp_path / name).stat().st_size > 0, name
+    assert 0 <= report["calibration"]["ece"] <= 1
+    assert sum(b["n"] for b in report["calibration"]["bins"]) == len(tiny.indices("test"))
+    assert sum(report["predicted_balance"].values()) == len(tiny.indices("test"))
     rows = (tmp_path / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4 and rows[0].startswith("epoch,train_loss")
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -200,3 +204,17 @@ def test_an_iteration_capped_inference_is_said_loudly(cache_dir, tmp_path):
                  "-snes_max_it", "1", "-deq_accept_max_it")
     assert ev.returncode == 0, ev.stdout + ev.stderr
     assert re.search(r"WARNING: 1 of 1 forward solves stopped at the iteration limit", ev.stdout)
+
+
+def test_calibration_is_measured_against_hand_computed_bins():
+    from deq_petsc.train.metrics import calibration
+    # four samples, two classes: confidences 0.55, 0.65, 0.95, 0.95
+    p = np.array([[0.55, 0.45], [0.35, 0.65], [0.95, 0.05], [0.05, 0.95]])
+    y = np.array([1, 1, 0, 0])          # right: second and third; wrong: first and fourth
+    c = calibration(p, y, bins=5)       # bins of width 0.1 from 0.5
+    got = {(round(b["low"], 2), b["n"]): (b["accuracy"], round(b["confidence"], 4))
+           for b in c["bins"]}
+    assert got == {(0.5, 1): (0.0, 0.55), (0.6, 1): (1.0, 0.65), (0.9, 2): (0.5, 0.95)}
+    assert c["ece"] == pytest.approx((0.55 + 0.35 + 2 * 0.45) / 4)
+    perfect = calibration(np.eye(3)[[0, 1, 2]], np.array([0, 1, 2]))
+    assert perfect["ece"] == 0.0 and perfect["mean_confidence"] == 1.0

@@ -28,7 +28,7 @@ from ..progress import progress
 from .checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DataParallel
 from .objectives import Classification, make_objective, shard_loss
-from .plots import plot_confusion, plot_curves, plot_parity
+from .plots import plot_confusion, plot_curves, plot_parity, plot_reliability
 
 #: Program defaults of the solves when training (the command line wins): DEQ
 #: tolerances (the implicit-layers tutorial trains at 1e-2 to 1e-3) rather than
@@ -355,6 +355,9 @@ class Trainer:
         if "confusion" in report:
             plot_confusion(np.array(report["confusion"]), self.data.classes,
                            self.out / "confusion.png", title=f"{self.cfg.task}: test split")
+            plot_reliability(report["calibration"], self.out / "reliability.png",
+                             title=f"{self.cfg.task}: test split, ECE "
+                                   f"{report['calibration']['ece']:.3f}")
         else:
             plot_parity(report["true"], report["predicted"], self.out / "parity.png",
                         label=self.objective.target_name,

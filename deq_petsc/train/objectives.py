@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..data.tasks import TASKS, TaskData
-from .metrics import classification_report, confusion_matrix, format_report
+from .metrics import calibration, classification_report, confusion_matrix, format_report
 
 OBJECTIVES = ("classify", "regress")
 
@@ -75,12 +75,21 @@ class Classification:
     def report(self, out: torch.Tensor, y: torch.Tensor, data: TaskData) -> dict:
         cm = confusion_matrix(y.numpy(), out.argmax(1).numpy(), len(self.classes))
         report = classification_report(cm, self.classes)
+        probs = torch.softmax(out.double(), dim=1).numpy()
+        predicted = np.bincount(probs.argmax(1), minlength=len(self.classes))
         report.update(objective=self.name, loss=float(self.loss(out, y)), confusion=cm.tolist(),
-                      class_balance=data.class_balance())
+                      class_balance=data.class_balance(),
+                      calibration=calibration(probs, y.numpy()),
+                      predicted_balance={c: int(k) for c, k in zip(self.classes, predicted)})
         return report
 
     def format(self, report: dict) -> str:
-        return format_report(report)
+        text = format_report(report)
+        if "calibration" in report:
+            c = report["calibration"]
+            text += (f"\nexpected calibration error {c['ece']:.3f} (mean confidence "
+                     f"{c['mean_confidence']:.3f} against accuracy {report['accuracy']:.3f})")
+        return text
 
     def answer(self, out: torch.Tensor) -> str:
         probs = torch.softmax(out, dim=1)[0]

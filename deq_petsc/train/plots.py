@@ -1,4 +1,4 @@
-"""Training curves, confusion matrices and solver comparisons as PNGs."""
+"""Training curves, confusion matrices, reliability diagrams and solver comparisons as PNGs."""
 
 from __future__ import annotations
 
@@ -56,6 +56,23 @@ def plot_confusion(cm: np.ndarray, classes, path, title: str = "") -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
+
+
+def plot_reliability(calibration: dict, path, title: str = "") -> str:
+    """Accuracy against confidence per bin (a calibrated model sits on the diagonal)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.4), constrained_layout=True)
+    bins = calibration["bins"]
+    ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins],
+           width=[0.9 * (b["high"] - b["low"]) for b in bins], alpha=0.7,
+           label="accuracy in bin")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "ko", ms=3,
+            label="(mean confidence, accuracy)")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    lo = bins[0]["low"] if bins else 0.0
+    ax.set(xlim=(lo, 1), ylim=(0, 1), xlabel="confidence (top-class probability)",
+           ylabel="accuracy", title=title or f"reliability (ECE {calibration['ece']:.3f})")
+    return finish_figure(plt, fig, (ax,), path, "")
 
 
 def plot_parity(true, predicted, path, label: str = "target", title: str = "") -> str:

@@ -29,7 +29,7 @@ from .checkpoint import DEQCheckpointError
 
 #: What a run writes into its folder (``--overwrite`` removes these first).
 OUTPUTS = ("checkpoint.pt", "metrics.json", "metrics.csv", "report.json", "curves.png",
-           "confusion.png", "parity.png")
+           "confusion.png", "reliability.png", "parity.png")
 #: TrainConfig fields that fix the data build or the model: a resume must keep them.
 FIXED_ON_RESUME = ("task", "limit", "seed", "split_by", "kind", "depth", "width", "cell",
                    "gamma", "objective", "dtype")
