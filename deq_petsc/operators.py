@@ -12,6 +12,7 @@ from __future__ import annotations
 from petsc4py import PETSc
 
 from .interop import TensorLayout
+from .callbacks import petsc_callback
 from .problem import DEFAULT_JVP_MODE, FixedPointProblem, Linearization
 
 _JVP_EVENT = PETSc.Log.Event("DEQJvp")
@@ -44,29 +45,17 @@ class ResidualJacobian:
         return self.linearization
 
     # -- python Mat protocol -------------------------------------------------------
+    @petsc_callback(_JVP_EVENT)
     def mult(self, mat, X, Y):
-        _JVP_EVENT.begin()
-        try:
-            v = self.layout.read(X)
-            self.layout.write(v - self._lin().jvp(v), Y)
-            self.jvp_count += 1
-        except BaseException as err:
-            self.error = self.error or err
-            raise
-        finally:
-            _JVP_EVENT.end()
+        v = self.layout.read(X)
+        self.layout.write(v - self._lin().jvp(v), Y)
+        self.jvp_count += 1
 
+    @petsc_callback(_VJP_EVENT)
     def multTranspose(self, mat, X, Y):
-        _VJP_EVENT.begin()
-        try:
-            u = self.layout.read(X)
-            self.layout.write(u - self._lin().vjp(u), Y)
-            self.vjp_count += 1
-        except BaseException as err:
-            self.error = self.error or err
-            raise
-        finally:
-            _VJP_EVENT.end()
+        u = self.layout.read(X)
+        self.layout.write(u - self._lin().vjp(u), Y)
+        self.vjp_count += 1
 
     def view(self, mat, viewer):
         if viewer.getType() == PETSc.Viewer.Type.ASCII:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from petsc4py import PETSc
 
+from .callbacks import petsc_callback
 from .errors import DEQConvergenceError, DEQError, DEQNonFiniteError
 from .interop import TensorLayout, layout_changed, vec_local_view
 from .operators import ResidualJacobian, create_residual_jacobian
@@ -122,18 +123,9 @@ class _SNESContext:
         self.jacobian.jvp_count = 0
         self.jacobian.vjp_count = 0
 
-    def evalFunction(self, snes, X, F):
-        _FUNCTION_EVENT.begin()
-        try:
-            self._evalFunction(X, F)
-        except BaseException as err:
-            self.error = self.error or err
-            raise
-        finally:
-            _FUNCTION_EVENT.end()
-
+    @petsc_callback(_FUNCTION_EVENT)
     @torch.no_grad()
-    def _evalFunction(self, X, F):
+    def evalFunction(self, snes, X, F):
         z = self.layout.read(X, out=self.z_buffer)
         fz = self.problem(z).reshape(-1)
         if fz.device.type != "cpu":
@@ -149,13 +141,10 @@ class _SNESContext:
             if self.first_nonfinite_eval is None:
                 self.first_nonfinite_eval = self.function_evals
 
+    @petsc_callback()
     def evalJacobian(self, snes, X, J, P):
-        try:
-            self.jacobian.problem = self.problem
-            self.jacobian.set_point(self.layout.read(X))
-        except BaseException as err:
-            self.error = self.error or err
-            raise
+        self.jacobian.problem = self.problem
+        self.jacobian.set_point(self.layout.read(X))
 
     def raise_callback_error(self):
         """PETSc reports a Python exception in a callback as a bare error code; re-raise

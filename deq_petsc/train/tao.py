@@ -23,7 +23,6 @@ Gauss-Newton for least squares (``brgn``) -- are training algorithms too.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import sys
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from petsc4py import PETSc
 
+from ..callbacks import petsc_callback
 from ..errors import DEQConvergenceError, DEQOptionsError
 from ..interop import TensorLayout
 from ..options_spec import TAO_TRAINER as TAO_TRAINER_OPTIONS
@@ -104,18 +104,9 @@ class ParameterVector:
         self.vec.destroy()
 
 
-def _callback(method):
-    """A TAO or python-``Mat`` callback whose first exception is kept for ``train_tao`` to
-    re-raise after ``TAO.solve`` (PETSc reports it only as an error code)."""
-    @functools.wraps(method)
-    def guarded(self, *args):
-        problem = getattr(self, "problem", self)
-        try:
-            return method(self, *args)
-        except BaseException as err:
-            problem.error = problem.error or err
-            raise
-    return guarded
+#: TAO and python-Mat callbacks: the first exception kept on the problem, for train_tao
+#: to re-raise after TAO.solve (PETSc reports it only as an error code)
+_callback = petsc_callback(owner="problem")
 
 
 class TrainingProblem:
