@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from petsc4py import PETSc
 
+from .convergence import solve_accepted
 from .errors import DEQConvergenceError
 from .interop import TensorLayout, layout_changed
 from .operators import ResidualJacobian, create_residual_jacobian
@@ -195,9 +196,8 @@ class AdjointSolver:
             _ADJOINT_EVENT.end()
         stats.time = time.perf_counter() - start
         self.last_stats = stats
-        usable = self.accept_max_it and stats.reason_name == "DIVERGED_MAX_IT" and \
-            bool(torch.isfinite(u).all())
-        if not stats.converged and not usable:
+        if not solve_accepted(stats.converged, stats.reason_name, self.accept_max_it,
+                              bool(torch.isfinite(u).all())):
             hint = (f"raise -{self.prefix}ksp_max_it or -{self.prefix}ksp_gmres_restart, or "
                     f"loosen -{self.prefix}ksp_rtol" if self.method == "ksp" else
                     f"use -{self.prefix}deq_method ksp (GMRES needs no contraction), or raise "

@@ -20,6 +20,18 @@ from .interop import vec_local_view
 
 STOP_MODES = ("abs", "rel")
 
+#: How SNES, KSP (DIVERGED_MAX_IT) and TAO (DIVERGED_MAXITS) say "stopped at the cap".
+ITERATION_CAP = ("DIVERGED_MAX_IT", "DIVERGED_MAXITS")
+
+
+def solve_accepted(converged: bool, reason_name: str, accept_cap: bool, finite: bool) -> bool:
+    """The one acceptance policy of every solve in the package (forward SNES, adjoint
+    and tangent KSP/SNES, TAO epoch): a converged solve is used; a solve stopped at its
+    iteration cap is used only where the caller accepts the cap (``-deq_accept_max_it``,
+    a TAO epoch's budget) *and* its result is finite (the solve goes on from its last
+    iterate and is counted as not converged); anything else raises."""
+    return converged or (accept_cap and reason_name in ITERATION_CAP and finite)
+
 
 class PerSampleTest:
     """``snes.setConvergenceTest(PerSampleTest(...))``: stop when every sample meets ``tol``.

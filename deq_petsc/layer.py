@@ -23,6 +23,7 @@ from petsc4py import PETSc
 from torch import nn
 
 from .adjoint import AdjointSolver, AdjointStats, ImplicitKSP
+from .convergence import solve_accepted
 from .diagnostics import spectral_radius
 from .errors import DEQConvergenceError
 from .options_spec import LAYER as LAYER_OPTIONS
@@ -160,9 +161,8 @@ class DEQ(nn.Module):
                                         self.adjoint.ksp_defaults, transpose=False)
         accept = self.adjoint.accept_max_it
         dz, reason, its, history, _ = self._tangent.solve(problem, z_star, rhs)
-        usable = accept and ksp_reason_name(reason) == "DIVERGED_MAX_IT" and \
-            bool(torch.isfinite(dz).all())
-        if reason <= 0 and not usable:
+        if not solve_accepted(reason > 0, ksp_reason_name(reason), accept,
+                              bool(torch.isfinite(dz).all())):
             raise DEQConvergenceError(
                 f"tangent solve (I - J_f) dz = r did not converge: {ksp_reason_name(reason)} "
                 f"after {its} iterations; raise -{self.prefix}tangent_ksp_max_it or loosen "

@@ -27,6 +27,7 @@ import torch
 from petsc4py import PETSc
 
 from .callbacks import petsc_callback
+from .convergence import solve_accepted
 from .errors import DEQConvergenceError, DEQError, DEQNonFiniteError
 from .interop import TensorLayout, layout_changed, vec_local_view
 from .operators import ResidualJacobian, create_residual_jacobian
@@ -314,10 +315,8 @@ class DEQSolver:
                 f"damped solver (e.g. -snes_anderson_beta 0.5)",
                 reason=stats.reason, reason_name=stats.reason_name,
                 iterations=stats.iterations, history=stats.residual_norms, stats=stats)
-        if stats.converged:
-            return
-        if self.accept_max_it and stats.reason_name == "DIVERGED_MAX_IT" and \
-                math.isfinite(stats.final_residual):
+        if solve_accepted(stats.converged, stats.reason_name, self.accept_max_it,
+                          math.isfinite(stats.final_residual)):
             return
         detail = ""
         if stats.reason_name == "DIVERGED_LINEAR_SOLVE":

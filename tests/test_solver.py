@@ -280,3 +280,17 @@ def test_per_sample_stopping_rule(stop_mode):
     assert stats.converged and per_sample.max() < 1e-9
     assert test.history[-2][stop_mode].max() >= 1e-9       # not one iteration later than needed
     assert len(test.history) == stats.iterations + 1
+
+
+@pytest.mark.parametrize("converged, reason, accept, finite, used", [
+    (True, "CONVERGED_FNORM_RELATIVE", False, True, True),
+    (False, "DIVERGED_MAX_IT", False, True, False),        # the cap, not accepted: raise
+    (False, "DIVERGED_MAX_IT", True, True, True),          # -deq_accept_max_it
+    (False, "DIVERGED_MAXITS", True, True, True),          # a TAO epoch's budget
+    (False, "DIVERGED_MAX_IT", True, False, False),        # at the cap but NaN: raise
+    (False, "DIVERGED_DTOL", True, True, False),           # other failures always raise
+    (False, "DIVERGED_LINE_SEARCH", True, True, False),
+])
+def test_one_acceptance_policy_for_every_solve(converged, reason, accept, finite, used):
+    from deq_petsc.convergence import solve_accepted
+    assert solve_accepted(converged, reason, accept, finite) is used

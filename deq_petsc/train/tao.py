@@ -34,6 +34,7 @@ import torch
 from petsc4py import PETSc
 
 from ..callbacks import petsc_callback
+from ..convergence import solve_accepted
 from ..errors import DEQConvergenceError, DEQOptionsError
 from ..interop import TensorLayout
 from ..options_spec import TAO_TRAINER as TAO_TRAINER_OPTIONS
@@ -389,8 +390,9 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
         for obj in mats:
             obj.destroy()
         params.destroy()
-    budget = accept_max_it and result.reason_name == "DIVERGED_MAXITS"
-    if result.reason < 0 and not (budget or accept_failure):
+    finite = math.isfinite(result.objective)
+    if not (accept_failure or solve_accepted(result.reason >= 0, result.reason_name,
+                                             accept_max_it, finite)):
         raise DEQConvergenceError(
             f"TAO {result.tao_type} did not converge: {result.reason_name} after "
             f"{result.iterations} iterations (objective {result.objective:.6g}, gradient norm "
