@@ -144,7 +144,7 @@ def run_train(args) -> int:
     size = PETSc.COMM_WORLD.getSize()
     if size > 1:
         say(f"data-parallel on {size} MPI ranks ({torch.get_num_threads()} torch thread(s) "
-            f"each): every batch of {args.batch_size} split across them, one DEQ state Vec "
+            f"each): every batch of {cfg.batch_size} split across them, one DEQ state Vec "
             f"over PETSC_COMM_WORLD; rank 0 writes {args.out or f'runs/{args.task}'}")
     kind = TaoTrainer if args.trainer == "tao" else Trainer
     with RunFolder(out, overwrite=args.overwrite, active=PETSc.COMM_WORLD.getRank() == 0):

@@ -263,25 +263,27 @@ FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
+def _image_or_named_error(render, text, shape):
+    """``render(text)`` is a finite image of ``shape``, or raises DEQInputError (and
+    nothing else)."""
+    try:
+        image = render(text).image
+    except DEQInputError:
+        return
+    assert image.shape == shape and np.isfinite(image).all()
+
+
 @FUZZ
 @given(st.text(alphabet=SMILES_ALPHABET, max_size=40) | st.text(max_size=20))
 def test_any_smiles_gives_an_image_or_a_named_error(text):
-    try:
-        image = smiles_image(text).image
-    except DEQInputError:
-        return
-    assert image.shape == (5, 32, 32) and np.isfinite(image).all()
+    _image_or_named_error(smiles_image, text, (5, 32, 32))
 
 
 @FUZZ
 @given(st.lists(st.sampled_from(NACL.splitlines()), max_size=20).map("\n".join)
        | st.text(max_size=200))
 def test_any_cif_text_gives_an_image_or_a_named_error(text):
-    try:
-        image = cif_image(text).image
-    except DEQInputError:
-        return
-    assert image.shape == (5, 16, 16) and np.isfinite(image).all()
+    _image_or_named_error(cif_image, text, (5, 16, 16))
 
 
 @FUZZ
