@@ -134,7 +134,8 @@ def test_train_cli_passes_petsc_options_and_predicts(cache_dir, tmp_path):
                 "-snes_type", "ngmres", "-adjoint_ksp_type", "bcgs")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "forward solver: ngmres" in r.stdout
-    assert re.search(r"accuracy [0-9.]+ on \d+ samples; majority-class baseline", r.stdout)
+    assert re.search(r"accuracy [0-9.]+ on \d+ samples \(standard error 0\.\d+\); "
+                     r"majority-class baseline", r.stdout)
     ckpt = out / "checkpoint.pt"
 
     ok = run_cli("predict", "--checkpoint", ckpt, "--smiles", "CC(=O)O")
@@ -175,6 +176,8 @@ def test_quick_demo_writes_a_summary_with_every_field(cache_dir, tmp_path):
         assert SUMMARY_FIELDS <= set(row), name
         assert row["seconds_to_target"] == pytest.approx(row["train_seconds"])  # epoch 1
         assert 0 < row["spectral_radius_final"] < 10 and row["inference_function_evals_mean"] > 0
+    assert summary["solvers"]["picard"]["speedup_to_reference"] == pytest.approx(1.0)
+    assert summary["reference"]["solver"] == "picard"
     # the user's -picard_adjoint_snes_max_it 3 beats the demo's default of 25: every
     # Picard adjoint stops at its cap, and the summary counts none as converged
     assert summary["solvers"]["picard"]["adjoint_converged_fraction"] == 0.0
@@ -193,6 +196,21 @@ def test_quick_demo_writes_a_summary_with_every_field(cache_dir, tmp_path):
                  cache_dir, "-snes_type", "nrichardson", "-snes_linesearch_type", "basic")
     assert ev.returncode == 0, ev.stdout + ev.stderr
     assert "forward solver: nrichardson" in ev.stdout and "unused" not in ev.stdout + ev.stderr
+
+
+def test_time_to_the_first_sets_final_accuracy():
+    from deq_petsc.demo import _time_to_reference
+    hist = {"picard": [{"elapsed": 10, "val_acc": 0.55}, {"elapsed": 20, "val_acc": 0.62},
+                       {"elapsed": 30, "val_acc": 0.60}],
+            "anderson": [{"elapsed": 4, "val_acc": 0.61}, {"elapsed": 8, "val_acc": 0.66}],
+            "slow": [{"elapsed": 50, "val_acc": 0.5}]}
+    rows = {name: {} for name in hist}
+    ref = _time_to_reference(rows, hist)
+    # Picard ended at 0.60 and first reached it at 20 s; Anderson at 4 s: 5x
+    assert ref == {"solver": "picard", "val_accuracy": 0.60, "seconds": 20}
+    assert rows["anderson"] == {"seconds_to_reference": 4, "speedup_to_reference": 5.0}
+    assert rows["picard"]["speedup_to_reference"] == 1.0
+    assert rows["slow"] == {"seconds_to_reference": None, "speedup_to_reference": None}
 
 
 def test_an_iteration_capped_inference_is_said_loudly(cache_dir, tmp_path):
@@ -218,3 +236,11 @@ def test_calibration_is_measured_against_hand_computed_bins():
     assert c["ece"] == pytest.approx((0.55 + 0.35 + 2 * 0.45) / 4)
     perfect = calibration(np.eye(3)[[0, 1, 2]], np.array([0, 1, 2]))
     assert perfect["ece"] == 0.0 and perfect["mean_confidence"] == 1.0
+
+
+def test_an_accuracy_comes_with_its_standard_error():
+    from deq_petsc.train.metrics import classification_report
+    cm = np.array([[70, 30], [40, 60]])             # 130 right of 200
+    r = classification_report(cm, ["a", "b"])
+    assert r["accuracy"] == 0.65
+    assert r["accuracy_stderr"] == pytest.approx((0.65 * 0.35 / 200) ** 0.5)   # 0.0337
