@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation accuracy whose time to reach is reported (default: 0.70)")
     p.add_argument("--time-budget", type=float, default=DEMO.time_budget,
                    help="seconds of training per solver set: each stops after the first epoch "
-                        "that ends past it (default: %(default)s; 0 for all epochs)")
+                        "that ends past it (default: none, every set trains --epochs epochs)")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the gradient-boosting reference on the same split (deq-petsc "
                         "baseline)")
