@@ -15,6 +15,8 @@ every configuration does the same number of evaluations. Ratios are against
 the bare ``f`` of the same precision in the same process.
 
 Run by hand:  .venv/bin/python benchmarks/bench_iteration.py [--repeat 3] [--its 30]
+PETSc options go after ``--``; each solver and precision runs in a log stage of its
+own, so ``-- -log_view`` breaks PETSc's events down per configuration.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ import time
 
 import deq_petsc
 
-deq_petsc.init([sys.argv[0]])
+_PETSC_ARGS = sys.argv.index("--") if "--" in sys.argv else len(sys.argv)
+deq_petsc.init([sys.argv[0]] + sys.argv[_PETSC_ARGS + 1:])
 
 import torch  # noqa: E402
+from petsc4py import PETSc  # noqa: E402
 
 from common import add_cell_arguments  # noqa: E402
 from deq_petsc import DEQSolver, FixedPointProblem, allocator  # noqa: E402
@@ -79,7 +83,7 @@ def main():
     add_cell_arguments(p)
     p.add_argument("--its", type=int, default=30, help="iterations per solve (default 30)")
     p.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(sys.argv[1:_PETSC_ARGS])
     if args.bare_only:
         return bare_only(args)
     torch.set_num_threads(args.threads)
@@ -87,6 +91,7 @@ def main():
     solvers = {(s, d): DEQSolver(prefix=f"b{i}{j}_", check_convergence=False, options={
         **opts, "snes_rtol": 0, "snes_atol": 0, "snes_stol": 0, "snes_max_it": args.its})
         for i, (s, opts) in enumerate(SOLVERS.items()) for j, d in enumerate(DTYPES)}
+    stages = {key: PETSc.Log.Stage(f"{key[0]} {key[1]}") for key in solvers}
     best: dict = {}
 
     def keep(key, value):
@@ -107,7 +112,9 @@ def main():
         for d, (cell, x) in problems.items():
             keep(("bare f", d), bare_f(cell, x, args.its))
             for s in SOLVERS:
+                stages[(s, d)].push()
                 _, stats = solvers[(s, d)].solve(FixedPointProblem(cell, x))
+                stages[(s, d)].pop()
                 per = stats.function_evals if s == "Picard" else max(stats.iterations, 1)
                 keep((s, d), stats.time / per)
     for s in solvers.values():
