@@ -108,6 +108,7 @@ def _train_config(args, task, kind="deq", depth=8):
                        limit=args.limit, split_by=getattr(args, "split_by", None) or "random",
                        jac_reg=args.jac_reg, cell=args.cell,
                        spectral_reg=args.spectral_reg, spectral_target=args.spectral_target,
+                       spectral_steps=args.spectral_steps,
                        gamma=args.gamma, objective=getattr(args, "objective", "classify"),
                        dtype=dtype, tao_batch=getattr(args, "tao_batch", 0),
                        device=getattr(args, "device", "cpu"))
@@ -252,7 +253,8 @@ def run_demo(args) -> int:
     cfg = DemoConfig(limit=args.limit, seed=args.seed, epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, width=args.width, cell=args.cell,
                      gamma=args.gamma, jac_reg=args.jac_reg, spectral_reg=args.spectral_reg,
-                     spectral_target=args.spectral_target, train_rtol=args.rtol,
+                     spectral_target=args.spectral_target,
+                     spectral_steps=args.spectral_steps, train_rtol=args.rtol,
                      train_max_it=args.max_it, solvers=tuple(args.solvers.split(",")),
                      target_accuracy=args.target_accuracy, time_budget=args.time_budget or None,
                      out=args.out, cache_dir=args.cache_dir, progress=not args.no_progress,

@@ -40,7 +40,7 @@ def _data_arguments(p, required_task=True, limit_default=None):
 
 
 def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0,
-                        spectral_reg=0.0, spectral_target=0.9):
+                        spectral_reg=0.0, spectral_target=0.9, spectral_steps=4):
     p.add_argument("--epochs", type=int, default=epochs, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam's step size (default: %(default)s)")
@@ -61,6 +61,9 @@ def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0,
     p.add_argument("--spectral-target", type=float, default=spectral_target,
                    help="the radius the spectral penalty holds the cell below "
                         "(default: %(default)s)")
+    p.add_argument("--spectral-steps", type=int, default=spectral_steps,
+                   help="power-iteration steps of the penalty's radius estimate per batch; "
+                        "fewer underestimate the radius (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _device_argument(p)
 
@@ -115,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     _training_arguments(p, epochs=DEMO.epochs, width=DEMO.width, cell=DEMO.cell,
                         jac_reg=DEMO.jac_reg, spectral_reg=DEMO.spectral_reg,
-                        spectral_target=DEMO.spectral_target)
+                        spectral_target=DEMO.spectral_target,
+                        spectral_steps=DEMO.spectral_steps)
 
     p = _command(sub, "train", "train a DEQ (or its explicit twin) on a science task",
                  "Train a graph-image model to classify a task's labels or regress its DFT "
@@ -280,6 +284,7 @@ _RANGES = {
     "jac_reg": (lambda v: v >= 0, "non-negative"),
     "spectral_reg": (lambda v: v >= 0, "non-negative"),
     "spectral_target": (lambda v: v > 0, "positive"),
+    "spectral_steps": (lambda v: v >= 1, "at least 1"),
     "gamma": (lambda v: 0 < v < 1, "in (0, 1)"),
     "rtol": (lambda v: 0 < v < 1, "in (0, 1)"),
     "max_it": (lambda v: v >= 1, "at least 1"),

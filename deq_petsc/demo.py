@@ -54,6 +54,7 @@ class DemoConfig:
     # (docs/solvers.md)
     spectral_reg: float = 100.0
     spectral_target: float = 0.95
+    spectral_steps: int = 4
     solvers: tuple = DEFAULT_SOLVERS
     train_rtol: float = 1e-2
     train_max_it: int = 25
@@ -100,6 +101,7 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
                             lr=cfg.lr, seed=cfg.seed, width=cfg.width, cell=cfg.cell,
                             gamma=cfg.gamma, jac_reg=cfg.jac_reg, limit=cfg.limit,
                             spectral_reg=cfg.spectral_reg, spectral_target=cfg.spectral_target,
+                            spectral_steps=cfg.spectral_steps,
                             device=cfg.device, **cfg.extra)
     summary = {"task": "polarity", "target_accuracy": cfg.target_accuracy,
                "config": asdict(cfg), "solvers": {}}

@@ -180,6 +180,7 @@ def test_bad_cache_entries(tmp_path, damage, message):
     (["train", "--task", "polarity", "--gamma", "1.5"], "--gamma 1.5: must be in (0, 1)"),
     (["train", "--task", "polarity", "--spectral-target", "0"], "--spectral-target 0.0: must"),
     (["train", "--task", "polarity", "--jac-reg", "-1"], "--jac-reg -1.0: must be non-negative"),
+    (["train", "--task", "polarity", "--spectral-steps", "0"], "--spectral-steps 0: must be at "),
     (["train", "--task", "polarity", "--tao-batch", "-1"], "--tao-batch -1: must be 0"),
     (["train", "--task", "polarity", "--depth", "0"], "--depth 0: must be at least 1"),
     (["train", "--task", "polarity", "--resume", "--overwrite"], "--resume and --overwrite"),

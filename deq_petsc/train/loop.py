@@ -56,6 +56,7 @@ class TrainConfig:
     jac_reg: float = 0.0
     spectral_reg: float = 0.0       # weight of the spectral-radius penalty (DEQ.spectral_penalty)
     spectral_target: float = 0.9    # the radius above which it acts
+    spectral_steps: int = 4         # power-iteration steps of its radius estimate
     cell: str = "contractive"
     gamma: float = 0.9
     objective: str = "classify"     # or "regress": the task's DFT target, MSE
@@ -321,8 +322,8 @@ class Trainer:
                 objective = loss + self.cfg.jac_reg * penalty
                 sums["jac"] += float(penalty.detach())
             if self.cfg.spectral_reg > 0 and self.cfg.kind == "deq":
-                penalty = self.model.equilibrium.spectral_penalty(self.cfg.spectral_target,
-                                                                  generator=probes)
+                penalty = self.model.equilibrium.spectral_penalty(
+                    self.cfg.spectral_target, steps=self.cfg.spectral_steps, generator=probes)
                 objective = objective + self.cfg.spectral_reg * penalty / dp.size
                 sums["spectral"] += float(penalty.detach()) / dp.size
             self.opt.zero_grad(set_to_none=True)
