@@ -250,7 +250,7 @@ def _predict_many(args, model, state, molecular: bool) -> int:
 def run_demo(args) -> int:
     from .demo import DemoConfig, format_summary, run_demo as demo
 
-    cfg = DemoConfig(limit=args.limit, seed=args.seed, epochs=args.epochs,
+    cfg = DemoConfig(task=args.task, limit=args.limit, seed=args.seed, epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, width=args.width, cell=args.cell,
                      gamma=args.gamma, jac_reg=args.jac_reg, spectral_reg=args.spectral_reg,
                      spectral_target=args.spectral_target,
@@ -262,10 +262,10 @@ def run_demo(args) -> int:
     if args.quick:
         cfg.limit, cfg.epochs, cfg.width, cfg.inference_max_it = 100, 1, 4, 100
         cfg.time_budget = None
-    data = _load_data("polarity", cfg.limit, cfg.seed, cache_dir=cfg.cache_dir,
+    data = _load_data(cfg.task, cfg.limit, cfg.seed, cache_dir=cfg.cache_dir,
                       progress=cfg.progress)
     say(versions(), data.summary(),
-        f"training the polarity DEQ ({cfg.cell} cell, width {cfg.width}) once per solver set, "
+        f"training the {cfg.task} DEQ ({cfg.cell} cell, width {cfg.width}) once per solver set, "
         f"{cfg.epochs} epochs, forward and adjoint to rtol {cfg.train_rtol:g} with at most "
         f"{cfg.train_max_it} iterations: {', '.join(cfg.solvers)}")
     summary = demo(cfg, data, log=say)

@@ -94,8 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                  "target validation accuracy, test accuracy, converged fractions, iterations, "
                  "spectral radius of J_f, inference cost to rtol 1e-4; writes summary.json, "
                  "comparison.png and residuals.png.")
+    p.add_argument("--task", choices=TASKS, default=DEMO.task,
+                   help="the science task (default: %(default)s; the others: the same "
+                        "protocol on crystals or MOFs)")
     p.add_argument("--limit", type=int, default=DEMO.limit,
-                   help="QM9 molecules (default: %(default)s)")
+                   help="samples of the task's source, 0 for all (default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEMO.seed)
     p.add_argument("--out", default=DEMO.out, help="output folder (default: %(default)s)")
     p.add_argument("--solvers", default=",".join(DEMO.solvers),

@@ -1,4 +1,5 @@
-"""The main job: one polarity scientist trained with each named solver set, side by side.
+"""The main job: one scientist (polarity by default) trained with each named solver set, side
+by side.
 
 The same expressive DEQ (the implicit-layers tutorial's ResNet cell by
 default), data, seed and time per run, trained once per solver set of
@@ -35,8 +36,13 @@ from .atomic import write_json
 DEFAULT_SOLVERS = ("picard", "anderson", "anderson-gmres")
 
 
+#: What a task's samples are called in the report.
+SAMPLES = {"polarity": "molecules", "crystals": "crystals", "mof-pore": "MOFs"}
+
+
 @dataclass
 class DemoConfig:
+    task: str = "polarity"
     limit: int = 2000
     seed: int = 0
     # The same epochs for every set, not the same seconds: a time budget gave 5 epochs
@@ -93,17 +99,17 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
     from .train.plots import plot_comparison
 
     if data is None:
-        data = load_task("polarity", limit=cfg.limit or None, seed=cfg.seed,
+        data = load_task(cfg.task, limit=cfg.limit or None, seed=cfg.seed,
                          cache_dir=cfg.cache_dir, progress=cfg.progress)
     out = Path(cfg.out)
     sets = [solver_sets.get(name) for name in cfg.solvers]
-    train_cfg = TrainConfig(task="polarity", epochs=cfg.epochs, batch_size=cfg.batch_size,
+    train_cfg = TrainConfig(task=cfg.task, epochs=cfg.epochs, batch_size=cfg.batch_size,
                             lr=cfg.lr, seed=cfg.seed, width=cfg.width, cell=cfg.cell,
                             gamma=cfg.gamma, jac_reg=cfg.jac_reg, limit=cfg.limit,
                             spectral_reg=cfg.spectral_reg, spectral_target=cfg.spectral_target,
                             spectral_steps=cfg.spectral_steps,
                             device=cfg.device, **cfg.extra)
-    summary = {"task": "polarity", "target_accuracy": cfg.target_accuracy,
+    summary = {"task": cfg.task, "target_accuracy": cfg.target_accuracy,
                "config": asdict(cfg), "solvers": {}}
     histories, shared_model, best_rho = {}, None, float("inf")
     test_images = data.images[data.indices("test")]
@@ -138,7 +144,7 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
         summary["baseline"] = _baseline(cfg, data, log)
     if PETSc.COMM_WORLD.getRank() == 0:
         plot_comparison(histories, out / "comparison.png",
-                        title=f"polarity DEQ ({cfg.cell} cell, width {cfg.width}): training "
+                        title=f"{cfg.task} DEQ ({cfg.cell} cell, width {cfg.width}): training "
                               f"with each solver set (rtol {cfg.train_rtol:g}, max "
                               f"{cfg.train_max_it} its)")
         write_json(out / "summary.json", summary)
@@ -266,7 +272,7 @@ def _shared_model_solves(cfg, sets, checkpoint, images, out) -> dict:
         model.destroy()
     if PETSc.COMM_WORLD.getRank() == 0:
         plot_residuals(runs, out / "residuals.png",
-                       title=f"one batch of {len(images)} test molecules through the "
+                       title=f"one batch of {len(images)} test {SAMPLES[cfg.task]} through the "
                              f"{checkpoint.parent.name} model, to rtol {cfg.inference_rtol:g}")
     return {"model": checkpoint.parent.name, "batch": len(images),
             "rtol": cfg.inference_rtol,
@@ -302,7 +308,8 @@ def format_summary(summary: dict) -> str:
                      f"f evals, {bound}{base['seconds'] / s['seconds']:.1f}x time)")
         parts.append(f"  {name}: {s['reason']} after {s['iterations']} its, "
                      f"{s['function_evals']} f evals, {s['seconds']:.3f} s{ratio}")
-    lines.append(f"one batch of {shared['batch']} test molecules through the {shared['model']} "
+    samples = SAMPLES.get(summary["task"], "samples")
+    lines.append(f"one batch of {shared['batch']} test {samples} through the {shared['model']} "
                  f"model, to rtol {shared['rtol']:g}:")
     lines += parts
     if summary.get("baseline"):
@@ -319,7 +326,7 @@ def format_summary(summary: dict) -> str:
                                     f"({r['speedup_to_reference']:.1f}x)")
                          for n, r in rows.items()))
     first = next(iter(rows.values()))
-    lines.append(f"test accuracies are measured on {first['test_samples']} molecules: standard "
+    lines.append(f"test accuracies are measured on {first['test_samples']} {samples}: standard "
                  f"error about {first['test_accuracy_stderr']:.3f}, so smaller differences "
                  f"between sets are noise")
     lines.append(f"majority-class baseline {next(iter(rows.values()))['majority_baseline']:.3f}; "

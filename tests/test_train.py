@@ -244,3 +244,17 @@ def test_an_accuracy_comes_with_its_standard_error():
     r = classification_report(cm, ["a", "b"])
     assert r["accuracy"] == 0.65
     assert r["accuracy_stderr"] == pytest.approx((0.65 * 0.35 / 200) ** 0.5)   # 0.0337
+
+
+def test_the_demo_runs_the_same_protocol_on_crystals(cache_dir, tmp_path):
+    from deq_petsc.data.tasks import default_crystals_csv
+    if default_crystals_csv() is None:
+        pytest.skip("shared/data/mp_crystals_bandgap.csv.gz not beside the project")
+    out = tmp_path / "demo"
+    r = run_cli("demo", "--quick", "--task", "crystals", "--out", out, "--cache-dir", cache_dir,
+                "--no-progress", "--no-baseline", "--solvers", "anderson")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "training the crystals DEQ" in r.stdout and "test crystals through" in r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "crystals" and set(summary["solvers"]) == {"anderson"}
+    assert 0 < summary["solvers"]["anderson"]["test_samples"] <= 10     # of 100 crystals
