@@ -40,8 +40,9 @@ def _data_arguments(p, required_task=True, limit_default=None):
 
 
 def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0,
-                        spectral_reg=0.0, spectral_target=0.9, spectral_steps=4):
-    p.add_argument("--epochs", type=int, default=epochs, help="(default: %(default)s)")
+                        spectral_reg=0.0, spectral_target=0.9, spectral_steps=4,
+                        epochs_help="(default: %(default)s)"):
+    p.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
     p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam's step size (default: %(default)s)")
     p.add_argument("--width", type=int, default=width,
@@ -75,7 +76,7 @@ def _device_argument(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .demo import DemoConfig       # PETSc-free: its defaults are the demo's flags'
+    from .demo import TASK_EPOCHS, DemoConfig   # PETSc-free: its defaults are the demo's flags
     DEMO = DemoConfig()
     parser = argparse.ArgumentParser(
         prog="deq-petsc", allow_abbrev=False, add_help=False,
@@ -119,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="a tiny run (100 molecules, 1 epoch, width 4) that checks everything works")
     p.add_argument("--cache-dir")
-    _training_arguments(p, epochs=DEMO.epochs, width=DEMO.width, cell=DEMO.cell,
+    _training_arguments(p, epochs=None, epochs_help="per solver set (default: "
+                        + ", ".join(f"{t} {n}" for t, n in TASK_EPOCHS.items()) + ")",
+                        width=DEMO.width, cell=DEMO.cell,
                         jac_reg=DEMO.jac_reg, spectral_reg=DEMO.spectral_reg,
                         spectral_target=DEMO.spectral_target,
                         spectral_steps=DEMO.spectral_steps)

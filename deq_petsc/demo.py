@@ -36,6 +36,11 @@ from .atomic import write_json
 DEFAULT_SOLVERS = ("picard", "anderson", "anderson-gmres")
 
 
+#: Epochs per solver set by default: polarity's 32 x 32 images take 20-45 s an epoch on
+#: 2 cores, the periodic tasks' 16 x 16 ones 5-15 s, and 3 epochs left the MOF models
+#: barely trained (docs/solvers.md).
+TASK_EPOCHS = {"polarity": 3, "crystals": 12, "mof-pore": 12}
+
 #: What a task's samples are called in the report.
 SAMPLES = {"polarity": "molecules", "crystals": "crystals", "mof-pore": "MOFs"}
 
@@ -47,8 +52,8 @@ class DemoConfig:
     seed: int = 0
     # The same epochs for every set, not the same seconds: a time budget gave 5 epochs
     # on one 2-core machine and 2-3 on a slower one, and the comparison with it
-    # (docs/solvers.md); time to the target is measured either way
-    epochs: int = 3
+    # (docs/solvers.md); time to the target is measured either way. None: TASK_EPOCHS
+    epochs: int | None = None
     batch_size: int = 64
     lr: float = 3e-3
     width: int = 16
@@ -74,6 +79,10 @@ class DemoConfig:
     device: str = "cpu"
     baseline: bool = True             # gradient boosting on descriptors, same split
     extra: dict = field(default_factory=dict)   # more TrainConfig fields
+
+    def __post_init__(self):
+        if self.epochs is None:
+            self.epochs = TASK_EPOCHS[self.task]
 
 
 def prefix_of(name: str) -> str:

@@ -258,3 +258,10 @@ def test_the_demo_runs_the_same_protocol_on_crystals(cache_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "crystals" and set(summary["solvers"]) == {"anderson"}
     assert 0 < summary["solvers"]["anderson"]["test_samples"] <= 10     # of 100 crystals
+
+
+def test_the_demo_trains_each_task_for_its_own_default_epochs():
+    from deq_petsc.demo import TASK_EPOCHS, DemoConfig
+    assert DemoConfig().epochs == TASK_EPOCHS["polarity"] == 3
+    assert DemoConfig(task="mof-pore").epochs == 12
+    assert DemoConfig(task="crystals", epochs=2).epochs == 2        # the user's wins
