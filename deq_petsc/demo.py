@@ -2,7 +2,7 @@
 by side.
 
 The same expressive DEQ (the implicit-layers tutorial's ResNet cell by
-default), data, seed and time per run, trained once per solver set of
+default), data, seed and epochs per run, trained once per solver set of
 :mod:`deq_petsc.solver_sets` (each under its own options prefix, the set's
 options as defaults that the command line overrides), at the paper's training
 tolerances (rtol 1e-2, at most 25 iterations forward and backward; a solve at
@@ -178,8 +178,9 @@ def _baseline(cfg, data, log) -> dict:
 
 
 def _time_to_reference(rows: dict, histories: dict) -> dict | None:
-    """The issue's speed measure: how soon each set reaches the first set's (Picard's)
-    final validation accuracy, against the time the first set itself took to reach it.
+    """Time to accuracy, the paper's speed measure: how soon each set reaches the first
+    set's (Picard's) final validation accuracy, against the time the first set itself
+    took to reach it.
 
     Adds ``seconds_to_reference`` and ``speedup_to_reference`` (reference seconds /
     this set's; null where a set never reached it) to every row.
