@@ -189,20 +189,22 @@ def _time_to_reference(rows: dict, histories: dict) -> dict | None:
         return None
     name, first = next(iter(histories.items()))
     accuracy = first[-1]["val_acc"]
-    def first_time(history):
-        times = [h["elapsed"] for h in history if h["val_acc"] >= accuracy]
-        return times[0] if times else None
-    seconds = first_time(first)
+    seconds = _seconds_to(first, accuracy)
     for set_name, history in histories.items():
-        t = first_time(history)
+        t = _seconds_to(history, accuracy)
         rows[set_name]["seconds_to_reference"] = t
         rows[set_name]["speedup_to_reference"] = (seconds / t) if t else None
     return {"solver": name, "val_accuracy": accuracy, "seconds": seconds}
 
 
+def _seconds_to(history, accuracy: float) -> float | None:
+    """Training seconds at the end of the first epoch whose validation accuracy reached
+    ``accuracy`` (None: never)."""
+    return next((h["elapsed"] for h in history if h["val_acc"] >= accuracy), None)
+
+
 def _row(cfg, sset, history, report, rho, inference) -> dict:
     batches = sum(h["batches"] for h in history)
-    reached = [h["elapsed"] for h in history if h["val_acc"] >= cfg.target_accuracy]
     def mean(key):
         return sum(h[key] for h in history) / len(history)
     return {
@@ -214,7 +216,7 @@ def _row(cfg, sset, history, report, rho, inference) -> dict:
         "majority_baseline": report["majority_baseline"],
         "train_seconds": history[-1]["elapsed"],
         "epochs": len(history),
-        "seconds_to_target": reached[0] if reached else None,
+        "seconds_to_target": _seconds_to(history, cfg.target_accuracy),
         "final_val_accuracy": history[-1]["val_acc"],
         "forward_converged_fraction": 1 - sum(h["inexact_forward"] for h in history) / batches,
         "adjoint_converged_fraction": 1 - sum(h["inexact_adjoint"] for h in history) / batches,
@@ -339,7 +341,7 @@ def format_summary(summary: dict) -> str:
     lines.append(f"test accuracies are measured on {first['test_samples']} {samples}: standard "
                  f"error about {first['test_accuracy_stderr']:.3f}, so smaller differences "
                  f"between sets are noise")
-    lines.append(f"majority-class baseline {next(iter(rows.values()))['majority_baseline']:.3f}; "
+    lines.append(f"majority-class baseline {first['majority_baseline']:.3f}; "
                  f"'to {summary['target_accuracy']}': training seconds until validation "
                  f"accuracy first reached it; 'inf f/b': f evaluations per test batch to rtol "
                  f"{summary['config']['inference_rtol']:g}")
