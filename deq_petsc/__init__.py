@@ -27,6 +27,8 @@ _EXPORTS = {
     "LayerStats": "deq_petsc.layer",
     "AdjointSolver": "deq_petsc.adjoint",
     "AdjointStats": "deq_petsc.adjoint",
+    "KSPStats": "deq_petsc.adjoint",
+    "SolveOutcome": "deq_petsc.outcome",
     "spectral_radius": "deq_petsc.diagnostics",
     "DEQSolver": "deq_petsc.solver",
     "SolveStats": "deq_petsc.solver",

@@ -22,7 +22,7 @@ same memory at any number of forward iterations. The solve is pluggable
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 from petsc4py import PETSc
@@ -32,6 +32,7 @@ from .errors import DEQConvergenceError
 from .interop import TensorLayout, layout_changed
 from .operators import ResidualJacobian, create_residual_jacobian
 from .options_spec import ADJOINT as ADJOINT_OPTIONS
+from .outcome import SolveOutcome
 from .petsc_options import (check_positive_ints, inserted_defaults, ksp_reason_name,
                             options_checked)
 from .problem import FixedPointProblem, Linearization
@@ -45,6 +46,22 @@ _ADJOINT_EVENT = PETSc.Log.Event("DEQAdjoint")
 #: less peak memory (Krylov vectors are state-sized).
 DEFAULT_KSP_OPTIONS = {"ksp_type": "gmres", "ksp_gmres_restart": 10, "ksp_rtol": 1e-8,
                        "ksp_max_it": 200}
+
+#: The reason of a backward with a fixed number of steps and no test (JFB, phantom
+#: gradient): what KSPPREONLY and KSPConvergedSkip report, so ``converged`` holds.
+FIXED_STEPS = int(PETSc.KSP.ConvergedReason.CONVERGED_ITS)
+
+
+@dataclass
+class KSPStats(SolveOutcome):
+    """How one :class:`ImplicitKSP` solve ended (``method`` ``ksp/<type>``) and the
+    Jacobian products it cost: VJPs for an adjoint, JVPs for a tangent."""
+
+    jvp_count: int = 0
+    vjp_count: int = 0
+
+    def _cost_summary(self) -> str:
+        return f", {self.jvp_count} JVPs, {self.vjp_count} VJPs"
 
 
 class ImplicitKSP:
@@ -88,8 +105,9 @@ class ImplicitKSP:
         self.ksp.setConvergenceHistory(length=int(self.ksp.getTolerances()[3]) + 1)
         self._layout = layout
 
-    def solve(self, problem: FixedPointProblem, z_star: torch.Tensor, rhs: torch.Tensor):
-        """``(solution, reason, iterations, residual history, products)``."""
+    def solve(self, problem: FixedPointProblem, z_star: torch.Tensor,
+              rhs: torch.Tensor) -> tuple[torch.Tensor, KSPStats]:
+        """``(solution, stats)``; the caller decides whether an unconverged solve is used."""
         layout = TensorLayout.like(rhs)
         self._setup(layout, problem)
         ctx = self._ctx
@@ -100,6 +118,7 @@ class ImplicitKSP:
         sol = rhs.detach().clone(memory_format=torch.contiguous_format)
         b = layout.create_vec(rhs.detach().contiguous(), comm=self.comm)
         x = layout.create_vec(sol, comm=self.comm)   # zero-copy: the KSP writes into sol
+        start = time.perf_counter()
         try:
             try:
                 self.ksp.solve(b, x)
@@ -112,9 +131,12 @@ class ImplicitKSP:
         finally:
             b.destroy()
             x.destroy()
-        history = [float(r) for r in self.ksp.getConvergenceHistory()]
-        return (sol, int(self.ksp.getConvergedReason()), int(self.ksp.getIterationNumber()),
-                history, ctx.vjp_count if self.transpose else ctx.jvp_count)
+        elapsed = time.perf_counter() - start
+        reason = int(self.ksp.getConvergedReason())
+        return sol, KSPStats(f"ksp/{self.ksp.getType()}", reason, ksp_reason_name(reason),
+                             int(self.ksp.getIterationNumber()),
+                             [float(r) for r in self.ksp.getConvergenceHistory()], elapsed,
+                             jvp_count=ctx.jvp_count, vjp_count=ctx.vjp_count)
 
     def _destroy_operators(self):
         for mat in reversed(self._mats):
@@ -128,25 +150,17 @@ class ImplicitKSP:
 
 
 @dataclass
-class AdjointStats:
-    """What one backward solve cost and how it ended."""
+class AdjointStats(SolveOutcome):
+    """What one backward solve cost and how it ended. ``method``: ``ksp/<type>``,
+    ``snes/<type>`` (``reason`` is that KSP's or SNES's), ``jfb`` or ``phantom``
+    (``reason`` :data:`FIXED_STEPS`, ``reason_name`` says which)."""
 
-    method: str
-    converged: bool
-    reason_name: str
-    iterations: int
-    vjp_count: int
-    residual_norms: list[float] = field(default_factory=list)
-    time: float = 0.0
+    vjp_count: int = 0
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    KIND = "adjoint "
 
-    def summary(self) -> str:
-        res = (f"; ||r|| {self.residual_norms[0]:.3e} -> {self.residual_norms[-1]:.3e}"
-               if self.residual_norms else "")
-        return (f"adjoint {self.method}: {self.reason_name} after {self.iterations} its, "
-                f"{self.vjp_count} VJPs{res} in {self.time:.4f} s")
+    def _cost_summary(self) -> str:
+        return f", {self.vjp_count} VJPs"
 
 
 class AdjointSolver:
@@ -185,7 +199,7 @@ class AdjointSolver:
         start = time.perf_counter()
         try:
             if self.method == "jfb":
-                u, stats = g.clone(), AdjointStats("jfb", True, "JACOBIAN_FREE", 0, 0)
+                u, stats = g.clone(), AdjointStats("jfb", FIXED_STEPS, "JACOBIAN_FREE", 0)
             elif self.method == "ksp":      # the Mat context holds its own linearization
                 u, stats = self._ksp_solve(problem, z_star, g)
             elif self.method == "phantom":
@@ -202,16 +216,14 @@ class AdjointSolver:
                     f"loosen -{self.prefix}ksp_rtol" if self.method == "ksp" else
                     f"use -{self.prefix}deq_method ksp (GMRES needs no contraction), or raise "
                     f"-{self.prefix}snes_max_it")
-            raise DEQConvergenceError(
+            raise DEQConvergenceError.of(
                 f"adjoint solve ({stats.method}) did not converge: {stats.reason_name} after "
                 f"{stats.iterations} iterations"
-                + (f", ||r|| {stats.residual_norms[0]:.3e} -> {stats.residual_norms[-1]:.3e}"
+                + (f", ||r|| {stats.initial_residual:.3e} -> {stats.final_residual:.3e}"
                    if stats.residual_norms else "")
                 + f"; the gradient would be wrong. {hint}. If it persists, estimate the "
                 f"spectral radius of J_f at z* (DEQ.spectral_radius()): near or above 1 the "
-                f"adjoint system is (nearly) singular",
-                reason_name=stats.reason_name, iterations=stats.iterations,
-                history=stats.residual_norms, stats=stats)
+                f"adjoint system is (nearly) singular", stats)
         return u, stats
 
     def _phantom(self, lin: Linearization, g: torch.Tensor):
@@ -219,8 +231,8 @@ class AdjointSolver:
         u = torch.zeros_like(g)
         for _ in range(self.phantom_steps):
             u = lam * (lin.vjp(u) + g) + (1 - lam) * u
-        return u, AdjointStats("phantom", True, f"UNROLLED_{self.phantom_steps}",
-                               self.phantom_steps, lin.vjp_count)
+        return u, AdjointStats("phantom", FIXED_STEPS, f"UNROLLED_{self.phantom_steps}",
+                               self.phantom_steps, vjp_count=lin.vjp_count)
 
     def _snes(self, lin: Linearization, g: torch.Tensor):
         from .solver import DEQSolver  # the adjoint fixed point is itself a (linear) DEQ
@@ -230,15 +242,14 @@ class AdjointSolver:
                                           options=self.snes_options, check_convergence=False)
         fixed_point = FixedPointProblem(lambda u, rhs: lin.vjp(u) + rhs, g, z0=g)
         u, s = self._snes_solver.solve(fixed_point)
-        return u, AdjointStats(f"snes/{s.snes_type}", s.converged, s.reason_name, s.iterations,
-                               lin.vjp_count, s.residual_norms)
+        return u, AdjointStats.from_outcome(s, method=f"snes/{s.method}",
+                                            vjp_count=lin.vjp_count)
 
     def _ksp_solve(self, problem: FixedPointProblem, z_star: torch.Tensor, g: torch.Tensor):
         if self._ksp is None:
             self._ksp = ImplicitKSP(self.prefix, self.comm, self.ksp_defaults, transpose=True)
-        u, reason, its, history, vjps = self._ksp.solve(problem, z_star, g)
-        return u, AdjointStats(f"ksp/{self._ksp.ksp.getType()}", reason > 0,
-                               ksp_reason_name(reason), its, vjps, history)
+        u, stats = self._ksp.solve(problem, z_star, g)
+        return u, AdjointStats.from_outcome(stats, vjp_count=stats.vjp_count)
 
     # -- lifetime -------------------------------------------------------------------
     def destroy(self):

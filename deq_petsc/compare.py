@@ -24,7 +24,7 @@ from petsc4py import PETSc
 
 from .errors import DEQError
 from .problem import FixedPointProblem
-from .solver import DEQSolver
+from .solver import DEQSolver, SolveStats
 from .solver_sets import forward_solvers, parse_options
 
 #: Used when no set is given: the forward solvers of the named sets
@@ -104,6 +104,18 @@ class SolveRun:
     unused_options: list = field(default_factory=list)
     error: str = ""
 
+    @classmethod
+    def from_stats(cls, oset: OptionSet, stats: SolveStats, times=()) -> "SolveRun":
+        """The row of a set whose solve ended with ``stats``; ``times``: seconds from the
+        start at each monitored iterate."""
+        return cls(oset.name, oset.text, converged=stats.converged, reason=stats.reason_name,
+                   iterations=stats.iterations, function_evals=stats.function_evals,
+                   jvps=stats.jvp_count, linear_iterations=stats.linear_iterations,
+                   time=stats.time, final_residual=stats.final_residual,
+                   relative_residual=stats.relative_residual,
+                   residuals=list(stats.residual_norms),
+                   times=list(times)[:len(stats.residual_norms)])
+
     def row(self) -> dict:
         d = asdict(self)
         for key in ("residuals", "times"):
@@ -133,7 +145,6 @@ def compare_solves(problem: FixedPointProblem, option_sets, comm=None,
 
 
 def _solve_one(problem, oset: OptionSet, prefix: str, comm, defaults) -> SolveRun:
-    run = SolveRun(oset.name, oset.text)
     with prefixed_options(prefix, oset.options) as unused:
         solver = None
         try:
@@ -143,16 +154,10 @@ def _solve_one(problem, oset: OptionSet, prefix: str, comm, defaults) -> SolveRu
             solver.snes.setMonitor(lambda snes, its, norm: stamps.append(time.perf_counter()))
             start = time.perf_counter()
             _, stats = solver.solve(problem)
-            run.converged, run.reason = stats.converged, stats.reason_name
-            run.iterations, run.function_evals = stats.iterations, stats.function_evals
-            run.jvps, run.linear_iterations = stats.jvp_count, stats.linear_iterations
-            run.time = stats.time
-            run.final_residual, run.relative_residual = (stats.final_residual,
-                                                         stats.relative_residual)
-            run.residuals = list(stats.residual_norms)
-            run.times = [t - start for t in stamps][:len(run.residuals)]
+            run = SolveRun.from_stats(oset, stats, [t - start for t in stamps])
         except (PETSc.Error, DEQError, ValueError) as err:
-            run.reason, run.error = "ERROR", describe_error(err, oset)
+            run = SolveRun(oset.name, oset.text, reason="ERROR",
+                           error=describe_error(err, oset))
         finally:
             if solver is not None:
                 solver.destroy()

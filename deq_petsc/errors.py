@@ -28,6 +28,16 @@ class DEQConvergenceError(DEQError):
         self.history = list(history) if history is not None else []
         self.stats = stats
 
+    @classmethod
+    def of(cls, message, outcome, history=None):
+        """The error for a failed solve's statistics (a
+        :class:`~deq_petsc.outcome.SolveOutcome`): its reason, iterations and residual
+        history (or ``history``) ride along."""
+        return cls(message, reason=outcome.reason, reason_name=outcome.reason_name,
+                   iterations=outcome.iterations,
+                   history=outcome.residual_norms if history is None else history,
+                   stats=outcome)
+
 
 class DEQNonFiniteError(DEQConvergenceError):
     """The cell produced NaN or Inf: a bug or an overflow, not slow convergence."""

@@ -27,14 +27,14 @@ from .convergence import solve_accepted
 from .diagnostics import spectral_radius
 from .errors import DEQConvergenceError
 from .options_spec import LAYER as LAYER_OPTIONS
-from .petsc_options import ksp_reason_name
 from .problem import FixedPointProblem
 from .solver import DEQSolver, SolveStats
 
 
 @dataclass
 class LayerStats:
-    """Statistics of the layer's last forward solve and of the backward that followed it."""
+    """Statistics of the layer's last forward solve and of the backward that followed it:
+    a pair of :class:`~deq_petsc.outcome.SolveOutcome` members."""
 
     forward: SolveStats | None = None
     backward: AdjointStats | None = None
@@ -159,15 +159,13 @@ class DEQ(nn.Module):
         if self._tangent is None:
             self._tangent = ImplicitKSP(self.prefix + "tangent_", self.solver.comm,
                                         self.adjoint.ksp_defaults, transpose=False)
-        accept = self.adjoint.accept_max_it
-        dz, reason, its, history, _ = self._tangent.solve(problem, z_star, rhs)
-        if not solve_accepted(reason > 0, ksp_reason_name(reason), accept,
+        dz, stats = self._tangent.solve(problem, z_star, rhs)
+        if not solve_accepted(stats.converged, stats.reason_name, self.adjoint.accept_max_it,
                               bool(torch.isfinite(dz).all())):
-            raise DEQConvergenceError(
-                f"tangent solve (I - J_f) dz = r did not converge: {ksp_reason_name(reason)} "
-                f"after {its} iterations; raise -{self.prefix}tangent_ksp_max_it or loosen "
-                f"-{self.prefix}tangent_ksp_rtol", reason=reason,
-                reason_name=ksp_reason_name(reason), iterations=its, history=history)
+            raise DEQConvergenceError.of(
+                f"tangent solve (I - J_f) dz = r did not converge: {stats.reason_name} "
+                f"after {stats.iterations} iterations; raise -{self.prefix}tangent_ksp_max_it "
+                f"or loosen -{self.prefix}tangent_ksp_rtol", stats)
         return dz
 
     def jacobian_penalty(self, samples: int = 1,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 from petsc4py import PETSc
@@ -32,6 +32,7 @@ from .errors import DEQConvergenceError, DEQError, DEQNonFiniteError
 from .interop import TensorLayout, layout_changed, vec_local_view
 from .operators import ResidualJacobian, create_residual_jacobian
 from .options_spec import SOLVER as SOLVER_OPTIONS
+from .outcome import SolveOutcome
 from .petsc_options import (check_positive_ints, inserted_defaults, ksp_reason_name,
                             options_checked, petsc_message, snes_reason_name)
 from .problem import FixedPointProblem
@@ -50,56 +51,33 @@ DEFAULT_OPTIONS = {
 
 
 @dataclass
-class SolveStats:
-    """What one forward solve cost and how it ended (TorchDEQ's ``SolverStat`` in spirit)."""
+class SolveStats(SolveOutcome):
+    """What one forward solve cost and how it ended; ``method`` is the SNES type."""
 
-    snes_type: str
-    reason: int
-    reason_name: str
-    iterations: int
-    function_evals: int
+    function_evals: int = 0
     jvp_count: int = 0
     vjp_count: int = 0
     linear_iterations: int = 0
-    residual_norms: list[float] = field(default_factory=list)
-    time: float = 0.0
     nonfinite_evals: int = 0
 
-    @property
-    def converged(self) -> bool:
-        return self.reason > 0
+    RESIDUAL = "||F||"
+    DERIVED = SolveOutcome.DERIVED + ("snes_type",)
 
     @property
-    def initial_residual(self) -> float:
-        return self.residual_norms[0] if self.residual_norms else math.nan
-
-    @property
-    def final_residual(self) -> float:
-        return self.residual_norms[-1] if self.residual_norms else math.nan
-
-    @property
-    def relative_residual(self) -> float:
-        r0 = self.initial_residual
-        return self.final_residual / r0 if r0 and math.isfinite(r0) else math.nan
+    def snes_type(self) -> str:
+        """The SNES type: ``method`` under its forward-solve name."""
+        return self.method
 
     @property
     def time_per_function_eval(self) -> float:
         return self.time / self.function_evals if self.function_evals else math.nan
 
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d.update(converged=self.converged, relative_residual=self.relative_residual)
-        return d
-
-    def summary(self) -> str:
+    def _cost_summary(self) -> str:
         extra = ""
         if self.jvp_count or self.vjp_count or self.linear_iterations:
             extra = (f", {self.linear_iterations} linear its, {self.jvp_count} JVPs, "
                      f"{self.vjp_count} VJPs")
-        return (f"{self.snes_type}: {self.reason_name} after {self.iterations} its, "
-                f"{self.function_evals} f evals{extra}; ||F|| {self.initial_residual:.3e} -> "
-                f"{self.final_residual:.3e} (rel {self.relative_residual:.2e}) in "
-                f"{self.time:.4f} s")
+        return f", {self.function_evals} f evals{extra}"
 
 
 class _SNESContext:
@@ -287,7 +265,7 @@ class DEQSolver:
         norms, _ = snes.getConvergenceHistory()
         reason = int(snes.getConvergedReason())
         return SolveStats(
-            snes_type=snes.getType(),
+            method=snes.getType(),
             reason=reason,
             reason_name=snes_reason_name(reason),
             iterations=int(snes.getIterationNumber()),
@@ -308,13 +286,11 @@ class DEQSolver:
             where = (f"first at f evaluation {ctx.first_nonfinite_eval} of "
                      f"{stats.function_evals}" if ctx.first_nonfinite_eval else
                      "in the residual norm")
-            raise DEQNonFiniteError(
+            raise DEQNonFiniteError.of(
                 f"the fixed-point solve produced NaN/Inf ({where}); SNES reason "
                 f"{stats.reason_name} after {stats.iterations} iterations. The cell f(z, x) "
                 f"returned non-finite values: check its inputs and weights, or use a more "
-                f"damped solver (e.g. -snes_anderson_beta 0.5)",
-                reason=stats.reason, reason_name=stats.reason_name,
-                iterations=stats.iterations, history=stats.residual_norms, stats=stats)
+                f"damped solver (e.g. -snes_anderson_beta 0.5)", stats)
         if solve_accepted(stats.converged, stats.reason_name, self.accept_max_it,
                           math.isfinite(stats.final_residual)):
             return
@@ -329,12 +305,10 @@ class DEQSolver:
                              "(estimate the spectral radius of J_f)",
             "DIVERGED_LINE_SEARCH": "try -snes_linesearch_type basic or a damped Anderson",
         }.get(stats.reason_name, "see -snes_monitor and -snes_converged_reason")
-        raise DEQConvergenceError(
+        raise DEQConvergenceError.of(
             f"fixed-point solve did not converge: {stats.reason_name}{detail} after "
             f"{stats.iterations} iterations ({stats.function_evals} f evals), ||F|| "
-            f"{stats.initial_residual:.3e} -> {stats.final_residual:.3e}; {hint}",
-            reason=stats.reason, reason_name=stats.reason_name, iterations=stats.iterations,
-            history=stats.residual_norms, stats=stats)
+            f"{stats.initial_residual:.3e} -> {stats.final_residual:.3e}; {hint}", stats)
 
     # -- lifetime -------------------------------------------------------------------
     def _destroy_vectors(self):

@@ -76,17 +76,13 @@ class TorchDEQSolver:
             ) from None
         self.last_stats = stats
         if stats.nonfinite_evals:
-            raise DEQNonFiniteError(
+            raise DEQNonFiniteError.of(
                 f"TorchDEQ solve ({stats.snes_type}): f(z) produced NaN/Inf at evaluation "
-                f"{solver._ctx.first_nonfinite_eval}", reason=stats.reason,
-                reason_name=stats.reason_name, iterations=stats.iterations,
-                history=stats.residual_norms, stats=stats)
+                f"{solver._ctx.first_nonfinite_eval}", stats)
         if not stats.converged and stats.reason_name != "DIVERGED_MAX_IT":
-            raise DEQConvergenceError(
+            raise DEQConvergenceError.of(
                 f"TorchDEQ solve ({stats.snes_type}) diverged: {stats.reason_name} after "
-                f"{stats.iterations} iterations", reason=stats.reason,
-                reason_name=stats.reason_name, iterations=stats.iterations,
-                history=stats.residual_norms, stats=stats)
+                f"{stats.iterations} iterations", stats)
         info = SolverStat.from_solver_info(stop_mode, *_torchdeq_traces(test, max_iter, x0))
         trajectory = [test.kept[s].view(x0.shape).to(device=x0.device, dtype=x0.dtype)
                       for s in keep if s in test.kept]

@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from petsc4py import PETSc
@@ -38,6 +38,7 @@ from ..convergence import solve_accepted
 from ..errors import DEQConvergenceError, DEQOptionsError
 from ..interop import TensorLayout
 from ..options_spec import TAO_TRAINER as TAO_TRAINER_OPTIONS
+from ..outcome import SolveOutcome
 from ..petsc_options import inserted_defaults, options_checked, tao_reason_name
 from .curvature import HESSIANS, OutputJacobian, ParameterSlices
 from .distributed import DataParallel
@@ -267,17 +268,27 @@ class TrainingProblem:
 
 
 @dataclass
-class TaoResult:
-    """How one TAO training solve ended."""
+class TaoResult(SolveOutcome):
+    """How one TAO training solve ended: ``method`` is the TAO type, ``residual_norms``
+    the gradient norm at each monitored iterate, ``time`` the seconds of ``TAO.solve``."""
 
-    tao_type: str
-    reason: int
-    reason_name: str
-    iterations: int
-    objective: float
-    gradient_norm: float
-    counts: dict
-    history: list          # (iteration, objective, gradient norm, seconds) per monitor call
+    objective: float = math.nan
+    gradient_norm: float = math.nan
+    counts: dict = field(default_factory=dict)     # callback name -> calls
+    history: list = field(default_factory=list)    # (its, objective, |g|, seconds) per monitor
+
+    RESIDUAL = "||g||"
+    KIND = "TAO "
+    DERIVED = SolveOutcome.DERIVED + ("tao_type",)
+
+    @property
+    def tao_type(self) -> str:
+        """The TAO type: ``method`` under its training name."""
+        return self.method
+
+    def _cost_summary(self) -> str:
+        calls = ", ".join(f"{n} {name}" for name, n in self.counts.items() if n)
+        return f", objective {self.objective:.6g}" + (f" ({calls})" if calls else "")
 
 
 @contextmanager
@@ -372,6 +383,7 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
                 inserted_defaults("", _newton_ksp_defaults(tao)), \
                 options_checked(tao, "the TAO trainer"):
             tao.setFromOptions()
+        start = time.perf_counter()
         try:
             with _quiet_unless_root(dp):
                 tao.solve()
@@ -379,11 +391,14 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
             if problem.error is not None:
                 raise problem.error from None
             raise
+        elapsed = time.perf_counter() - start
         params.bind(params.vec)        # the solution (the last evaluation may be a trial)
         its, f, gnorm, *_ = tao.getSolutionStatus()
         reason = int(tao.getConvergedReason())
-        result = TaoResult(tao.getType(), reason, tao_reason_name(reason), int(its), float(f),
-                           float(gnorm), dict(problem.counts), problem.history)
+        result = TaoResult(tao.getType(), reason, tao_reason_name(reason), int(its),
+                           [h[2] for h in problem.history], elapsed, objective=float(f),
+                           gradient_norm=float(gnorm), counts=dict(problem.counts),
+                           history=problem.history)
     finally:
         params.release()
         tao.destroy()
@@ -393,12 +408,11 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
     finite = math.isfinite(result.objective)
     if not (accept_failure or solve_accepted(result.reason >= 0, result.reason_name,
                                              accept_max_it, finite)):
-        raise DEQConvergenceError(
+        raise DEQConvergenceError.of(
             f"TAO {result.tao_type} did not converge: {result.reason_name} after "
             f"{result.iterations} iterations (objective {result.objective:.6g}, gradient norm "
             f"{result.gradient_norm:.3e}); {objective_hint(result.reason_name, prefix)}",
-            reason=result.reason, reason_name=result.reason_name, iterations=result.iterations,
-            history=[h[1] for h in result.history], stats=result)
+            result, history=[h[1] for h in result.history])
     return result
 
 
