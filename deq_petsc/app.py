@@ -257,6 +257,7 @@ def run_demo(args) -> int:
                      spectral_steps=args.spectral_steps, train_rtol=args.rtol,
                      train_max_it=args.max_it, solvers=tuple(args.solvers.split(",")),
                      target_accuracy=args.target_accuracy, time_budget=args.time_budget or None,
+                     inference_max_it=args.inference_max_it,
                      out=args.out, cache_dir=args.cache_dir, progress=not args.no_progress,
                      device=args.device, baseline=not args.no_baseline)
     if args.quick:

@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forward and adjoint iteration cap in training (default: %(default)s)")
     p.add_argument("--target-accuracy", type=float, default=DEMO.target_accuracy,
                    help="validation accuracy whose time to reach is reported (default: 0.70)")
+    p.add_argument("--inference-max-it", type=int, default=DEMO.inference_max_it,
+                   help="iteration cap of the inference solves to rtol "
+                        f"{DEMO.inference_rtol:g} (default: %(default)s; near radius 1 Picard "
+                        "needs more: a capped solve is reported as not converged)")
     p.add_argument("--time-budget", type=float, default=DEMO.time_budget,
                    help="seconds of training per solver set: each stops after the first epoch "
                         "that ends past it (default: none, every set trains --epochs epochs)")
@@ -294,6 +298,7 @@ _RANGES = {
     "gamma": (lambda v: 0 < v < 1, "in (0, 1)"),
     "rtol": (lambda v: 0 < v < 1, "in (0, 1)"),
     "max_it": (lambda v: v >= 1, "at least 1"),
+    "inference_max_it": (lambda v: v >= 1, "at least 1"),
     "time_budget": (lambda v: v >= 0, "non-negative (0: no budget)"),
     "target_accuracy": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "tao_batch": (lambda v: v >= 0, "0 (all) or a positive number of samples"),

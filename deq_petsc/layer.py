@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from petsc4py import PETSc
 from torch import nn
 
 from .adjoint import AdjointSolver, AdjointStats, ImplicitKSP

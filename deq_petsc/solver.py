@@ -59,6 +59,7 @@ class SolveStats(SolveOutcome):
     vjp_count: int = 0
     linear_iterations: int = 0
     nonfinite_evals: int = 0
+    first_nonfinite_eval: int | None = None   # 1-based; None: every f was finite
 
     RESIDUAL = "||F||"
     DERIVED = SolveOutcome.DERIVED + ("snes_type",)
@@ -276,15 +277,15 @@ class DEQSolver:
             residual_norms=[float(r) for r in norms],
             time=elapsed,
             nonfinite_evals=ctx.nonfinite_evals,
+            first_nonfinite_eval=ctx.first_nonfinite_eval,
         )
 
     def _raise_if_failed(self, stats: SolveStats):
-        ctx = self._ctx
         nonfinite_norm = any(not math.isfinite(r) for r in stats.residual_norms)
-        if not stats.converged and (ctx.nonfinite_evals or nonfinite_norm
+        if not stats.converged and (stats.nonfinite_evals or nonfinite_norm
                                     or stats.reason_name == "DIVERGED_FUNCTION_NANORINF"):
-            where = (f"first at f evaluation {ctx.first_nonfinite_eval} of "
-                     f"{stats.function_evals}" if ctx.first_nonfinite_eval else
+            where = (f"first at f evaluation {stats.first_nonfinite_eval} of "
+                     f"{stats.function_evals}" if stats.first_nonfinite_eval else
                      "in the residual norm")
             raise DEQNonFiniteError.of(
                 f"the fixed-point solve produced NaN/Inf ({where}); SNES reason "

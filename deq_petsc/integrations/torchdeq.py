@@ -78,7 +78,7 @@ class TorchDEQSolver:
         if stats.nonfinite_evals:
             raise DEQNonFiniteError.of(
                 f"TorchDEQ solve ({stats.snes_type}): f(z) produced NaN/Inf at evaluation "
-                f"{solver._ctx.first_nonfinite_eval}", stats)
+                f"{stats.first_nonfinite_eval}", stats)
         if not stats.converged and stats.reason_name != "DIVERGED_MAX_IT":
             raise DEQConvergenceError.of(
                 f"TorchDEQ solve ({stats.snes_type}) diverged: {stats.reason_name} after "
