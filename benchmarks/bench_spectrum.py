@@ -212,9 +212,9 @@ def analyse(checkpoint: str, args, rng) -> dict:
               f"linearised Picard {_n(pic[0])} / GMRES {_n(gm[0])} "
               f"(ideal {_ratio(pic[0], gm[0])})", flush=True)
         for run in nonlinear:
-            pic_cost = run["solves"]["picard"]
+            ref_name, ref = next(iter(run["solves"].items()))
             print(f"    nonlinear, radius {run['radius']:.3f}: " + " | ".join(
-                f"{name} {_cost(r)}" + ("" if name == "picard" else _speedup(pic_cost, r))
+                f"{name} {_cost(r)}" + ("" if name == ref_name else _speedup(ref, r))
                 for name, r in run["solves"].items()), flush=True)
     return {"checkpoint": checkpoint, "task": cfg["task"], "cell": cfg.get("cell"),
             "samples": rows, "eigenvalues_sample0": [[float(e.real), float(e.imag)]
@@ -231,8 +231,8 @@ def _nonlinear(cell, x, z_star, c: float, rho: float, args) -> dict:
         return c * cell(z, x) + (1.0 - c) * z_star
 
     problem = FixedPointProblem(cell if c == 1.0 else g, x)
-    runs = compare_solves(problem, SOLVES, defaults={"snes_rtol": args.rtol,
-                                                     "snes_max_it": args.cap})
+    runs = compare_solves(problem, args.sets, defaults={"snes_rtol": args.rtol,
+                                                        "snes_max_it": args.cap})
     return {"radius": c * rho, "solves": {r.name: {
         "iterations": r.iterations, "f_and_jvps": r.function_evals + r.jvps,
         "converged": r.converged} for r in runs}}
@@ -322,6 +322,8 @@ def main():
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--radii", default="0.5,0.8,0.9,0.95,0.98,0.99,0.995,0.999",
                    help="spectral radii the spectrum is scaled to")
+    p.add_argument("--sets-file", help="nonlinear option sets, one 'name: options' per line "
+                   "(the first is the reference; default: picard, anderson, jfnk, anderson20)")
     p.add_argument("--nonlinear-radii", default="0.95,0.98,0.99",
                    help="radii the nonlinear problem is scaled to (besides its own)")
     p.add_argument("--cap", type=int, default=3000,
@@ -335,6 +337,8 @@ def main():
     p.add_argument("--out", default="runs/spectrum")
     args = p.parse_args()
     args.radii = [float(r) for r in args.radii.split(",")]
+    args.sets = (read_option_sets(Path(args.sets_file).read_text().splitlines())
+                 if args.sets_file else SOLVES)
     args.nonlinear_radii = [float(r) for r in args.nonlinear_radii.split(",") if r.strip()]
     torch.set_num_threads(args.threads)
     out = Path(args.out)
