@@ -31,7 +31,7 @@ def versions() -> str:
 def _load_data(task, limit, seed, cache_dir=None, jobs=None, csv=None, progress=True,
                rebuild=False, split_by=None):
     """The task's data set; under MPI rank 0 builds (or checks) the cache, then all read it."""
-    from .train.distributed import load_task_collectively
+    from .parallel import load_task_collectively
     if limit is not None and limit <= 0:
         limit = None                       # --limit 0: the whole source
     return load_task_collectively(task, limit=limit, seed=seed, cache_dir=cache_dir,
@@ -127,7 +127,7 @@ def _report(report: dict, objective, stats_line: str = "") -> str:
 
 def run_train(args) -> int:
     from .train import TaoTrainer, Trainer
-    from .train.checkpoint import DEQCheckpointError, load_checkpoint
+    from .checkpoint import DEQCheckpointError, load_checkpoint
     from .train.run_folder import RunFolder, resumed_config
 
     out = Path(args.out or f"runs/{args.task}")
@@ -169,7 +169,7 @@ def run_train(args) -> int:
 
 def run_evaluate(args) -> int:
     from .train import evaluate, load_model, objective_of
-    from .train.distributed import DataParallel
+    from .parallel import DataParallel
 
     model, state = load_model(args.checkpoint, comm=PETSc.COMM_WORLD, device=args.device)
     try:
@@ -340,7 +340,7 @@ def _task_problem(args, comm):
     """A batch of a task's test images through a model's injection, and the model's cell."""
     from .problem import FixedPointProblem
     from .train import TrainConfig, load_model
-    from .train.distributed import DataParallel
+    from .parallel import DataParallel
     from .train.loop import build_model, model_dtype
 
     device = torch.device(args.device)

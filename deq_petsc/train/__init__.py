@@ -1,6 +1,6 @@
 """Training graph-image DEQs: torch Adam or PETSc TAO, checkpoints, metrics, plots."""
 
-from .checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
 from .loop import TrainConfig, Trainer, evaluate, load_model, objective_of, predict
 from .tao import TaoTrainer
 

@@ -20,14 +20,14 @@ import torch
 from petsc4py import PETSc
 
 from ..atomic import write_csv, write_json
+from ..checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
 from ..data.graph_image import elements_in
 from ..data.tasks import TaskData
 from ..errors import DEQTrainingError
 from ..models.graph_classifier import ClassifierConfig, GraphImageClassifier
+from ..objectives import Classification, make_objective, shard_loss
+from ..parallel import DataParallel
 from ..progress import progress
-from .checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
-from .distributed import DataParallel
-from .objectives import Classification, make_objective, shard_loss
 from .plots import plot_confusion, plot_curves, plot_parity, plot_reliability
 
 #: Program defaults of the solves when training (the command line wins): DEQ
@@ -139,7 +139,7 @@ class Trainer:
     """Trains one model on one task's data set and keeps its run folder up to date.
 
     ``comm`` (default ``PETSC_COMM_WORLD``): under ``mpiexec`` the ranks train
-    one model data-parallel (:mod:`deq_petsc.train.distributed`); rank 0 logs
+    one model data-parallel (:mod:`deq_petsc.parallel`); rank 0 logs
     and writes the run folder, every rank can resume from it.
     """
 
