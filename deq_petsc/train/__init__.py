@@ -1,7 +1,9 @@
 """Training graph-image DEQs: torch Adam or PETSc TAO, checkpoints, metrics, plots."""
 
 from ..checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
-from .loop import TrainConfig, Trainer, evaluate, load_model, objective_of, predict
+from ..config import TrainConfig
+from ..inference import evaluate, load_model, objective_of, predict
+from .loop import Trainer
 from .tao import TaoTrainer
 
 __all__ = ["DEQCheckpointError", "TaoTrainer", "TrainConfig", "Trainer", "evaluate",

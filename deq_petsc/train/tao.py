@@ -36,6 +36,7 @@ from petsc4py import PETSc
 from ..callbacks import petsc_callback
 from ..convergence import solve_accepted
 from ..errors import DEQConvergenceError, DEQOptionsError
+from ..inference import model_device, predict
 from ..interop import TensorLayout
 from ..objectives import shard_loss
 from ..options_spec import TAO_TRAINER as TAO_TRAINER_OPTIONS
@@ -43,7 +44,7 @@ from ..outcome import SolveOutcome
 from ..parallel import DataParallel
 from ..petsc_options import inserted_defaults, options_checked, tao_reason_name
 from .curvature import HESSIANS, OutputJacobian, ParameterSlices
-from .loop import Trainer, model_device, predict
+from .loop import Trainer
 
 #: Program defaults of the TAO solve of each epoch (the command line wins).
 TAO_DEFAULTS = {"tao_type": "lmvm", "tao_max_it": 20}
