@@ -3,7 +3,7 @@
 from ..checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..inference import evaluate, load_model, objective_of, predict
-from .loop import Trainer
+from .trainer import Trainer
 from .tao import TaoTrainer
 
 __all__ = ["DEQCheckpointError", "TaoTrainer", "TrainConfig", "Trainer", "evaluate",

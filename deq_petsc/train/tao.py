@@ -44,7 +44,7 @@ from ..outcome import SolveOutcome
 from ..parallel import DataParallel
 from ..petsc_options import inserted_defaults, options_checked, tao_reason_name
 from .curvature import HESSIANS, OutputJacobian, ParameterSlices
-from .loop import Trainer
+from .trainer import Trainer
 
 #: Program defaults of the TAO solve of each epoch (the command line wins).
 TAO_DEFAULTS = {"tao_type": "lmvm", "tao_max_it": 20}
