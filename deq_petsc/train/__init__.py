@@ -1,4 +1,5 @@
-"""Training graph-image DEQs: torch Adam or PETSc TAO, checkpoints, metrics, plots."""
+"""Training graph-image DEQs: torch Adam (:mod:`.trainer`) or PETSc TAO (:mod:`.tao`), run
+folders, plots. Re-exports the configuration, checkpoint and inference names it is used with."""
 
 from ..checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
 from ..config import TrainConfig
