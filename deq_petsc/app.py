@@ -31,7 +31,7 @@ def versions() -> str:
 def _load_data(task, limit, seed, cache_dir=None, jobs=None, csv=None, progress=True,
                rebuild=False, split_by=None):
     """The task's data set; under MPI rank 0 builds (or checks) the cache, then all read it."""
-    from .train.distributed import load_task_collectively
+    from .parallel import load_task_collectively
     if limit is not None and limit <= 0:
         limit = None                       # --limit 0: the whole source
     return load_task_collectively(task, limit=limit, seed=seed, cache_dir=cache_dir,
@@ -100,7 +100,7 @@ def run_baseline(args) -> int:
 
 # -- training -----------------------------------------------------------------------------
 def _train_config(args, task, kind="deq", depth=8):
-    from .train import TrainConfig
+    from .config import TrainConfig
     trainer = getattr(args, "trainer", "adam")
     dtype = getattr(args, "dtype", None) or ("float64" if trainer == "tao" else "float32")
     return TrainConfig(task=task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -127,7 +127,7 @@ def _report(report: dict, objective, stats_line: str = "") -> str:
 
 def run_train(args) -> int:
     from .train import TaoTrainer, Trainer
-    from .train.checkpoint import DEQCheckpointError, load_checkpoint
+    from .checkpoint import DEQCheckpointError, load_checkpoint
     from .train.run_folder import RunFolder, resumed_config
 
     out = Path(args.out or f"runs/{args.task}")
@@ -168,8 +168,8 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from .train import evaluate, load_model, objective_of
-    from .train.distributed import DataParallel
+    from .inference import evaluate, load_model, objective_of
+    from .parallel import DataParallel
 
     model, state = load_model(args.checkpoint, comm=PETSc.COMM_WORLD, device=args.device)
     try:
@@ -194,8 +194,7 @@ def run_evaluate(args) -> int:
 def run_predict(args) -> int:
     from .batch_predict import unseen_elements
     from .data import cif_image, smiles_image
-    from .train import load_model, objective_of
-    from .train.loop import model_dtype
+    from .inference import load_model, model_dtype, objective_of
 
     model, state = load_model(args.checkpoint)
     task = state["task"]
@@ -232,7 +231,7 @@ def _predict_many(args, model, state, molecular: bool) -> int:
     from .atomic import write_csv
     from .batch_predict import predict_inputs, read_inputs, summarize
     from .data.graph_image import MOLECULE_SIZE, PERIODIC_SIZE
-    from .train import objective_of
+    from .inference import objective_of
 
     items = read_inputs(args.input, molecular)
     objective = objective_of(state)
@@ -338,10 +337,10 @@ def run_solve(args) -> int:
 
 def _task_problem(args, comm):
     """A batch of a task's test images through a model's injection, and the model's cell."""
+    from .config import TrainConfig
+    from .inference import build_model, load_model, model_dtype
+    from .parallel import DataParallel
     from .problem import FixedPointProblem
-    from .train import TrainConfig, load_model
-    from .train.distributed import DataParallel
-    from .train.loop import build_model, model_dtype
 
     device = torch.device(args.device)
     data = _load_data(args.task, args.limit, args.seed, cache_dir=args.cache_dir)

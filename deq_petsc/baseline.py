@@ -28,7 +28,7 @@ from .data.cache import DatasetCache, cache_key
 from .data.descriptors import DESCRIPTOR_VERSION, descriptor_matrix, names
 from .data.tasks import TaskData, make_task
 from .errors import DEQInputError
-from .train.metrics import classification_report, confusion_matrix, format_report
+from .metrics import classification_report, confusion_matrix, format_report
 
 FEATURE_SETS = ("descriptors", "images")
 

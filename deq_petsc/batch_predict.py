@@ -104,7 +104,7 @@ def predict_inputs(model, objective, items: list[Item], molecular: bool, size: i
     from .data.tasks import render
     from .data.workers import map_in_workers
     from .progress import progress as progress_bar
-    from .train.loop import predict
+    from .inference import predict
 
     kind = "smiles" if molecular else "cif_file"
     rendered = map_in_workers(render, [(kind, it.payload, size) for it in items],

@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import app
     from .errors import DEQError
     from .devices import resolve_device
-    from .train.distributed import abort_on_error, threads_per_rank
+    from .parallel import abort_on_error, threads_per_rank
 
     if "-help" in petsc_args and PETSc.COMM_WORLD.getRank() == 0:
         getattr(args, "parser", parser).print_help()

@@ -15,11 +15,11 @@ pytest.importorskip("rdkit")
 pytest.importorskip("pymatgen")
 
 from deq_petsc.batch_predict import read_inputs  # noqa: E402
+from deq_petsc.checkpoint import DEQCheckpointError, load_checkpoint  # noqa: E402
 from deq_petsc.cli import build_parser, invalid_argument, split_petsc_args  # noqa: E402
 from deq_petsc.data import cif_image, smiles_image  # noqa: E402
 from deq_petsc.data.cache import DatasetCache  # noqa: E402
 from deq_petsc.errors import DEQCacheError, DEQInputError, DEQOptionsError  # noqa: E402
-from deq_petsc.train.checkpoint import DEQCheckpointError, load_checkpoint  # noqa: E402
 
 NACL = """data_NaCl
 _cell_length_a 5.64

@@ -11,7 +11,7 @@ from deq_petsc import (AdjointSolver, AdjointStats, DEQSolver, FixedPointProblem
                        SolveOutcome, SolveStats)
 from deq_petsc.adjoint import DEFAULT_KSP_OPTIONS, FIXED_STEPS, ImplicitKSP
 from deq_petsc.models import TanhCell
-from deq_petsc.train.objectives import Regression
+from deq_petsc.objectives import Regression
 from deq_petsc.train.tao import TaoResult, train_tao
 
 FORWARD = {"snes_rtol": 1e-10, "snes_stol": 0, "snes_max_it": 500}

@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("rdkit")
 
-from deq_petsc.train.checkpoint import DEQCheckpointError  # noqa: E402
+from deq_petsc.checkpoint import DEQCheckpointError  # noqa: E402
 from deq_petsc.train.run_folder import RunFolder  # noqa: E402
 from helpers import run_cli  # noqa: E402
 

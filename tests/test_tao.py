@@ -10,11 +10,12 @@ from torch import nn
 from torch.func import functional_call
 
 from deq_petsc.errors import DEQConvergenceError, DEQOptionsError
+from deq_petsc.inference import build_model
+from deq_petsc.objectives import Classification, Regression
 from deq_petsc.train import TaoTrainer, TrainConfig
 from deq_petsc.train.curvature import ExactHessian, GaussNewton, OutputJacobian, ParameterSlices
-from deq_petsc.train.loop import build_model
-from deq_petsc.train.objectives import Classification, Regression
-from deq_petsc.train.tao import ParameterVector, TrainingProblem, train_tao
+from deq_petsc.train.tao import train_tao
+from deq_petsc.train.tao_problem import ParameterVector, TrainingProblem
 
 from conftest import assert_close
 from helpers import run_cli, synthetic

@@ -9,9 +9,9 @@ import torch
 
 pytest.importorskip("rdkit")
 
+from deq_petsc.checkpoint import DEQCheckpointError  # noqa: E402
 from deq_petsc.data import load_task  # noqa: E402
 from deq_petsc.train import Trainer, TrainConfig, load_checkpoint  # noqa: E402
-from deq_petsc.train.checkpoint import DEQCheckpointError  # noqa: E402
 
 from helpers import run_cli  # noqa: E402
 
@@ -225,7 +225,7 @@ def test_an_iteration_capped_inference_is_said_loudly(cache_dir, tmp_path):
 
 
 def test_calibration_is_measured_against_hand_computed_bins():
-    from deq_petsc.train.metrics import calibration
+    from deq_petsc.metrics import calibration
     # four samples, two classes: confidences 0.55, 0.65, 0.95, 0.95
     p = np.array([[0.55, 0.45], [0.35, 0.65], [0.95, 0.05], [0.05, 0.95]])
     y = np.array([1, 1, 0, 0])          # right: second and third; wrong: first and fourth
@@ -239,7 +239,7 @@ def test_calibration_is_measured_against_hand_computed_bins():
 
 
 def test_an_accuracy_comes_with_its_standard_error():
-    from deq_petsc.train.metrics import classification_report
+    from deq_petsc.metrics import classification_report
     cm = np.array([[70, 30], [40, 60]])             # 130 right of 200
     r = classification_report(cm, ["a", "b"])
     assert r["accuracy"] == 0.65

@@ -25,7 +25,7 @@ import socket
 from dataclasses import fields, replace
 from pathlib import Path
 
-from .checkpoint import DEQCheckpointError
+from ..checkpoint import DEQCheckpointError
 
 #: What a run writes into its folder (``--overwrite`` removes these first).
 OUTPUTS = ("checkpoint.pt", "metrics.json", "metrics.csv", "report.json", "curves.png",

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
-from ..errors import DEQError
+from .atomic import atomic_write
+from .errors import DEQError
 
 FORMAT = "deq_petsc-checkpoint-1"
 

@@ -117,7 +117,7 @@ class DataParallel:
 def load_task_collectively(name: str, comm=None, **options):
     """``deq_petsc.data.load_task`` on every rank: rank 0 builds (or checks) the cache
     first, so the ranks do not all build the same images at once; then the others read it."""
-    from ..data import load_task
+    from .data import load_task
 
     dp = DataParallel(comm)
     options["progress"] = options.get("progress", True) and dp.is_root

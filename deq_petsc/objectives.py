@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.tasks import TASKS, TaskData
+from .data.tasks import TASKS, TaskData
 from .metrics import calibration, classification_report, confusion_matrix, format_report
 
 OBJECTIVES = ("classify", "regress")

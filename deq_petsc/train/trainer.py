@@ -1,4 +1,4 @@
-"""Training with a torch optimizer, evaluation, and the run folder they write.
+"""Training with a torch optimizer (Adam), and the run folder it writes.
 
 A run folder holds ``checkpoint.pt`` (after every epoch, atomically),
 ``metrics.csv`` / ``metrics.json`` (one row per epoch), ``curves.png``, and at
@@ -12,134 +12,30 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from petsc4py import PETSc
 
 from ..atomic import write_csv, write_json
+from ..checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
+from ..config import TrainConfig
 from ..data.graph_image import elements_in
 from ..data.tasks import TaskData
 from ..errors import DEQTrainingError
-from ..models.graph_classifier import ClassifierConfig, GraphImageClassifier
+from ..inference import build_model, evaluate, model_device, model_dtype, solver_counts
+from ..objectives import make_objective, shard_loss
+from ..parallel import DataParallel
 from ..progress import progress
-from .checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
-from .distributed import DataParallel
-from .objectives import Classification, make_objective, shard_loss
 from .plots import plot_confusion, plot_curves, plot_parity, plot_reliability
-
-#: Program defaults of the solves when training (the command line wins): DEQ
-#: tolerances (the implicit-layers tutorial trains at 1e-2 to 1e-3) rather than
-#: PETSc's 1e-8, and a batch whose forward or adjoint solve reaches its iteration
-#: limit continues from the last iterate -- counted per epoch in the metrics and
-#: the log -- instead of ending the run. NaN/Inf still end it.
-TRAIN_SOLVER_OPTIONS = {"snes_rtol": 1e-3, "snes_max_it": 100, "deq_accept_max_it": True}
-TRAIN_ADJOINT_OPTIONS = {"ksp_rtol": 1e-3, "ksp_max_it": 100, "deq_accept_max_it": True}
-
-
-@dataclass
-class TrainConfig:
-    task: str
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    width: int = 16
-    kind: str = "deq"
-    depth: int = 8
-    limit: int | None = None
-    split_by: str = "random"        # or "scaffold" (molecules): data.tasks.scaffold_split
-    eval_batch_size: int = 256
-    jac_reg: float = 0.0
-    spectral_reg: float = 0.0       # weight of the spectral-radius penalty (DEQ.spectral_penalty)
-    spectral_target: float = 0.9    # the radius above which it acts
-    spectral_steps: int = 4         # power-iteration steps of its radius estimate
-    cell: str = "contractive"
-    gamma: float = 0.9
-    objective: str = "classify"     # or "regress": the task's DFT target, MSE
-    dtype: str = "float32"          # the model's; the TAO trainer uses float64
-    tao_batch: int = 0              # TAO: samples per epoch's objective (0: all)
-    device: str = "cpu"             # the model's torch device
-
-
-def build_model(cfg: TrainConfig, data: TaskData, out_dim: int, prefix: str = "", comm=None,
-                solver_options: dict | None = None, adjoint_options: dict | None = None):
-    model_cfg = ClassifierConfig(in_channels=data.images.shape[1],
-                                 image_size=data.images.shape[-1], n_classes=out_dim,
-                                 width=cfg.width, kind=cfg.kind, depth=cfg.depth,
-                                 cell=cfg.cell, gamma=cfg.gamma)
-    torch.manual_seed(cfg.seed)
-    model = GraphImageClassifier(model_cfg, prefix=prefix, comm=comm,
-                                 solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
-                                 adjoint_options={**TRAIN_ADJOINT_OPTIONS,
-                                                  **(adjoint_options or {})})
-    return model.to(device=cfg.device, dtype=getattr(torch, cfg.dtype))
-
-
-def _solver_counts(model):
-    """Forward its, f evaluations, adjoint its, and 0/1 for an inexact forward / adjoint."""
-    stats = model.last_stats
-    if stats is None or stats.forward is None:
-        return 0, 0, 0, 0, 0
-    f, b = stats.forward, stats.backward
-    return (f.iterations, f.function_evals, b.iterations if b is not None else 0,
-            int(not f.converged), int(b is not None and not b.converged))
-
-
-def model_dtype(model) -> torch.dtype:
-    return next(model.parameters()).dtype
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def predict(model, images: torch.Tensor, batch_size: int = 256, dp: DataParallel | None = None):
-    """Outputs for ``images``, plus (mean forward iterations, f evaluations, seconds,
-    batches whose solve stopped at its iteration limit).
-
-    With ``dp`` over several ranks each rank computes its shard of every batch
-    (the DEQ solve is one global solve) and every rank gets all the outputs.
-    """
-    model.eval()
-    dp = dp or DataParallel(PETSc.COMM_SELF)
-    logits, its, evals, inexact = [], [], 0, 0
-    dtype, device = model_dtype(model), model_device(model)
-    start = time.perf_counter()
-    for i in range(0, len(images), batch_size):
-        local = dp.shard(images[i:i + batch_size]).to(device=device, dtype=dtype)
-        logits.append(dp.gather(model(local).cpu()))
-        f_its, f_evals, _, unconverged, _ = _solver_counts(model)
-        its.append(f_its)
-        evals += f_evals
-        inexact += unconverged
-    elapsed = time.perf_counter() - start
-    return torch.cat(logits), (float(np.mean(its)) if its else 0.0, evals, elapsed, inexact)
-
-
-def evaluate(model, data: TaskData, split: str = "test", batch_size: int = 256,
-             objective=None, dp: DataParallel | None = None) -> dict:
-    """Test-style report of ``model`` on a split: the objective's metrics plus solver cost."""
-    objective = objective or Classification(data.classes)
-    images = data.images[data.indices(split)]
-    y = objective.targets(data, split)
-    out, (its, evals, elapsed, inexact) = predict(model, images, batch_size, dp)
-    report = objective.report(out.float(), y, data)
-    report.update(split=split, forward_its=its, function_evals=evals, seconds=elapsed,
-                  seconds_per_sample=elapsed / max(len(y), 1), inexact_forward=inexact,
-                  batches=-(-len(y) // batch_size))
-    return report
 
 
 class Trainer:
     """Trains one model on one task's data set and keeps its run folder up to date.
 
     ``comm`` (default ``PETSC_COMM_WORLD``): under ``mpiexec`` the ranks train
-    one model data-parallel (:mod:`deq_petsc.train.distributed`); rank 0 logs
+    one model data-parallel (:mod:`deq_petsc.parallel`); rank 0 logs
     and writes the run folder, every rank can resume from it.
     """
 
@@ -287,7 +183,7 @@ class Trainer:
                     unconverged_adjoint=0, batches=0, jac=0.0, spectral=0.0)
 
     def _count_solves(self, sums: dict) -> None:
-        f_its, f_evals, b_its, unconv, unconv_b = _solver_counts(self.model)
+        f_its, f_evals, b_its, unconv, unconv_b = solver_counts(self.model)
         sums["f_its"] += f_its
         sums["f_evals"] += f_evals
         sums["b_its"] += b_its
@@ -372,29 +268,3 @@ class Trainer:
 
     def destroy(self):
         self.model.destroy()
-
-
-def load_model(checkpoint, prefix: str = "", solver_options: dict | None = None,
-               comm=None, device="cpu"):
-    """Rebuild the trained model of a checkpoint: ``(model, state)``.
-
-    Its solver answers to ``prefix`` (default none: ``-snes_type nrichardson``
-    applies as typed, whatever prefix the training run used, e.g. the demo's
-    ``anderson_``). ``objective_of(state)`` gives what it was trained to predict.
-    """
-    state = load_checkpoint(checkpoint)
-    cfg = ClassifierConfig(**state["model_config"])
-    model = GraphImageClassifier(cfg, prefix=prefix,
-                                 comm=comm,
-                                 solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
-                                 adjoint_options=TRAIN_ADJOINT_OPTIONS)
-    model.to(device=device, dtype=getattr(torch, state["train_config"].get("dtype", "float32")))
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, state
-
-
-def objective_of(state: dict, data: TaskData | None = None):
-    """The objective a checkpoint's model was trained for (older ones: classification)."""
-    saved = state.get("objective") or {"name": "classify", "classes": state["task"]["classes"]}
-    return make_objective(saved["name"], data, saved)

@@ -1,0 +1,36 @@
+"""The configuration of a training run: what ``deq-petsc train`` and :class:`~deq_petsc.train.Trainer` take.
+
+Its model fields (``width``, ``kind``, ``depth``, ``cell``, ``gamma``, ``dtype``,
+``device``, ``seed``) are also what :func:`deq_petsc.inference.build_model` builds
+from, so it sits below both training and inference and imports nothing of theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    task: str
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    width: int = 16
+    kind: str = "deq"
+    depth: int = 8
+    limit: int | None = None
+    split_by: str = "random"        # or "scaffold" (molecules): data.tasks.scaffold_split
+    eval_batch_size: int = 256
+    jac_reg: float = 0.0
+    spectral_reg: float = 0.0       # weight of the spectral-radius penalty (DEQ.spectral_penalty)
+    spectral_target: float = 0.9    # the radius above which it acts
+    spectral_steps: int = 4         # power-iteration steps of its radius estimate
+    cell: str = "contractive"
+    gamma: float = 0.9
+    objective: str = "classify"     # or "regress": the task's DFT target, MSE
+    dtype: str = "float32"          # the model's; the TAO trainer uses float64
+    tao_batch: int = 0              # TAO: samples per epoch's objective (0: all)
+    device: str = "cpu"             # the model's torch device

@@ -1,0 +1,127 @@
+"""Inference with a graph-image model: build or load it, predict, evaluate.
+
+``build_model`` makes the model a :class:`~deq_petsc.config.TrainConfig` describes
+(seeded initial weights) and ``load_model`` the trained model of a checkpoint,
+both with the training solve defaults below; ``predict`` and ``evaluate`` run one
+over images or a data-set split, data-parallel under ``mpiexec``
+(:mod:`deq_petsc.parallel`). Training (:mod:`deq_petsc.train`) builds on these.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from petsc4py import PETSc
+
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .data.tasks import TaskData
+from .models.graph_classifier import ClassifierConfig, GraphImageClassifier
+from .objectives import Classification, make_objective
+from .parallel import DataParallel
+
+#: Program defaults of the solves when training (the command line wins): DEQ
+#: tolerances (the implicit-layers tutorial trains at 1e-2 to 1e-3) rather than
+#: PETSc's 1e-8, and a batch whose forward or adjoint solve reaches its iteration
+#: limit continues from the last iterate -- counted per epoch in the metrics and
+#: the log -- instead of ending the run. NaN/Inf still end it.
+TRAIN_SOLVER_OPTIONS = {"snes_rtol": 1e-3, "snes_max_it": 100, "deq_accept_max_it": True}
+TRAIN_ADJOINT_OPTIONS = {"ksp_rtol": 1e-3, "ksp_max_it": 100, "deq_accept_max_it": True}
+
+
+def build_model(cfg: TrainConfig, data: TaskData, out_dim: int, prefix: str = "", comm=None,
+                solver_options: dict | None = None, adjoint_options: dict | None = None):
+    model_cfg = ClassifierConfig(in_channels=data.images.shape[1],
+                                 image_size=data.images.shape[-1], n_classes=out_dim,
+                                 width=cfg.width, kind=cfg.kind, depth=cfg.depth,
+                                 cell=cfg.cell, gamma=cfg.gamma)
+    torch.manual_seed(cfg.seed)
+    model = GraphImageClassifier(model_cfg, prefix=prefix, comm=comm,
+                                 solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
+                                 adjoint_options={**TRAIN_ADJOINT_OPTIONS,
+                                                  **(adjoint_options or {})})
+    return model.to(device=cfg.device, dtype=getattr(torch, cfg.dtype))
+
+
+def solver_counts(model):
+    """Forward its, f evaluations, adjoint its, and 0/1 for an inexact forward / adjoint."""
+    stats = model.last_stats
+    if stats is None or stats.forward is None:
+        return 0, 0, 0, 0, 0
+    f, b = stats.forward, stats.backward
+    return (f.iterations, f.function_evals, b.iterations if b is not None else 0,
+            int(not f.converged), int(b is not None and not b.converged))
+
+
+def model_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def predict(model, images: torch.Tensor, batch_size: int = 256, dp: DataParallel | None = None):
+    """Outputs for ``images``, plus (mean forward iterations, f evaluations, seconds,
+    batches whose solve stopped at its iteration limit).
+
+    With ``dp`` over several ranks each rank computes its shard of every batch
+    (the DEQ solve is one global solve) and every rank gets all the outputs.
+    """
+    model.eval()
+    dp = dp or DataParallel(PETSc.COMM_SELF)
+    logits, its, evals, inexact = [], [], 0, 0
+    dtype, device = model_dtype(model), model_device(model)
+    start = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        local = dp.shard(images[i:i + batch_size]).to(device=device, dtype=dtype)
+        logits.append(dp.gather(model(local).cpu()))
+        f_its, f_evals, _, unconverged, _ = solver_counts(model)
+        its.append(f_its)
+        evals += f_evals
+        inexact += unconverged
+    elapsed = time.perf_counter() - start
+    return torch.cat(logits), (float(np.mean(its)) if its else 0.0, evals, elapsed, inexact)
+
+
+def evaluate(model, data: TaskData, split: str = "test", batch_size: int = 256,
+             objective=None, dp: DataParallel | None = None) -> dict:
+    """Test-style report of ``model`` on a split: the objective's metrics plus solver cost."""
+    objective = objective or Classification(data.classes)
+    images = data.images[data.indices(split)]
+    y = objective.targets(data, split)
+    out, (its, evals, elapsed, inexact) = predict(model, images, batch_size, dp)
+    report = objective.report(out.float(), y, data)
+    report.update(split=split, forward_its=its, function_evals=evals, seconds=elapsed,
+                  seconds_per_sample=elapsed / max(len(y), 1), inexact_forward=inexact,
+                  batches=-(-len(y) // batch_size))
+    return report
+
+
+def load_model(checkpoint, prefix: str = "", solver_options: dict | None = None,
+               comm=None, device="cpu"):
+    """Rebuild the trained model of a checkpoint: ``(model, state)``.
+
+    Its solver answers to ``prefix`` (default none: ``-snes_type nrichardson``
+    applies as typed, whatever prefix the training run used, e.g. the demo's
+    ``anderson_``). ``objective_of(state)`` gives what it was trained to predict.
+    """
+    state = load_checkpoint(checkpoint)
+    cfg = ClassifierConfig(**state["model_config"])
+    model = GraphImageClassifier(cfg, prefix=prefix,
+                                 comm=comm,
+                                 solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
+                                 adjoint_options=TRAIN_ADJOINT_OPTIONS)
+    model.to(device=device, dtype=getattr(torch, state["train_config"].get("dtype", "float32")))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
+def objective_of(state: dict, data: TaskData | None = None):
+    """The objective a checkpoint's model was trained for (older ones: classification)."""
+    saved = state.get("objective") or {"name": "classify", "classes": state["task"]["classes"]}
+    return make_objective(saved["name"], data, saved)

@@ -1,0 +1,233 @@
+"""The training problem TAO solves: a model's parameters as one ``Vec``, and the callbacks.
+
+:class:`ParameterVector` makes the trainable parameters one sequential PETSc
+``Vec`` (views of it in float64 on the CPU, one cast otherwise);
+:class:`TrainingProblem` is TAO's application context -- objective, gradient,
+Hessian products (Gauss-Newton or exact, a python ``Mat``), and for ``brgn``
+the residual and its Jacobian -- all computed by torch over the batch in chunks.
+:func:`deq_petsc.train.tao.train_tao` sets up and runs the TAO solve on them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from petsc4py import PETSc
+
+from ..callbacks import petsc_callback
+from ..interop import TensorLayout
+from ..objectives import shard_loss
+from ..parallel import DataParallel
+from .curvature import HESSIANS, OutputJacobian, ParameterSlices
+
+_OBJECTIVE_EVENT = PETSc.Log.Event("TrainObjective")
+_HESSIAN_EVENT = PETSc.Log.Event("TrainHessianMult")
+
+
+class ParameterVector:
+    """A model's trainable parameters as one ``Vec``, and the model bound to any such ``Vec``.
+
+    The ``Vec`` is sequential: under MPI every rank runs its own replica of the
+    TAO solve on the full parameter vector. Objective values, gradients and
+    products are sums over the ranks' shards of the batch, broadcast from rank 0
+    so that they are bitwise equal everywhere; the replicas then take identical
+    steps (the parameters are few, the batch is what is distributed).
+    """
+
+    def __init__(self, slices: ParameterSlices, dp: DataParallel | None = None):
+        self.slices = slices
+        self.dp = dp or DataParallel(PETSc.COMM_SELF)
+        first = slices.params[0]
+        self.layout = TensorLayout(torch.Size([slices.numel]), first.dtype, first.device)
+        flat = slices.flatten([p.detach() for p in slices.params]).contiguous()
+        self.vec = self.layout.create_vec(flat, comm=PETSc.COMM_SELF)
+
+    def read(self, X: PETSc.Vec) -> torch.Tensor:
+        """``X`` as a tensor: a view (zero-copy when the model is float64 on the CPU)."""
+        return self.layout.read(X)
+
+    def bind(self, X: PETSc.Vec) -> None:
+        """Make the parameters views of ``X`` (zero-copy) or of one cast of it."""
+        flat = self.read(X)
+        for p, view in zip(self.slices.params, self.slices.split(flat).values()):
+            p.data = view
+
+    def release(self) -> None:
+        """Give the parameters their own memory again (before TAO's vectors go)."""
+        for p in self.slices.params:
+            p.data = p.data.clone()
+
+    def summed(self, local: torch.Tensor) -> torch.Tensor:
+        """The sum over the ranks of each rank's parameter-sized ``local``."""
+        if self.dp.size == 1:
+            return local
+        return torch.from_numpy(self.dp.sum(local.detach().contiguous().numpy()))
+
+    def write(self, flat: torch.Tensor, Y: PETSc.Vec) -> None:
+        self.layout.write(flat.to(self.layout.dtype), Y)
+
+    def destroy(self):
+        self.vec.destroy()
+
+
+#: TAO and python-Mat callbacks: the first exception kept on the problem, for train_tao
+#: to re-raise after TAO.solve (PETSc reports it only as an error code)
+_callback = petsc_callback(owner="problem")
+
+
+class TrainingProblem:
+    """TAO's application context: loss, gradient, Hessian products and residuals by torch.
+
+    Its methods are the TAO and python-``Mat`` callbacks. An exception in a
+    callback is kept and re-raised after ``TAO.solve`` (PETSc would otherwise
+    turn it into a generic error code).
+    """
+
+    def __init__(self, model, objective, images, targets, params: ParameterVector,
+                 hessian: str = "gauss-newton", chunk: int = 256, on_model_call=None):
+        self.model, self.objective = model, objective
+        self.params, self.hessian_kind = params, hessian
+        self.dp = params.dp
+        self.n = len(targets)
+        # this rank's shard of every chunk, and each chunk's global row range
+        self.chunks = [(self.dp.shard(images[i:i + chunk]), self.dp.shard(targets[i:i + chunk]))
+                       for i in range(0, self.n, chunk)]
+        self.rows = [(i, min(i + chunk, self.n)) for i in range(0, self.n, chunk)]
+        self.on_model_call = on_model_call or (lambda: None)
+        self.curvature = None
+        self._jacobians = None
+        self._shift = 0.0
+        self.error: BaseException | None = None
+        self.deadline: float | None = None
+        self.counts = dict(objective=0, gradient=0, hessian=0, hessian_products=0,
+                           residual=0, jacobian=0, jacobian_products=0)
+        self.history: list[tuple[int, float, float, float]] = []
+        self._start = time.perf_counter()
+
+    # -- objective and gradient --------------------------------------------------------
+    def _loss(self, X, with_grad: bool) -> float:
+        self.params.bind(X)
+        total = 0.0
+        if with_grad:
+            self.model.zero_grad(set_to_none=True)
+        for images, y in self.chunks:
+            with torch.set_grad_enabled(with_grad):
+                loss = shard_loss(self.objective, self.model(images), y, self.n)
+                if with_grad:
+                    loss.backward()
+            self.on_model_call()
+            total += float(loss.detach())
+        total = float(self.dp.sum(total))
+        if not math.isfinite(total):
+            return float("inf")       # a line search backs off; TAO names a blow-up
+        return total
+
+    @_callback
+    def objective_value(self, tao, X) -> float:
+        with _OBJECTIVE_EVENT:
+            self.counts["objective"] += 1
+            return self._loss(X, False)
+
+    @_callback
+    def objective_gradient(self, tao, X, G) -> float:
+        with _OBJECTIVE_EVENT:
+            self.counts["objective"] += 1
+            self.counts["gradient"] += 1
+            f = self._loss(X, True)
+            grads = [p.grad for p in self.params.slices.params]
+            self.params.write(self.params.summed(self.params.slices.flatten(grads)), G)
+            return f
+
+    # -- Hessian (python Mat) ------------------------------------------------------------
+    @_callback
+    def hessian(self, tao, X, H, P) -> None:
+        self.params.bind(X)
+        self.curvature = HESSIANS[self.hessian_kind](self.model, self.objective, self.chunks,
+                                                     self.n, self.params.slices)
+        self._shift = 0.0
+        self.counts["hessian"] += 1
+
+    @_callback
+    def mult(self, mat, X, Y) -> None:
+        """Hessian (or Gauss-Newton) times ``X``, plus any shift TAO asked for."""
+        with _HESSIAN_EVENT:
+            v = self.params.read(X).clone()
+            hv = self.params.summed(self.curvature(v))
+            if self._shift:
+                hv = hv + self._shift * v
+            self.params.write(hv, Y)
+            self.counts["hessian_products"] += 1
+
+    def shift(self, mat, alpha) -> None:
+        """``MatShift``: Newton methods regularise an indefinite Hessian with ``H + a I``."""
+        self._shift += float(alpha)
+
+    # -- least squares (brgn) ----------------------------------------------------------
+    @_callback
+    def residual(self, tao, X, R) -> None:
+        self.params.bind(X)
+        with torch.no_grad():
+            parts = []
+            for images, y in self.chunks:
+                parts.append(self.objective.residual(self.model(images), y, self.n))
+                self.on_model_call()
+        self.counts["residual"] += 1
+        r = torch.cat([self.dp.gather(part) for part in parts])   # all rows, chunk-major
+        R.getArray()[:] = r.to(torch.float64).numpy()
+
+    @_callback
+    def jacobian_residual(self, tao, X, J, P) -> None:
+        self.params.bind(X)
+        self._jacobians = [OutputJacobian(self.model, images, self.params.slices)
+                           for images, _ in self.chunks]
+        self.counts["jacobian"] += 1
+
+    # python Mat context of brgn's least-squares residual's Jacobian in the parameters,
+    # d r / d theta = J_out / sqrt(n) (not operators.ResidualJacobian, the DEQ's I - J_f)
+    class LossResidualJacobian:
+        def __init__(self, problem: "TrainingProblem"):
+            self.problem = problem
+
+        @_callback
+        def mult(self, mat, X, Y):
+            pb = self.problem
+            v = pb.params.read(X).clone()
+            jv = torch.cat([pb.dp.gather(jac.jvp(v).reshape(-1)) for jac in pb._jacobians])
+            Y.getArray()[:] = (jv / math.sqrt(pb.n)).to(torch.float64).numpy()
+            pb.counts["jacobian_products"] += 1
+
+        @_callback
+        def multTranspose(self, mat, X, Y):
+            pb = self.problem
+            w = torch.from_numpy(X.getArray(readonly=True).copy()) / math.sqrt(pb.n)
+            total = torch.zeros(pb.params.slices.numel, dtype=torch.float64)
+            k = pb.objective.out_dim
+            for jac, (a, b) in zip(pb._jacobians, pb.rows):
+                mine = pb.dp.shard(torch.arange(a, b))          # this rank's rows of the chunk
+                w_mine = w.view(-1, k)[mine].to(jac.out.dtype)
+                total = total + jac.vjp(w_mine).to(total.dtype)
+            pb.params.write(pb.params.summed(total), Y)
+            pb.counts["jacobian_products"] += 1
+
+    # -- iteration hooks ----------------------------------------------------------------
+    @_callback
+    def update(self, tao, its) -> None:
+        """Start of a TAO iteration: advance the contractive cell's norm estimates once.
+
+        Between iterations, as Adam's trainer does between steps, never inside one:
+        within an iteration (its line search, its Krylov solve) f is one function.
+        """
+        cell = getattr(getattr(self.model, "equilibrium", None), "cell", None)
+        if its > 0 and hasattr(cell, "step_power_iteration"):
+            self.params.bind(tao.getSolution())
+            cell.step_power_iteration()
+
+    def monitor(self, tao) -> None:
+        its, f, gnorm, *_ = tao.getSolutionStatus()
+        now = time.perf_counter()
+        self.history.append((int(its), float(f), float(gnorm), now - self._start))
+        # a time budget ends the solve at an iterate (rank 0's clock decides for all)
+        if self.deadline is not None and self.dp.mpi.bcast(now >= self.deadline, root=0):
+            tao.setConvergedReason(PETSc.TAO.ConvergedReason.CONVERGED_USER)
