@@ -126,7 +126,7 @@ def main():
 
 
 def plot(results, path, args):
-    from deq_petsc.train.plots import finish_figure, pyplot
+    from deq_petsc.plots import finish_figure, pyplot
 
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)

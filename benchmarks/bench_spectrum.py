@@ -281,7 +281,7 @@ def summarise(result, radii):
 
 
 def plot(results, radii, path):
-    from deq_petsc.train.plots import finish_figure, pyplot
+    from deq_petsc.plots import finish_figure, pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(results) + 1, figsize=(4.2 * (len(results) + 1), 4),

@@ -405,7 +405,7 @@ def _compare_training(args, sets) -> int:
     """compare --train: the library's compare_training, then the table, CSV and plot."""
     from .atomic import write_csv
     from .compare import compare_training, markdown_table
-    from .train.plots import plot_comparison
+    from .plots import plot_comparison
 
     data = _load_data(args.task, args.limit, args.seed, cache_dir=args.cache_dir,
                       progress=not args.no_progress)

@@ -210,7 +210,7 @@ def markdown_table(runs, columns=None) -> str:
 
 def plot_residuals(runs, path, title: str = "") -> str:
     """Residual norm against iteration and against wall time, every set on one plot."""
-    from .train.plots import finish_figure, pyplot
+    from .plots import finish_figure, pyplot
 
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)

@@ -105,7 +105,7 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
     from .data import load_task
     from .petsc_options import inserted_defaults
     from .train import TrainConfig, Trainer
-    from .train.plots import plot_comparison
+    from .plots import plot_comparison
 
     if data is None:
         data = load_task(cfg.task, limit=cfg.limit or None, seed=cfg.seed,

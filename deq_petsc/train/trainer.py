@@ -28,7 +28,7 @@ from ..inference import build_model, evaluate, model_device, model_dtype, solver
 from ..objectives import make_objective, shard_loss
 from ..parallel import DataParallel
 from ..progress import progress
-from .plots import plot_confusion, plot_curves, plot_parity, plot_reliability
+from ..plots import plot_confusion, plot_curves, plot_parity, plot_reliability
 
 
 class Trainer:
