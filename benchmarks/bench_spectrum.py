@@ -349,7 +349,8 @@ def main():
         print(f"{ckpt}:", flush=True)
         results.append(analyse(ckpt, args, rng))
         summarise(results[-1], args.radii)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+        # after every model: a long run stopped half-way keeps what it measured
+        (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, args.radii, out / "spectrum.png")
     print(f"wrote {out}/results.json, spectrum.png")
 

@@ -1,4 +1,4 @@
-"""The configuration of a training run: what ``deq-petsc train`` and :class:`~deq_petsc.train.Trainer` take.
+"""A training run's configuration: what ``deq-petsc train`` and the trainers take.
 
 Its model fields (``width``, ``kind``, ``depth``, ``cell``, ``gamma``, ``dtype``,
 ``device``, ``seed``) are also what :func:`deq_petsc.inference.build_model` builds
