@@ -9,8 +9,9 @@ side by side in one run (best of ``--repeat`` interleaved): PETSc Anderson
 float32 state cannot go much below ~1e-6), with iterations, time per
 iteration, and the cost of the crossings themselves (``read`` + ``write`` of
 one state, measured alone). A single-precision PETSc
-(``PETSC_CONFIGURE_OPTIONS=--with-precision=single``) would make float32
-zero-copy; it is not built here.
+(``PETSC_CONFIGURE_OPTIONS=--with-precision=single``) makes float32 zero-copy;
+``bench_iteration.py --petsc-python`` and ``bench_inference.py --petsc-python``
+measure it beside this build (docs/performance.md).
 
 Run by hand:  .venv/bin/python benchmarks/bench_precision.py [--repeat 3]
 """

@@ -57,11 +57,19 @@ pip install -q -c "$constraints" mpich mpi4py numpy cython setuptools wheel patc
 
 # 4. PETSc and petsc4py from source; without --no-build-isolation petsc4py
 #    would compile PETSc a second time. pip caches the built wheels.
+#    pip's wheel cache is keyed by the source, not by PETSC_CONFIGURE_OPTIONS:
+#    a build with options of its own gets a cache of its own, or pip would hand
+#    back the default (double precision) wheel.
+petsc_cache=()
+if [[ -n ${PETSC_CONFIGURE_OPTIONS:-} ]]; then
+    key=$(echo "$PETSC_CONFIGURE_OPTIONS" | sha256sum | cut -c1-12)
+    petsc_cache=(--cache-dir "${XDG_CACHE_HOME:-$HOME/.cache}/deq-petsc-pip-$key")
+fi
 if ! "$venv/bin/python" -c "import petsc4py" 2>/dev/null; then
     say "building PETSc (about 9 min the first time on 2 cores; cached afterwards)"
-    pip install -q --no-build-isolation -c "$constraints" petsc
+    pip install -q "${petsc_cache[@]}" --no-build-isolation -c "$constraints" petsc
     say "building petsc4py (about 7 min the first time)"
-    pip install -q --no-build-isolation -c "$constraints" petsc4py
+    pip install -q "${petsc_cache[@]}" --no-build-isolation -c "$constraints" petsc4py
 fi
 
 # 4b. The PETSc build writes the absolute path of the venv it was built in into

@@ -6,5 +6,5 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/ci/setup-env.sh"
 cd "$root"
-export PATH=$root/.venv/bin:$PATH
+export PATH=${DEQ_PETSC_VENV:-$root/.venv}/bin:$PATH
 exec python -m pytest "$@"

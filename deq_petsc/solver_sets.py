@@ -73,7 +73,9 @@ _ANDERSON = "-snes_type anderson -snes_anderson_m 5"
 #: The paper's fixed-point solvers run to their tolerance or their iteration cap, with
 #: no divergence test: where the cell is not contractive the iterate grows, the
 #: solve ends at the cap (counted as not converged) and training goes on with it.
-_NO_DTOL = "-snes_divergence_tolerance 1e300"   # -1 means "PETSc's default" here
+#: PETSc's own word for "no test" (PETSC_UNLIMITED); a huge number would not fit a
+#: single-precision build's PetscReal.
+_NO_DTOL = "-snes_divergence_tolerance unlimited"
 
 #: The registry, in the order tables show it.
 SOLVER_SETS = {s.name: s for s in (

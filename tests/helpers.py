@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,3 +61,19 @@ def shared_tempdir(mpi):
     """One temporary folder for all ranks (rank 0 makes it), as a Path."""
     import tempfile
     return Path(mpi.bcast(tempfile.mkdtemp() if mpi.Get_rank() == 0 else None, root=0))
+
+
+def _petsc_scalar_is_double() -> bool:
+    import torch
+
+    from deq_petsc.interop import petsc_torch_dtype
+    return petsc_torch_dtype() == torch.float64
+
+
+#: Tests written for PETSc's default double scalars (tolerances below float32's
+#: epsilon, float64 zero-copy, gradients against finite differences). In an
+#: environment built with ``PETSC_CONFIGURE_OPTIONS=--with-precision=single`` they
+#: are skipped, and the rest of the suite checks that configuration.
+double_scalars = pytest.mark.skipif(
+    not _petsc_scalar_is_double(),
+    reason="needs PETSc's double-precision scalars (this build is single precision)")

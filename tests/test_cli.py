@@ -4,11 +4,12 @@ import re
 
 import pytest
 
-from helpers import run_cli
+from helpers import run_cli, double_scalars
 
 SMALL = ["--batch", "2", "--channels", "4", "--size", "8"]
 
 
+@double_scalars
 def test_demo_monitors_and_reports():
     r = run_cli("solve", *SMALL, "-snes_type", "anderson", "-snes_anderson_m", "5")
     assert r.returncode == 0, r.stderr
@@ -147,6 +148,7 @@ def test_ctrl_c_is_one_line(tmp_path):
     assert err.strip().splitlines()[-1] == "deq-petsc solve: interrupted"
 
 
+@double_scalars
 def test_the_readme_library_quick_start_runs_with_options_chosen_solvers():
     import subprocess
     import sys

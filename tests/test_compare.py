@@ -10,7 +10,7 @@ from deq_petsc.compare import (OptionSet, compare_solves, markdown_table, read_o
                                default_option_sets)
 from deq_petsc.models import TanhCell
 
-from helpers import run_cli
+from helpers import run_cli, double_scalars
 
 
 def test_option_sets_parse_like_a_command_line():
@@ -26,6 +26,7 @@ def test_option_sets_parse_like_a_command_line():
     assert {s.name for s in default_option_sets()} >= {"picard", "anderson5", "jfnk"}
 
 
+@double_scalars
 def test_every_set_converges_to_the_tolerance_and_a_bad_one_is_its_own_row():
     cell = TanhCell(12, 3, contraction=0.9, seed=4)
     x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))

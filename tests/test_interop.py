@@ -8,15 +8,17 @@ import torch
 from petsc4py import PETSc
 
 from deq_petsc.interop import TensorLayout, petsc_torch_dtype, shares_memory, vec_local_view
+from helpers import double_scalars
 
 
+@double_scalars
 def test_petsc_scalar_is_double():
     assert petsc_torch_dtype() == torch.float64
     assert np.dtype(PETSc.ScalarType) == np.float64
 
 
 def test_zero_copy_shares_memory_both_ways():
-    t = torch.arange(24, dtype=torch.float64).reshape(2, 3, 4)
+    t = torch.arange(24, dtype=petsc_torch_dtype()).reshape(2, 3, 4)   # float32 in a single build
     layout = TensorLayout.like(t)
     assert layout.zero_copy
     vec = layout.create_vec(t)
@@ -43,20 +45,23 @@ def test_zero_copy_vec_keeps_buffer_alive():
         vec.destroy()
 
 
-def test_float32_model_is_cast_once_and_not_shared():
-    t = torch.linspace(-1, 1, 10, dtype=torch.float32).reshape(2, 5)
+def test_a_model_of_another_precision_is_cast_once_and_not_shared():
+    petsc = petsc_torch_dtype()
+    other = torch.float32 if petsc == torch.float64 else torch.float64
+    t = torch.linspace(-1, 1, 10, dtype=other).reshape(2, 5)   # exact in both precisions
     layout = TensorLayout.like(t)
     assert not layout.zero_copy
     vec = layout.create_vec(t)
     try:
         assert not shares_memory(t, vec)
         np.testing.assert_array_equal(vec.getArray(readonly=True),
-                                      t.double().reshape(-1).numpy())
+                                      t.to(petsc).reshape(-1).numpy())
         back = layout.read(vec)
-        assert back.dtype == torch.float32 and back.shape == t.shape
-        assert torch.equal(back, t)
+        assert back.dtype == other and back.shape == t.shape
+        assert torch.equal(back, t.to(petsc).to(other))
         layout.write(3 * t, vec)
-        np.testing.assert_allclose(vec.getArray(readonly=True), 3 * t.double().reshape(-1).numpy())
+        np.testing.assert_allclose(vec.getArray(readonly=True),
+                                   (3 * t).to(petsc).reshape(-1).numpy())
     finally:
         vec.destroy()
 
@@ -74,7 +79,7 @@ def test_non_contiguous_tensor_is_copied_correctly():
 
 
 def test_vectors_petsc_creates_itself_are_wrapped():
-    t = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.randn(4, 3, dtype=petsc_torch_dtype())
     layout = TensorLayout.like(t)
     vec = layout.create_vec(t)
     dup = vec.duplicate()                    # PETSc's own memory, as SNES work vectors are
@@ -126,6 +131,7 @@ def test_cuda_tensor_goes_through_host_explicitly():
         vec.destroy()
 
 
+@double_scalars
 def test_device_detection_and_crossings():
     from deq_petsc.devices import crossing, describe, resolve_device
     from deq_petsc.errors import DEQInputError

@@ -11,6 +11,7 @@ from deq_petsc.operators import ResidualJacobian, create_residual_jacobian
 from deq_petsc.problem import FixedPointProblem
 
 from conftest import assert_close
+from helpers import double_scalars
 
 
 def dense_jacobian(problem, z):
@@ -68,6 +69,7 @@ def make_mat(problem, z):
     return ctx, create_residual_jacobian(ctx), layout
 
 
+@double_scalars
 def test_python_mat_applies_identity_minus_jacobian(tanh_problem):
     problem, z = tanh_problem
     ctx, A, layout = make_mat(problem, z)
@@ -93,6 +95,7 @@ def test_python_mat_applies_identity_minus_jacobian(tanh_problem):
         X.destroy(); Y.destroy(); A.destroy()
 
 
+@double_scalars
 def test_python_mat_matches_finite_difference_of_residual(tanh_problem):
     problem, z = tanh_problem
     _, A, layout = make_mat(problem, z)
@@ -108,6 +111,7 @@ def test_python_mat_matches_finite_difference_of_residual(tanh_problem):
         X.destroy(); Y.destroy(); A.destroy()
 
 
+@double_scalars
 def test_float32_cell_through_the_mat():
     cell = TanhCell(5, contraction=0.7, seed=4, dtype=torch.float32)
     x = torch.randn(2, 5)

@@ -10,6 +10,7 @@ from deq_petsc.models import TanhCell
 
 from conftest import assert_close
 from test_solver import CONFIGS, TIGHT
+from helpers import double_scalars
 
 EXACT_ADJOINT = {"ksp_rtol": 1e-13, "ksp_atol": 1e-15, "ksp_max_it": 500}
 
@@ -27,6 +28,7 @@ def grads(loss, params):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
+@double_scalars
 def test_gradcheck_of_the_whole_layer(name):
     g = torch.Generator().manual_seed(0)
     n, n_in = 4, 3
@@ -54,6 +56,7 @@ def test_gradcheck_of_the_whole_layer(name):
     layer.destroy()
 
 
+@double_scalars
 def test_gradients_equal_200_unrolled_iterations():
     cell = TanhCell(8, 5, contraction=0.8, seed=2)
     x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3),
@@ -100,6 +103,7 @@ def small():
     return cell, x, target
 
 
+@double_scalars
 def test_adjoint_fixed_point_by_snes_anderson_matches_ksp(small):
     exact, _ = _layer_grads({}, *small)
     by_snes, stats = _layer_grads({"adjoint_snes_type": "anderson", "adjoint_snes_rtol": 1e-13,
@@ -109,6 +113,7 @@ def test_adjoint_fixed_point_by_snes_anderson_matches_ksp(small):
         assert_close(a, b, 1e-8, "adjoint Anderson vs GMRES")
 
 
+@double_scalars
 def test_adjoint_ksp_options_are_honoured(small):
     exact, _ = _layer_grads({}, *small)
     cg, stats = _layer_grads({"adjoint_ksp_type": "bcgs"}, *small)
@@ -117,6 +122,7 @@ def test_adjoint_ksp_options_are_honoured(small):
         assert_close(a, b, 1e-7, "BiCGStab vs GMRES adjoint")
 
 
+@double_scalars
 def test_jacobian_free_backprop_is_one_step_through_f(small):
     cell, x, target = small
     jfb, stats = _layer_grads({"adjoint_deq_method": "jfb"}, *small)
@@ -130,6 +136,7 @@ def test_jacobian_free_backprop_is_one_step_through_f(small):
         assert_close(a, b, 1e-12, "JFB vs one step")
 
 
+@double_scalars
 def test_phantom_gradient_interpolates_between_jfb_and_exact(small):
     exact, _ = _layer_grads({}, *small)
     jfb, _ = _layer_grads({"adjoint_deq_method": "jfb"}, *small)
@@ -148,6 +155,7 @@ def test_phantom_gradient_interpolates_between_jfb_and_exact(small):
     assert err(damped) < err(jfb)
 
 
+@double_scalars
 def test_memory_does_not_grow_with_forward_iterations():
     x = torch.randn(16, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     saved, its = {}, {}
@@ -193,6 +201,7 @@ def test_a_training_step_lowers_the_loss():
     layer.destroy()
 
 
+@double_scalars
 def test_inference_under_no_grad_runs_no_adjoint(small):
     cell, x, _ = small
     layer = DEQ(cell, z_shape=lambda x: (x.shape[0], 8))
@@ -269,6 +278,7 @@ def test_double_backward_is_refused_not_wrong(small):
 
 
 @pytest.mark.parametrize("method", [{}, {"adjoint_snes_type": "anderson"}])
+@double_scalars
 def test_batch_size_changes_between_backward_passes(method):
     cell = TanhCell(8, 5, contraction=0.8, seed=15)
     from petsc4py import PETSc

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from helpers import cli_path, mpiexec, run_cli
+from helpers import cli_path, mpiexec, run_cli, double_scalars
 
 
 def _assert_all_ok(script, names, *args, timeout=300):
@@ -16,6 +16,7 @@ def _assert_all_ok(script, names, *args, timeout=300):
 
 
 @pytest.mark.mpi
+@double_scalars
 def test_distributed_state_matches_serial_on_two_ranks():
     _assert_all_ok("tests/mpi/distributed_solve.py", ("picard", "anderson", "newtonls"))
 
@@ -25,6 +26,7 @@ def _norms(text):
 
 
 @pytest.mark.mpi
+@double_scalars
 def test_demo_under_mpiexec_reproduces_the_serial_history():
     args = ["solve", "--batch", "4", "--channels", "4", "--size", "8"]
     par = mpiexec(2, cli_path(), *args, python=False)
@@ -37,18 +39,21 @@ def test_demo_under_mpiexec_reproduces_the_serial_history():
 
 
 @pytest.mark.mpi
+@double_scalars
 def test_distributed_implicit_gradient_matches_serial_on_two_ranks():
     _assert_all_ok("tests/mpi/distributed_gradient.py", ("picard", "anderson", "newtonls"))
 
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("tao_type", ["bntr", "brgn"])
+@double_scalars
 def test_training_steps_on_two_ranks_equal_one_rank(tao_type):
     """Adam steps and TAO iterations (Gauss-Newton trust region / brgn) on 2 ranks."""
     _assert_all_ok("tests/mpi/distributed_training.py", ("adam", "tao-gn"), tao_type)
 
 
 @pytest.mark.mpi
+@double_scalars
 def test_uneven_and_empty_shards_train_and_predict_like_one_process():
     """A batch of 9 on 2 ranks (5/4), a last batch of 1 (rank 1 empty): no deadlock, no NaN."""
     # a deadlock (a rank rebuilding its vectors alone) fails by the timeout instead of hanging
@@ -92,6 +97,7 @@ def test_train_command_under_mpiexec(tmp_path):
 
 
 @pytest.mark.mpi
+@double_scalars
 def test_compare_under_mpiexec_matches_serial(tmp_path):
     args = ["compare", "--batch", "4", "--channels", "4", "--size", "8",
             "--set", "picard: -snes_type nrichardson -snes_linesearch_type basic",

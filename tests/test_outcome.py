@@ -13,6 +13,7 @@ from deq_petsc.adjoint import DEFAULT_KSP_OPTIONS, FIXED_STEPS, ImplicitKSP
 from deq_petsc.models import TanhCell
 from deq_petsc.objectives import Regression
 from deq_petsc.train.tao import TaoResult, train_tao
+from helpers import double_scalars
 
 FORWARD = {"snes_rtol": 1e-10, "snes_stol": 0, "snes_max_it": 500}
 KSP = {**DEFAULT_KSP_OPTIONS, "ksp_rtol": 1e-10}
@@ -52,6 +53,7 @@ def solves():
     return out
 
 
+@double_scalars
 def test_every_solve_reports_a_member_of_the_family(solves):
     forward, adjoint, tangent = (solves[k][0] for k in ("forward", "adjoint", "tangent"))
     assert type(forward) is SolveStats and type(adjoint) is AdjointStats
@@ -75,6 +77,7 @@ def test_every_solve_reports_a_member_of_the_family(solves):
     assert adjoint.vjp_count > 0 and tangent.jvp_count > 0 and tangent.vjp_count == 0
 
 
+@double_scalars
 def test_as_dict_is_plain_json(solves):
     for kind, (stats, _) in solves.items():
         d = json.loads(json.dumps(stats.as_dict(), allow_nan=False))
@@ -123,6 +126,7 @@ def test_fixed_step_backwards_count_as_converged(method, name, its, petsc_option
         assert torch.equal(u, g)
 
 
+@double_scalars
 def test_a_tao_solve_is_a_member_too(petsc_options):
     g = torch.Generator().manual_seed(0)
     X = torch.randn(40, 3, dtype=torch.float64, generator=g)

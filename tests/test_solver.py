@@ -11,6 +11,7 @@ from deq_petsc.models import TanhCell
 from deq_petsc.reference import torch_anderson
 
 from conftest import assert_close
+from helpers import double_scalars
 
 TIGHT = {"snes_rtol": 1e-13, "snes_atol": 1e-13, "snes_stol": 1e-16, "ksp_rtol": 1e-12,
          "snes_max_it": 2000}
@@ -64,6 +65,7 @@ def scipy_fixed_point(cell, x, shape):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
+@double_scalars
 def test_every_configuration_matches_scipy(name):
     cell, x, problem = tanh_problem()
     reference = scipy_fixed_point(cell, x, (4, 8))
@@ -83,6 +85,7 @@ def test_every_configuration_matches_scipy(name):
         assert stats.jvp_count == 0
 
 
+@double_scalars
 def test_anderson_beats_picard_on_a_slow_contraction():
     # A symmetric W with top eigenvalue 0.97 and tiny inputs, so that z* stays where
     # tanh' ~ 1: Picard's rate is then ~0.97 per step. (A random W's spectral radius
@@ -105,6 +108,7 @@ def test_anderson_beats_picard_on_a_slow_contraction():
 
 
 @pytest.mark.parametrize("m", [2, 5])
+@double_scalars
 def test_petsc_anderson_takes_the_iterations_of_an_independent_anderson(m):
     """PETSc's anderson and a type-II Anderson written in torch walk the same path."""
     cell, x, problem = tanh_problem(contraction=0.95, seed=8)
@@ -119,6 +123,7 @@ def test_petsc_anderson_takes_the_iterations_of_an_independent_anderson(m):
 
 
 @pytest.mark.parametrize("name", ["anderson", "newtonls", "picard"])
+@double_scalars
 def test_linear_cell_matches_direct_solve(name):
     g = torch.Generator().manual_seed(7)
     n = 20
@@ -154,6 +159,7 @@ def test_solution_tensors_are_independent_between_solves():
     assert not torch.allclose(z1, z2)
 
 
+@double_scalars
 def test_batch_size_change_resets_the_snes():
     cell, x, _ = tanh_problem()
     with DEQSolver(options=TIGHT) as solver:
@@ -164,6 +170,7 @@ def test_batch_size_change_resets_the_snes():
             assert (z - cell(z, problem.x)).norm() < 1e-11
 
 
+@double_scalars
 def test_warm_start_from_the_solution_takes_no_iterations():
     cell, x, problem = tanh_problem()
     with DEQSolver(options={"snes_rtol": 1e-12, "snes_atol": 1e-10,
@@ -261,6 +268,7 @@ def test_an_exception_in_the_cell_surfaces_as_itself():
 
 
 @pytest.mark.parametrize("stop_mode", ["abs", "rel"])
+@double_scalars
 def test_per_sample_stopping_rule(stop_mode):
     """TorchDEQ's rule: stop at the first iterate where every sample's residual is < tol."""
     from deq_petsc.convergence import PerSampleTest

@@ -18,7 +18,7 @@ from deq_petsc.train.tao import train_tao
 from deq_petsc.train.tao_problem import ParameterVector, TrainingProblem
 
 from conftest import assert_close
-from helpers import run_cli, synthetic
+from helpers import run_cli, synthetic, double_scalars
 
 
 TIGHT = {"snes_rtol": 1e-12, "snes_atol": 1e-14, "snes_max_it": 200}
@@ -35,6 +35,7 @@ def model_for(data, kind="deq", objective="classify", depth=3):
     return model, obj, X, obj.targets(data, "train")
 
 
+@double_scalars
 def test_gradient_given_to_tao_equals_torchs():
     data = synthetic()
     model, obj, X, y = model_for(data)
@@ -90,6 +91,7 @@ def test_gauss_newton_product_equals_dense_jt_h_j(objective):
         assert_close(gn(v), dense @ v, 1e-10, "Gauss-Newton product")
 
 
+@double_scalars
 def test_deq_output_jacobian_against_finite_differences_and_its_transpose():
     data = synthetic()
     model, obj, X, y = model_for(data, kind="deq", objective="regress")
@@ -162,6 +164,7 @@ LEAST_SQUARES_TYPES = [("lmvm", {}), ("blmvm", {}), ("bqnktr", {}), ("nls", {}),
                          ids=[t + "".join(f"-{v}" for k, v in e.items() if k != "tao_brgn_"
                                           "regularizer_weight" and not k.endswith("pc_type"))
                               for t, e in LEAST_SQUARES_TYPES])
+@double_scalars
 def test_each_tao_type_reaches_the_least_squares_optimum(tao_type, extra, petsc_options):
     X, y, coef = _least_squares()
     torch.manual_seed(0)
@@ -176,6 +179,7 @@ def test_each_tao_type_reaches_the_least_squares_optimum(tao_type, extra, petsc_
 
 
 @pytest.mark.parametrize("tao_type", ["lmvm", "nls", "ntr"])
+@double_scalars
 def test_tao_reaches_the_logistic_regression_optimum(tao_type, petsc_options):
     g = torch.Generator().manual_seed(2)
     X = torch.randn(80, 3, dtype=torch.float64, generator=g)

@@ -13,6 +13,7 @@ from deq_petsc.errors import DEQNonFiniteError, DEQOptionsError  # noqa: E402
 from deq_petsc.integrations import torchdeq as petsc_torchdeq  # noqa: E402
 
 from conftest import assert_close  # noqa: E402
+from helpers import double_scalars
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def _data(batch=5, m=3, seed=1):
 
 
 @pytest.mark.parametrize("stop_mode", ["abs", "rel"])
+@double_scalars
 def test_fixed_point_and_info_match_torchdeqs_own(petsc_solver, stop_mode):
     cell, x = Cell(), _data()
     with torch.no_grad():
