@@ -137,6 +137,9 @@ def run_train(args) -> int:
     if args.resume and not (out / "checkpoint.pt").exists():
         raise DEQCheckpointError(f"--resume: no checkpoint in {out}")
     cfg, notes = _train_config(args, args.task, args.model, args.depth), []
+    # A resumed run reads its checkpoint twice: here for its settings (bad input must fail
+    # before RunFolder's --overwrite touches anything), and under the folder's lock for
+    # the state it continues from (Trainer.resume), which no other run can change then.
     if args.resume:                  # the checkpoint's settings, but for what the user typed
         saved = load_checkpoint(out / "checkpoint.pt")["train_config"]
         cfg, notes = resumed_config(cfg, saved, args.explicit, str(out))

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .adjoint import AdjointSolver, AdjointStats, ImplicitKSP
+from .adjoint import AdjointSolver, AdjointStats, ImplicitKSP, KSPStats
 from .convergence import solve_accepted
 from .diagnostics import spectral_radius
 from .errors import DEQConvergenceError
@@ -32,16 +32,17 @@ from .solver import DEQSolver, SolveStats
 
 @dataclass
 class LayerStats:
-    """Statistics of the layer's last forward solve and of the backward that followed it:
-    a pair of :class:`~deq_petsc.outcome.SolveOutcome` members."""
+    """Statistics of the layer's last forward solve, of the backward that followed it and
+    of its last tangent solve (:meth:`DEQ.tangent`, Gauss-Newton products): members of
+    the :class:`~deq_petsc.outcome.SolveOutcome` family."""
 
     forward: SolveStats | None = None
     backward: AdjointStats | None = None
+    tangent: KSPStats | None = None
 
     def summary(self) -> str:
         parts = [self.forward.summary() if self.forward else "no forward solve yet"]
-        if self.backward is not None:
-            parts.append(self.backward.summary())
+        parts += [s.summary() for s in (self.backward, self.tangent) if s is not None]
         return "\n".join(parts)
 
 
@@ -159,6 +160,7 @@ class DEQ(nn.Module):
             self._tangent = ImplicitKSP(self.prefix + "tangent_", self.solver.comm,
                                         self.adjoint.ksp_defaults, transpose=False)
         dz, stats = self._tangent.solve(problem, z_star, rhs)
+        self.last_stats.tangent = stats
         if not solve_accepted(stats.converged, stats.reason_name, self.adjoint.accept_max_it,
                               bool(torch.isfinite(dz).all())):
             raise DEQConvergenceError.of(

@@ -101,6 +101,9 @@ def test_deq_output_jacobian_against_finite_differences_and_its_transpose():
     v = torch.randn(slices.numel, dtype=torch.float64, generator=g)
     w = torch.randn(jac.out.shape, dtype=torch.float64, generator=g)
     jv = jac.jvp(v)
+    tangent = model.equilibrium.last_stats.tangent     # the last tangent KSP solve, kept
+    assert tangent.method.startswith("ksp/") and tangent.converged and tangent.jvp_count > 0
+    assert tangent.summary() in model.equilibrium.last_stats.summary()
     jtw = jac.vjp(w)
     # <w, J v> = <J^T w, v>: the tangent and adjoint solves are transposes of each other
     assert float((w * jv).sum()) == pytest.approx(float(jtw @ v), rel=1e-9)
