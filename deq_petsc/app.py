@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from petsc4py import PETSc
 
@@ -209,17 +210,21 @@ def run_predict(args) -> int:
             raise DEQInputError(f"this model classifies {task['name']}: give --cif, not --smiles")
         if args.cif is not None and molecular:
             raise DEQInputError("this model classifies molecules: give --smiles, not --cif")
+        size = model.config.image_size             # the images the model was trained on
         if args.smiles is not None:
-            graph = smiles_image(args.smiles)
+            graph = smiles_image(args.smiles, size)
             what = f"SMILES {args.smiles}"
         else:
             path = Path(args.cif)
             if not path.is_file():
                 raise DEQInputError(f"no such CIF file: {path}")
-            graph = cif_image(path.read_text(errors="replace"))
+            graph = cif_image(path.read_text(errors="replace"), size)
             what = f"{path.name} ({graph.info['formula']})"
+        # rounded to float16 as the data set's images are (tasks.render), so one input
+        # alone is the same image it would be in a batch or in training
+        image = torch.from_numpy(graph.image.astype(np.float16))
         with torch.no_grad():
-            out = model(torch.from_numpy(graph.image)[None].to(model_dtype(model)))
+            out = model(image[None].to(model_dtype(model)))
         say(f"{what}: {objective_of(state).answer(out.float())}")
         unseen = unseen_elements(graph.image, state.get("domain", {}).get("elements"))
         if unseen:
