@@ -68,10 +68,11 @@ class SolveOutcome:
         return self.final_residual / r0 if r0 and math.isfinite(r0) else math.nan
 
     def as_dict(self) -> dict:
-        """The fields and the derived values, as plain data (``json.dumps`` takes it)."""
+        """The fields and the derived values, as plain data: standard JSON, so a value
+        that is not a finite number (no residual recorded, a NaN norm) is ``None``."""
         d = asdict(self)
         d.update({name: getattr(self, name) for name in self.DERIVED})
-        return d
+        return _plain(d)
 
     def _cost_summary(self) -> str:
         """The member's own counts, as ``summary()`` shows them (``", 20 f evals"``)."""
@@ -83,3 +84,14 @@ class SolveOutcome:
                     if self.residual_norms else "")
         return (f"{self.KIND}{self.method}: {self.reason_name} after {self.iterations} its"
                 f"{self._cost_summary()}{residual} in {self.time:.4f} s")
+
+
+def _plain(value):
+    """``value`` with every non-finite float (NaN, +-inf) replaced by ``None``, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -89,6 +89,19 @@ def test_as_dict_is_plain_json(solves):
     assert forward["snes_type"] == forward["method"] and forward["function_evals"] > 0
 
 
+def test_as_dict_turns_missing_and_non_finite_residuals_into_null():
+    # a phantom/JFB backward records no residual; a solve that met NaN records one
+    for stats in (AdjointStats(method="jfb", reason=1, reason_name="CONVERGED_ITS",
+                               iterations=1),
+                  SolveStats(method="anderson", reason=-6, reason_name="DIVERGED_FNORM_NAN",
+                             iterations=2, residual_norms=[2.0, math.inf, math.nan])):
+        d = json.loads(json.dumps(stats.as_dict(), allow_nan=False))
+        assert d["initial_residual"] is None or d["initial_residual"] == 2.0
+        assert d["final_residual"] is None and d["relative_residual"] is None
+        assert d["method"] == stats.method and d["iterations"] == stats.iterations
+    assert d["residual_norms"] == [2.0, None, None]
+
+
 def test_a_capped_solve_is_not_converged_in_every_member(petsc_options):
     cell, x, problem = _problem()
     with DEQSolver(prefix="cap_", options={"snes_max_it": 2},
