@@ -178,6 +178,9 @@ def test_quick_demo_writes_a_summary_with_every_field(cache_dir, tmp_path):
         assert 0 < row["spectral_radius_final"] < 10 and row["inference_function_evals_mean"] > 0
     assert summary["solvers"]["picard"]["speedup_to_reference"] == pytest.approx(1.0)
     assert summary["reference"]["solver"] == "picard"
+    # one epoch: Picard's final validation accuracy is its first, so no time ranks the sets
+    assert summary["reference"]["resolved"] is False
+    assert "not resolved: picard changed its validation accuracy by +0.000" in r.stdout
     # the user's -picard_adjoint_snes_max_it 3 beats the demo's default of 25: every
     # Picard adjoint stops at its cap, and the summary counts none as converged
     assert summary["solvers"]["picard"]["adjoint_converged_fraction"] == 0.0
@@ -205,12 +208,18 @@ def test_time_to_the_first_sets_final_accuracy():
             "anderson": [{"elapsed": 4, "val_acc": 0.61}, {"elapsed": 8, "val_acc": 0.66}],
             "slow": [{"elapsed": 50, "val_acc": 0.5}]}
     rows = {name: {} for name in hist}
-    ref = _time_to_reference(rows, hist)
+    ref = _time_to_reference(rows, hist, 200)
     # Picard ended at 0.60 and first reached it at 20 s; Anderson at 4 s: 5x
-    assert ref == {"solver": "picard", "val_accuracy": 0.60, "seconds": 20}
+    stderr = (0.6 * 0.4 / 200) ** 0.5                                    # 0.0346
+    assert ref == {"solver": "picard", "val_accuracy": 0.60, "seconds": 20, "val_samples": 200,
+                   "val_accuracy_stderr": pytest.approx(stderr),
+                   "first_epoch_val_accuracy": 0.55, "resolved": True}   # +0.05 > 0.035
     assert rows["anderson"] == {"seconds_to_reference": 4, "speedup_to_reference": 5.0}
     assert rows["picard"]["speedup_to_reference"] == 1.0
     assert rows["slow"] == {"seconds_to_reference": None, "speedup_to_reference": None}
+    # the same +0.05 on 100 validation samples is within one standard error (0.049)
+    assert _time_to_reference(rows, hist, 100)["resolved"] is True
+    assert _time_to_reference(rows, hist, 90)["resolved"] is False       # 0.052
 
 
 def test_an_iteration_capped_inference_is_said_loudly(cache_dir, tmp_path):
