@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 
 import deq_petsc
@@ -29,6 +28,7 @@ deq_petsc.init([sys.argv[0]])
 
 import torch  # noqa: E402
 
+from common import child_json  # noqa: E402
 from deq_petsc import solver_sets  # noqa: E402
 from deq_petsc.data.tasks import load_task  # noqa: E402
 from deq_petsc.inference import evaluate, load_model  # noqa: E402
@@ -98,10 +98,7 @@ def main():
             cmd = [args.petsc_python, __file__, *args.checkpoints, "--child", "--solvers",
                    args.solvers, "--rtol", str(args.rtol), "--max-it", str(args.max_it),
                    "--threads", str(args.threads)]
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode:
-                sys.exit(f"bench_inference: the child {args.petsc_python} failed:\n{r.stderr}")
-            measured = json.loads(r.stdout.strip().splitlines()[-1])
+            measured = child_json(cmd)
             other_scalar = measured["scalar"]
             keep(other, measured["rows"])
         keep(best, measure(args.checkpoints, solvers, args.rtol, args.max_it, args.threads))

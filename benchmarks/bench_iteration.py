@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -42,7 +41,7 @@ deq_petsc.init([sys.argv[0]] + sys.argv[_PETSC_ARGS + 1:])
 import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
-from common import add_cell_arguments  # noqa: E402
+from common import add_cell_arguments, child_json  # noqa: E402
 from deq_petsc import DEQSolver, FixedPointProblem, allocator  # noqa: E402
 from deq_petsc.interop import petsc_torch_dtype  # noqa: E402
 from deq_petsc.models import ConvTanhCell  # noqa: E402
@@ -170,19 +169,14 @@ def main():
 
     default_status = ""
     for _ in range(args.repeat):
-        r = subprocess.run([sys.executable, __file__, "--bare-only", *cell_args(args)],
-                           capture_output=True, text=True, check=True,
-                           env={**os.environ, "DEQ_PETSC_MALLOC": "default"})
-        measured = json.loads(r.stdout.strip().splitlines()[-1])
+        measured = child_json([sys.executable, __file__, "--bare-only", *cell_args(args)],
+                              env={**os.environ, "DEQ_PETSC_MALLOC": "default"})
         default_status = measured.pop("status")
         for d, t in measured.items():
             keep(best, ("bare f, glibc defaults", d), t)
         if args.petsc_python:
-            r = subprocess.run([args.petsc_python, __file__, "--child-solves", *cell_args(args)],
-                               capture_output=True, text=True)
-            if r.returncode:
-                sys.exit(f"bench_iteration: the child {args.petsc_python} failed:\n{r.stderr}")
-            measured = json.loads(r.stdout.strip().splitlines()[-1])
+            measured = child_json([args.petsc_python, __file__, "--child-solves",
+                                   *cell_args(args)])
             other_scalar = measured["scalar"]
             for key, t in measured["times"].items():
                 keep(other, tuple(key.split("|")), t)

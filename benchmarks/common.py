@@ -1,4 +1,8 @@
-"""What the benchmarks share: the conv DEQ cell's size arguments."""
+"""What the benchmarks share: the conv DEQ cell's size arguments, child processes."""
+
+import json
+import subprocess
+import sys
 
 
 def add_cell_arguments(parser):
@@ -12,3 +16,12 @@ def add_cell_arguments(parser):
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--json", help="also write the results here")
     return parser
+
+
+def child_json(cmd: list, env=None) -> dict:
+    """Run a benchmark's child process (another allocator setting, another PETSc build)
+    and return the JSON object it prints last; its failure ends the benchmark, named."""
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env)
+    if r.returncode:
+        sys.exit(f"{cmd[1]}: the child {cmd[0]} failed:\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from petsc4py import PETSc
 
@@ -198,6 +197,7 @@ def run_evaluate(args) -> int:
 def run_predict(args) -> int:
     from .batch_predict import unseen_elements
     from .data import cif_image, smiles_image
+    from .data.tasks import stored_image
     from .inference import load_model, model_dtype, objective_of
 
     model, state = load_model(args.checkpoint)
@@ -220,9 +220,7 @@ def run_predict(args) -> int:
                 raise DEQInputError(f"no such CIF file: {path}")
             graph = cif_image(path.read_text(errors="replace"), size)
             what = f"{path.name} ({graph.info['formula']})"
-        # rounded to float16 as the data set's images are (tasks.render), so one input
-        # alone is the same image it would be in a batch or in training
-        image = torch.from_numpy(graph.image.astype(np.float16))
+        image = torch.from_numpy(stored_image(graph))      # as a batch or training sees it
         with torch.no_grad():
             out = model(image[None].to(model_dtype(model)))
         say(f"{what}: {objective_of(state).answer(out.float())}")

@@ -244,6 +244,14 @@ def make_task(name: str, **options) -> Task:
 
 
 # -- building one image (runs in worker processes) ---------------------------------------
+def stored_image(graph) -> np.ndarray:
+    """A graph's image as data sets store it (float16), checked finite: what the model
+    sees in training, in a batch and for one input alone."""
+    if not np.all(np.isfinite(graph.image)):
+        raise DEQInputError("non-finite entries in the graph image")
+    return graph.image.astype(np.float16)
+
+
 def render(payload_kind: str, payload: str, size: int):
     """``(image float16, None)`` or ``(None, reason)``: bad inputs never raise out of here."""
     try:
@@ -256,9 +264,7 @@ def render(payload_kind: str, payload: str, size: int):
             if not path.is_file():
                 raise DEQInputError(f"CIF file not found: {payload}")
             graph = cif_image(path.read_text(errors="replace"), size)
-        if not np.all(np.isfinite(graph.image)):
-            raise DEQInputError("non-finite entries in the graph image")
-        return graph.image.astype(np.float16), None
+        return stored_image(graph), None
     except DEQInputError as err:
         return None, str(err)
     except Exception as err:  # a library failing deep inside on odd input: report, go on
