@@ -106,7 +106,7 @@ def _train_config(args, task, kind="deq", depth=8):
     return TrainConfig(task=task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        seed=args.seed, width=args.width, kind=kind, depth=depth,
                        limit=args.limit, split_by=getattr(args, "split_by", None) or "random",
-                       jac_reg=args.jac_reg, cell=args.cell,
+                       jac_reg=args.jac_reg, cell=args.cell, sums=args.sums,
                        spectral_reg=args.spectral_reg, spectral_target=args.spectral_target,
                        spectral_steps=args.spectral_steps,
                        gamma=args.gamma, objective=getattr(args, "objective", "classify"),
@@ -171,11 +171,12 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from .inference import evaluate, load_model, objective_of
+    from .inference import evaluate, load_model, objective_of, require_current_images
     from .parallel import DataParallel
 
     model, state = load_model(args.checkpoint, comm=PETSc.COMM_WORLD, device=args.device)
     try:
+        require_current_images(state, args.checkpoint)
         cfg = state["train_config"]
         task = args.task or cfg["task"]
         if task != cfg["task"]:
@@ -198,11 +199,12 @@ def run_predict(args) -> int:
     from .batch_predict import unseen_elements
     from .data import cif_image, smiles_image
     from .data.tasks import stored_image
-    from .inference import load_model, model_dtype, objective_of
+    from .inference import load_model, model_dtype, objective_of, require_current_images
 
     model, state = load_model(args.checkpoint)
     task = state["task"]
     try:
+        require_current_images(state, args.checkpoint)
         molecular = task["name"] == "polarity"
         if args.input is not None:
             return _predict_many(args, model, state, molecular)
@@ -257,7 +259,8 @@ def run_demo(args) -> int:
 
     cfg = DemoConfig(task=args.task, limit=args.limit, seed=args.seed, epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, width=args.width, cell=args.cell,
-                     gamma=args.gamma, jac_reg=args.jac_reg, spectral_reg=args.spectral_reg,
+                     gamma=args.gamma, sums=args.sums, jac_reg=args.jac_reg,
+                     spectral_reg=args.spectral_reg,
                      spectral_target=args.spectral_target,
                      spectral_steps=args.spectral_steps, train_rtol=args.rtol,
                      train_max_it=args.max_it, solvers=tuple(args.solvers.split(",")),

@@ -53,6 +53,9 @@ def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0,
                         "%(default)s)")
     p.add_argument("--gamma", type=float, default=0.9,
                    help="Lipschitz bound of the contractive cell (default: %(default)s)")
+    p.add_argument("--no-sums", dest="sums", action="store_false",
+                   help="inject the image alone, without its graph sums (per-channel sums "
+                        "of atoms and of pairs: total charge, the dipole, ...) as a bias")
     p.add_argument("--jac-reg", type=float, default=jac_reg,
                    help="weight of a Jacobian-norm penalty, for cells that are not contractive "
                         "by construction (default: %(default)s)")

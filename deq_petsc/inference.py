@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from petsc4py import PETSc
 
-from .checkpoint import load_checkpoint
+from .checkpoint import DEQCheckpointError, load_checkpoint
 from .config import TrainConfig
 from .data.tasks import TaskData
 from .models.graph_classifier import ClassifierConfig, GraphImageClassifier
@@ -36,12 +36,13 @@ def build_model(cfg: TrainConfig, data: TaskData, out_dim: int, prefix: str = ""
     model_cfg = ClassifierConfig(in_channels=data.images.shape[1],
                                  image_size=data.images.shape[-1], n_classes=out_dim,
                                  width=cfg.width, kind=cfg.kind, depth=cfg.depth,
-                                 cell=cfg.cell, gamma=cfg.gamma)
+                                 cell=cfg.cell, gamma=cfg.gamma, sums=cfg.sums)
     torch.manual_seed(cfg.seed)
     model = GraphImageClassifier(model_cfg, prefix=prefix, comm=comm,
                                  solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
                                  adjoint_options={**TRAIN_ADJOINT_OPTIONS,
                                                   **(adjoint_options or {})})
+    model.inject.standardise(data.images[data.indices("train")])
     return model.to(device=cfg.device, dtype=getattr(torch, cfg.dtype))
 
 
@@ -119,6 +120,21 @@ def load_model(checkpoint, prefix: str = "", solver_options: dict | None = None,
     model.load_state_dict(state["model"])
     model.eval()
     return model, state
+
+
+def require_current_images(state: dict, checkpoint) -> None:
+    """A model reads the graph images of the representation it was trained on: a
+    checkpoint from before a representation change (molecules gained 3D channels) is
+    refused in one line, not fed images with other channels."""
+    from .data.graph_image import MOLECULE_CHANNELS, PERIODIC_CHANNELS
+    task = state["task"]
+    current = MOLECULE_CHANNELS if task["name"] == "polarity" else PERIODIC_CHANNELS
+    saved = tuple(task.get("channels", ()))
+    if saved != tuple(current):
+        raise DEQCheckpointError(
+            f"{checkpoint} was trained on {len(saved)}-channel images ({', '.join(saved)}); "
+            f"this version draws {task['name']} inputs with {len(current)} "
+            f"({', '.join(current)}): train the model again")
 
 
 def objective_of(state: dict, data: TaskData | None = None):

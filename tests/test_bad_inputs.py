@@ -277,7 +277,7 @@ def _image_or_named_error(render, text, shape):
 @FUZZ
 @given(st.text(alphabet=SMILES_ALPHABET, max_size=40) | st.text(max_size=20))
 def test_any_smiles_gives_an_image_or_a_named_error(text):
-    _image_or_named_error(smiles_image, text, (5, 32, 32))
+    _image_or_named_error(smiles_image, text, (7, 32, 32))
 
 
 @FUZZ

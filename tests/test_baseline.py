@@ -81,7 +81,7 @@ def test_baseline_command_on_the_same_split_as_the_deq(cache_dir, tmp_path):
                      "images", "--out", tmp_path / "img", "--cache-dir", cache_dir,
                      "--no-progress", "--max-iter", "10")
     assert images.returncode == 0, images.stdout + images.stderr
-    assert json.loads((tmp_path / "img" / "baseline.json").read_text())["n_features"] == 5 * 32 * 32
+    assert json.loads((tmp_path / "img" / "baseline.json").read_text())["n_features"] == 7 * 32 * 32
 
 
 def test_baseline_on_crystals(cache_dir, tmp_path):

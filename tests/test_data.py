@@ -30,7 +30,7 @@ def cache_dir(tmp_path_factory):
 def test_ethanol_adjacency():
     g = smiles_image("CCO")
     bonds = g.image[0]
-    assert g.image.shape == (5, 32, 32) and len(g.nodes) == 9
+    assert g.image.shape == (7, 32, 32) and len(g.nodes) == 9
     assert sorted(g.nodes) == ["C", "C", "H", "H", "H", "H", "H", "H", "O"]
     assert np.array_equal(bonds, bonds.T)
     assert bonds.sum() / 2 == 8                      # C-C, C-O, O-H and five C-H
@@ -41,7 +41,7 @@ def test_ethanol_adjacency():
     z = np.diag(g.image[3])[:9] * 10
     assert sorted(np.round(z).astype(int)) == [1, 1, 1, 1, 1, 1, 6, 6, 8]
     o = g.nodes.index("O")
-    assert g.image[4, o, o] < -0.3                   # the Gasteiger charge of the O
+    assert g.image[4, o, o] == pytest.approx(-0.68)   # the MMFF94 charge of an alcohol's O
 
 
 def test_benzene_adjacency_and_symmetry():
@@ -68,6 +68,73 @@ def test_canonical_order_under_random_renumbering():
     for _ in range(5):
         perm = [int(i) for i in rng.permutation(mol.GetNumAtoms())]
         assert np.array_equal(molecule_image(Chem.RenumberAtoms(mol, perm)).image, reference)
+
+
+# QM9 molecule 67, CC(O)C#N: B3LYP positions (A) as qm9pack writes them; DFT dipole 3.269 D
+LACTONITRILE = ("['C','C','O','C','N','H','H','H','H','H']\n"
+                "[[-0.0099246231,1.5495190809,0.0073219962],[0.007404854,0.0172201996,"
+                "0.0503126972],[0.7208572187,-0.4963047879,1.158645827],[-1.3699509508,"
+                "-0.5235592867,0.0089443174],[-2.4508157221,-0.9323313769,0.0071691167],"
+                "[1.0189231373,1.9163044701,0.0272414869],[-0.5026148964,1.9096936186,"
+                "-0.8999795105],[-0.5480042554,1.9537761129,0.8705366377],[0.5360284572,"
+                "-0.3649419486,-0.8297094521],[0.2770264307,-0.2064453419,1.9642177334]]")
+ACETYLENE = ("['C','C','H','H']\n"
+             "[[0.5995394918,0.,1.],[-0.5995394918,0.,1.],[-1.6616385861,0.,1.],[1.6616385861,0.,1.]]")
+
+
+def test_qm9_positions_are_read_as_python_writes_numbers():
+    from deq_petsc.data.tasks import qm9_geometry
+    elements, xyz = qm9_geometry(ACETYLENE)
+    assert elements == ["C", "C", "H", "H"] and xyz.shape == (4, 3)
+    assert xyz[0].tolist() == [0.5995394918, 0.0, 1.0]
+
+
+def test_a_molecule_at_its_dft_positions_does_not_depend_on_numbering_or_orientation():
+    from scipy.spatial.transform import Rotation
+
+    from deq_petsc.data import xyz_image
+    from deq_petsc.data.tasks import qm9_geometry
+    elements, xyz = qm9_geometry(LACTONITRILE)
+    g = xyz_image(elements, xyz)
+    assert g.info["geometry"] == "given" and g.info["smiles"] == "C[C@@H](O)C#N"  # stereo from 3D
+    rng = np.random.default_rng(1)
+    for k in range(5):
+        perm = rng.permutation(len(elements))
+        moved = Rotation.random(random_state=k).apply(xyz[perm]) + rng.normal(size=3) * 5
+        other = xyz_image([elements[i] for i in perm], moved)
+        assert other.nodes == g.nodes
+        np.testing.assert_allclose(other.image, g.image, atol=1e-5)
+    # distance channel: 1/|r_a - r_b| of the positions given
+    c, n = g.nodes.index("C"), g.nodes.index("N")
+    assert g.image[5, c, n] == g.image[5, n, c] > 0
+    i = [e for e in range(10) if elements[e] == "N"][0]
+    d = {round(float(1 / np.linalg.norm(xyz[i] - xyz[j])), 4) for j in range(10) if j != i}
+    assert {round(float(v), 4) for v in g.image[5, n, :10] if v > 0} == d
+    # the dipole channel sums to the MMFF94 charges' dipole, |sum q_a (r_a - centroid)|
+    q = np.diag(g.image[4])[:10].astype(float)
+    assert abs(q.sum()) < 1e-6                                       # a neutral molecule
+    assert np.trace(g.image[6]) * 4.8032 == pytest.approx(g.info["charge_dipole_debye"], rel=1e-5)
+    assert 2.0 < g.info["charge_dipole_debye"] < 5.0                  # QM9 (DFT): 3.27 D
+
+
+def test_a_smiles_gets_a_deterministic_conformer():
+    first, again = smiles_image("OCC#N"), smiles_image("N#CCO")
+    assert first.info["geometry"] == "ETKDG + MMFF94"
+    assert np.array_equal(first.image, again.image)
+    bonded = first.image[0] > 0
+    lengths = 1 / first.image[5][bonded]
+    assert 0.9 < lengths.min() and lengths.max() < 1.6                # bond lengths in A
+
+
+def test_unreadable_positions_are_a_clear_error():
+    from deq_petsc.data import xyz_image
+    from deq_petsc.data.tasks import render
+    with pytest.raises(DEQInputError, match="no neutral molecule fits"):      # a methyl radical
+        xyz_image(["C", "H", "H", "H"], [[0, 0, 0], [1.09, 0, 0], [-.5, .9, 0], [-.5, -.9, 0]])
+    with pytest.raises(DEQInputError, match="unknown element"):
+        xyz_image(["Xx", "C"], [[0, 0, 0], [1.5, 0, 0]])
+    image, reason = render("smiles", "CC", 32, "['C','C']\n[[0.,0.,0.],[1.5,0.,x]]")
+    assert image is None and reason == "unreadable atom positions"
 
 
 @pytest.mark.parametrize("bad, reason", [("C1CC", "SMILES"), ("C(C)(C)(C)(C)C", "valence"),
@@ -172,7 +239,7 @@ def test_mof_labels_hand_checked(cache_dir):
 def test_build_split_balance_and_cache(cache_dir):
     d = load_task("polarity", limit=40, seed=3, cache_dir=cache_dir, progress=False)
     assert not d.from_cache and len(d.ids) == 40 and d.attempted == 40
-    assert d.images.shape == (40, 5, 32, 32) and d.images.dtype.is_floating_point
+    assert d.images.shape == (40, 7, 32, 32) and d.images.dtype.is_floating_point
     sizes = {s: len(d.indices(s)) for s in ("train", "val", "test")}
     assert sizes == {"train": 32, "val": 4, "test": 4}
     balance = d.class_balance()

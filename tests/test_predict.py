@@ -112,3 +112,16 @@ def test_a_folder_of_cifs(trained, tmp_path):
     assert {rows[0]["label"], rows[2]["label"]} <= {"metal", "semiconductor", "insulator"}
     wrong = run_cli("predict", "--checkpoint", trained["crystals"], "--input", tmp_path / "no")
     assert wrong.returncode == 1 and "no such file or folder" in wrong.stdout + wrong.stderr
+
+
+def test_a_checkpoint_of_an_older_representation_is_refused_in_one_line(trained, tmp_path):
+    from deq_petsc.checkpoint import load_checkpoint, save_checkpoint
+    state = load_checkpoint(trained["polarity"])
+    state["task"]["channels"] = ["bonds", "topology", "polarity", "element", "charge"]
+    old = save_checkpoint(state, tmp_path / "old.pt")
+    r = run_cli("predict", "--checkpoint", old, "--smiles", "CCO")
+    assert r.returncode == 1
+    assert r.stdout.strip().splitlines()[-1] == (
+        f"deq-petsc predict: error: {old} was trained on 5-channel images (bonds, topology, "
+        f"polarity, element, charge); this version draws polarity inputs with 7 (bonds, "
+        f"topology, polarity, element, charge, distance, dipole): train the model again")

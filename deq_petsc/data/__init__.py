@@ -7,10 +7,10 @@
 
 from .graph_image import (MOLECULE_CHANNELS, PERIODIC_CHANNELS, GraphImage, cif_image,
                           molecule_image, mol_from_smiles, render_png, smiles_image,
-                          structure_from_cif, structure_image)
+                          structure_from_cif, structure_image, xyz_image)
 from .tasks import SPLITS, TASKS, TaskData, load_task, make_task
 
 __all__ = ["GraphImage", "MOLECULE_CHANNELS", "PERIODIC_CHANNELS", "SPLITS", "TASKS",
            "TaskData", "cif_image", "load_task", "make_task", "molecule_image",
            "mol_from_smiles", "render_png", "smiles_image", "structure_from_cif",
-           "structure_image"]
+           "structure_image", "xyz_image"]

@@ -41,10 +41,11 @@ import numpy as np
 from ..errors import DEQCacheError, DEQInputError
 from .cache import DatasetCache, cache_key, fingerprint
 from .graph_image import (MOLECULE_CHANNELS, MOLECULE_SIZE, PERIODIC_CHANNELS, PERIODIC_SIZE,
-                          cif_image, smiles_image)
+                          cif_image, smiles_image, xyz_image)
 from .workers import map_in_workers
 
-REPRESENTATION_VERSION = 1
+# by kind of input; molecules 2: drawn in 3D (MMFF94 charges, distance and dipole channels)
+REPRESENTATION_VERSION = {"molecule": 2, "periodic": 1}
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 SPLIT_KINDS = ("random", "scaffold")
@@ -86,6 +87,7 @@ class Record:
     id: str
     payload: str          # SMILES, CIF text, or a path to a CIF file
     target: float         # the DFT number the label comes from
+    geometry: str = ""    # molecules: the DFT positions the image is drawn at (QM9's)
 
 
 # -- tasks -------------------------------------------------------------------------------
@@ -124,7 +126,8 @@ class PolarityTask(Task):
 
     def _read(self):
         import pandas as pd
-        frames = [pd.read_csv(f, usecols=["Index", "SMILES", "Dipole_debye"]) for f in qm9_files()]
+        columns = ["Index", "SMILES", "Dipole_debye", "Elements", "XYZ_Ang"]
+        frames = [pd.read_csv(f, usecols=columns) for f in qm9_files()]
         if not frames:
             raise ImportError("qm9pack ships no qm9_part*.csv files")
         df = pd.concat(frames, ignore_index=True)
@@ -140,8 +143,9 @@ class PolarityTask(Task):
 
     def records(self, cache_root):
         df = self._read()
-        return [Record(f"qm9-{int(i)}", s, float(d))
-                for i, s, d in zip(df["Index"], df["SMILES"], df["Dipole_debye"])]
+        return [Record(f"qm9-{int(i)}", s, float(d), f"{e}\n{x}")
+                for i, s, d, e, x in zip(df["Index"], df["SMILES"], df["Dipole_debye"],
+                                         df["Elements"], df["XYZ_Ang"])]
 
     def label(self, target):
         return int(target > self.threshold)
@@ -252,10 +256,28 @@ def stored_image(graph) -> np.ndarray:
     return graph.image.astype(np.float16)
 
 
-def render(payload_kind: str, payload: str, size: int):
-    """``(image float16, None)`` or ``(None, reason)``: bad inputs never raise out of here."""
+def qm9_geometry(text: str):
+    """QM9's ``Elements`` and ``XYZ_Ang`` columns (one line each, as a :class:`Record`'s
+    ``geometry`` holds them) as element symbols and an ``[n, 3]`` array in Angstrom."""
+    elements_text, _, xyz_text = text.partition("\n")
+    elements = [e.strip().strip("'\"") for e in elements_text.strip("[] ").split(",")]
+    try:   # "[[0.5995,0.,1.],...]": numbers as Python writes them, not always JSON
+        xyz = np.array(xyz_text.replace("[", " ").replace("]", " ").split(","), dtype=float)
+    except ValueError:
+        raise DEQInputError("unreadable atom positions") from None
+    if xyz.size != 3 * len(elements):
+        raise DEQInputError(f"{len(elements)} elements for {xyz.size} coordinates")
+    return elements, xyz.reshape(-1, 3)
+
+
+def render(payload_kind: str, payload: str, size: int, geometry: str = ""):
+    """``(image float16, None)`` or ``(None, reason)``: bad inputs never raise out of here.
+    A molecule with a ``geometry`` (QM9's DFT positions) is drawn at it; one without at an
+    ETKDG + MMFF94 conformer of its SMILES."""
     try:
-        if payload_kind == "smiles":
+        if payload_kind == "smiles" and geometry:
+            graph = xyz_image(*qm9_geometry(geometry), size)
+        elif payload_kind == "smiles":
             graph = smiles_image(payload, size)
         elif payload_kind == "cif":
             graph = cif_image(payload, size)
@@ -336,7 +358,7 @@ def load_task(name: str, limit: int | None = None, seed: int = 0, cache_dir=None
         raise DEQInputError(f"a scaffold split needs molecules; {name} holds periodic "
                             f"structures (use the random split)")
     cache = DatasetCache(cache_dir, required=("params", "attempted", "skipped"))
-    params = {"task": name, "representation": REPRESENTATION_VERSION, "size": task.size,
+    params = {"task": name, "representation": REPRESENTATION_VERSION[task.kind], "size": task.size,
               "limit": limit, "seed": seed, **task.params()}
     if split_by != "random":                 # the random split keeps its old cache keys
         params["split_by"] = split_by
@@ -420,7 +442,7 @@ def _build(task: Task, limit, seed, cache_root: Path, n_jobs, progress, split_by
     # band gaps are magnitudes) has no label: skipped with its reason, never mislabelled
     bad_target = {k: f"{task.target_name} {r.target!r} is not a non-negative number"
                   for k, r in enumerate(chosen) if not (math.isfinite(r.target) and r.target >= 0)}
-    results = map_in_workers(render, [(task.payload, r.payload, task.size)
+    results = map_in_workers(render, [(task.payload, r.payload, task.size, r.geometry)
                                       for k, r in enumerate(chosen) if k not in bad_target],
                              desc=f"{task.name} graph images", n_jobs=n_jobs,
                              progress=progress, unit="img")

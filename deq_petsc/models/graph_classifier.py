@@ -2,7 +2,9 @@
 
     images --inject--> x --equilibrium z* = f(z*, x)--> z* --head--> logits
 
-* injection: conv3x3 (in_channels -> width) + GroupNorm;
+* injection: conv3x3 (in_channels -> width) + GroupNorm; with ``sums`` (the
+  ``train`` command's default) plus a per-channel bias linear in the image's graph
+  sums (:class:`Injection`);
 * cell, by default :class:`ContractiveCell`,
   ``f(z, x) = tanh(gamma W2 relu(W1 z) + x)`` with ``Lip(f) <= gamma = 0.9``
   by construction; or (``cell="resnet"``) the implicit-layers tutorial's cell
@@ -27,6 +29,60 @@ import torch
 from torch import nn
 
 from ..layer import DEQ
+
+
+class Injection(nn.Module):
+    """``x = GN(conv3x3(image)) [+ A s]``: the input of the equilibrium.
+
+    GroupNorm normalises every sample on its own, so a quantity carried by the size of
+    the image's entries (the molecule's total charge, the dipole channel whose diagonal
+    sums to the dipole of the partial charges, the number of atoms) reaches the
+    equilibrium only as a ratio to the sample's other entries. With ``sums``, the
+    per-channel sums of the image's diagonal (atoms) and off-diagonal (pairs)
+    (2 x in_channels numbers, the readout of graph networks), standardised by their
+    mean and standard deviation over the training split (:meth:`standardise`: from a
+    few to hundreds, they would otherwise swamp the bias), enter ``x`` as a
+    per-channel bias ``A s`` that is constant over the image: graph-level quantities,
+    through the equilibrium rather than around it."""
+
+    def __init__(self, in_channels: int, width: int, groups: int, sums: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.norm = nn.GroupNorm(groups, width)
+        self.sums = nn.Linear(2 * in_channels, width, bias=False) if sums else None
+        if self.sums is not None:
+            nn.init.zeros_(self.sums.weight)        # starts as the plain injection
+            self.register_buffer("sum_mean", torch.zeros(2 * in_channels))
+            self.register_buffer("sum_std", torch.ones(2 * in_channels))
+
+    @staticmethod
+    def graph_sums(images: torch.Tensor) -> torch.Tensor:
+        """``[B, 2C]``: per channel, the sum of the diagonal, then of the rest."""
+        diagonal = images.diagonal(dim1=-2, dim2=-1).sum(-1)
+        return torch.cat([diagonal, images.sum((-2, -1)) - diagonal], 1)
+
+    @torch.no_grad()
+    def standardise(self, images: torch.Tensor) -> None:
+        """Set the sums' shift and scale from ``images`` (the training split)."""
+        if self.sums is None:
+            return
+        s = self.graph_sums(images.to(self.sum_mean.dtype))
+        self.sum_mean.copy_(s.mean(0))
+        self.sum_std.copy_(s.std(0).clamp_min(1e-6))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before this class held nn.Sequential(conv, norm): "0.", "1."
+        for old, new in (("0.", "conv."), ("1.", "norm.")):
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.conv(images))
+        if self.sums is None:
+            return x
+        s = (self.graph_sums(images) - self.sum_mean) / self.sum_std
+        return x + self.sums(s)[:, :, None, None]
 
 
 class ResNetCell(nn.Module):
@@ -124,6 +180,7 @@ class ClassifierConfig:
     depth: int = 8                 # explicit only
     cell: str = "contractive"      # "contractive" (Lip <= gamma) or "resnet" (tutorial cell)
     gamma: float = 0.9             # contractive cell's Lipschitz bound
+    sums: bool = False             # the image's graph sums in the injection (Injection)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -153,8 +210,7 @@ class GraphImageClassifier(nn.Module):
             raise ValueError(f"kind must be 'deq' or 'explicit', got {config.kind!r}")
         self.config = config
         w, g = config.width, config.groups
-        self.inject = nn.Sequential(nn.Conv2d(config.in_channels, w, 3, padding=1),
-                                    nn.GroupNorm(g, w))
+        self.inject = Injection(config.in_channels, w, g, config.sums)
         if config.cell == "contractive":
             cell = ContractiveCell(w, config.image_size, config.gamma)
         elif config.cell == "resnet":

@@ -32,7 +32,9 @@ OUTPUTS = ("checkpoint.pt", "metrics.json", "metrics.csv", "report.json", "curve
            "confusion.png", "reliability.png", "parity.png")
 #: TrainConfig fields that fix the data build or the model: a resume must keep them.
 FIXED_ON_RESUME = ("task", "limit", "seed", "split_by", "kind", "depth", "width", "cell",
-                   "gamma", "objective", "dtype")
+                   "gamma", "sums", "objective", "dtype")
+#: what a checkpoint written before a field existed trained with
+BEFORE_THE_FIELD = {"sums": False}
 #: command-line flag of a TrainConfig field, where the names differ
 FLAG_OF = {"kind": "model"}
 
@@ -114,10 +116,10 @@ def resumed_config(cfg, saved: dict, explicit: set[str], where: str):
     """
     changes, notes = {}, []
     for f in fields(cfg):
-        if f.name not in saved:
+        if f.name not in saved and f.name not in BEFORE_THE_FIELD:
             continue
         flag = FLAG_OF.get(f.name, f.name)
-        mine, theirs = getattr(cfg, f.name), saved[f.name]
+        mine, theirs = getattr(cfg, f.name), saved.get(f.name, BEFORE_THE_FIELD.get(f.name))
         if flag not in explicit or mine == theirs:
             changes[f.name] = theirs
             continue

@@ -25,8 +25,6 @@ Gauss-Newton for least squares (``brgn``) -- are training algorithms too.
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ import torch
 from petsc4py import PETSc
 
 from ..convergence import solve_accepted
+from ..c_output import silenced
 from ..errors import DEQConvergenceError, DEQOptionsError
 from ..inference import model_device, predict
 from ..options_spec import TAO_TRAINER as TAO_TRAINER_OPTIONS
@@ -88,17 +87,8 @@ def _quiet_unless_root(dp: DataParallel):
     if dp.is_root:
         yield
         return
-    sys.stdout.flush()
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
+    with silenced(1):
         yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _newton_ksp_defaults(tao) -> dict:
