@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deq_petsc"
 
 #: layer -> modules (relative to deq_petsc; a package name covers its submodules)
 LAYERS = {
-    1: ["allocator", "atomic", "blas_threads", "callbacks", "convergence", "devices",
+    1: ["allocator", "atomic", "blas_threads", "c_output", "callbacks", "convergence", "devices",
         "diagnostics", "errors", "interop", "operators", "options_spec", "outcome",
         "petsc_options", "problem", "progress", "reference", "solver", "adjoint",
         "solver_sets"],

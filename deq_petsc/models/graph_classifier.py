@@ -49,9 +49,11 @@ class Injection(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
         self.norm = nn.GroupNorm(groups, width)
-        self.sums = nn.Linear(2 * in_channels, width, bias=False) if sums else None
-        if self.sums is not None:
-            nn.init.zeros_(self.sums.weight)        # starts as the plain injection
+        self.sums = None
+        if sums:     # zero weights, and the random stream left as it was: the rest of the
+            with torch.random.fork_rng(devices=[]):     # model starts as without sums
+                self.sums = nn.Linear(2 * in_channels, width, bias=False)
+            nn.init.zeros_(self.sums.weight)
             self.register_buffer("sum_mean", torch.zeros(2 * in_channels))
             self.register_buffer("sum_std", torch.ones(2 * in_channels))
 
