@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -120,15 +121,25 @@ def covalent_radius(z: int) -> float:
 
 
 # -- molecules -----------------------------------------------------------------------
+@contextmanager
+def _rdkit_quiet():
+    """RDKit's own log off for the block: its complaints become our named errors."""
+    from rdkit import RDLogger
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        yield
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+
+
 def mol_from_smiles(smiles: str):
     """RDKit molecule with explicit hydrogens; :class:`DEQInputError` if invalid."""
     _require("rdkit")
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem
 
     if not isinstance(smiles, str) or not smiles.strip():
         raise DEQInputError(f"empty SMILES {smiles!r}")
-    RDLogger.DisableLog("rdApp.*")
-    try:
+    with _rdkit_quiet():
         mol = Chem.MolFromSmiles(smiles, sanitize=False)
         if mol is None:
             raise DEQInputError(f"unparsable SMILES {smiles!r}")
@@ -136,8 +147,6 @@ def mol_from_smiles(smiles: str):
         if problems:
             raise DEQInputError(f"invalid SMILES {smiles!r}: {problems[0].Message()}")
         Chem.SanitizeMol(mol)
-    finally:
-        RDLogger.EnableLog("rdApp.*")
     return Chem.AddHs(mol)
 
 
@@ -147,7 +156,7 @@ def mol_from_xyz(elements, coordinates):
     (``rdDetermineBonds``; where the default connectivity makes a strained cage hypervalent,
     the Hueckel connectivity). :class:`DEQInputError` if neither gives a valid molecule."""
     _require("rdkit")
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem
     from rdkit.Chem import rdDetermineBonds
 
     xyz = np.asarray(coordinates, dtype=float).reshape(-1, 3)
@@ -157,13 +166,13 @@ def mol_from_xyz(elements, coordinates):
         raise DEQInputError("non-finite atom positions")
     block = f"{len(xyz)}\n\n" + "\n".join(f"{e} {x:.8f} {y:.8f} {z:.8f}"
                                            for e, (x, y, z) in zip(elements, xyz))
-    RDLogger.DisableLog("rdApp.*")
-    try:
+    with _rdkit_quiet():
+        atoms = Chem.MolFromXYZBlock(block)
+        if atoms is None:
+            raise DEQInputError("unreadable atoms (an unknown element?)")
         for hueckel in (False, True):
+            mol = Chem.Mol(atoms)                   # perception changes the molecule
             try:
-                mol = Chem.MolFromXYZBlock(block)
-                if mol is None:
-                    raise DEQInputError("unreadable atoms (an unknown element?)")
                 if hueckel:     # YAeHMOP warns on stderr about every O-H and N-H bond
                     with silenced(2):
                         rdDetermineBonds.DetermineBonds(mol, charge=0, useHueckel=True)
@@ -171,12 +180,8 @@ def mol_from_xyz(elements, coordinates):
                     rdDetermineBonds.DetermineBonds(mol, charge=0)
                 Chem.SanitizeMol(mol)
                 return mol
-            except DEQInputError:
-                raise
             except Exception as err:     # RDKit's perception raises ValueError, RuntimeError
                 reason = f"{type(err).__name__}: {err}"
-    finally:
-        RDLogger.EnableLog("rdApp.*")
     raise DEQInputError(f"no neutral molecule fits these atoms' positions ({reason})")
 
 
@@ -187,7 +192,7 @@ def embed_conformer(mol, seed: int = CONFORMER_SEED, n_conformers: int = CONFORM
     SMILES gets in place of a DFT geometry;
     canonical order first, so that the conformer (and the image) does not depend on how
     the input numbered its atoms. Deterministic on one machine."""
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem
     from rdkit.Chem import AllChem
 
     # atoms and bonds in the order of the canonical SMILES: ETKDG depends on both
@@ -198,8 +203,7 @@ def embed_conformer(mol, seed: int = CONFORMER_SEED, n_conformers: int = CONFORM
     params = AllChem.ETKDGv3()
     params.randomSeed = seed
     params.numThreads = 1
-    RDLogger.DisableLog("rdApp.*")
-    try:
+    with _rdkit_quiet():
         ids = list(AllChem.EmbedMultipleConfs(mol, n_conformers, params))
         if not ids:                           # strained cages: start from random positions
             params.useRandomCoords = True
@@ -212,8 +216,6 @@ def embed_conformer(mol, seed: int = CONFORMER_SEED, n_conformers: int = CONFORM
         else:                                 # elements MMFF94 lacks (Se, B, ...): UFF
             results = AllChem.UFFOptimizeMoleculeConfs(mol, numThreads=1, maxIters=2000)
             mol.SetProp("_conformer", "ETKDG + UFF")
-    finally:
-        RDLogger.EnableLog("rdApp.*")
     energies = [energy for _, energy in results]
     best = ids[int(np.argmin(energies))]
     keep = Chem.Conformer(mol.GetConformer(best))
@@ -225,13 +227,9 @@ def embed_conformer(mol, seed: int = CONFORMER_SEED, n_conformers: int = CONFORM
 def _partial_charges(mol) -> tuple[np.ndarray, str]:
     """MMFF94 partial charges; Gasteiger's for a molecule MMFF94 cannot type (an element
     it lacks, such as Se or B: outside QM9, so ``predict`` warns about it anyway)."""
-    from rdkit import RDLogger
     from rdkit.Chem import AllChem, rdPartialCharges
-    RDLogger.DisableLog("rdApp.*")
-    try:
+    with _rdkit_quiet():
         props = AllChem.MMFFGetMoleculeProperties(mol)
-    finally:
-        RDLogger.EnableLog("rdApp.*")
     if props is not None:
         return np.array([props.GetMMFFPartialCharge(i) for i in range(mol.GetNumAtoms())]), \
             "MMFF94"
@@ -241,7 +239,7 @@ def _partial_charges(mol) -> tuple[np.ndarray, str]:
     return np.where(np.isfinite(charge), charge, 0.0), "Gasteiger"
 
 
-def _canonical_order(mol, positions: np.ndarray) -> np.ndarray:
+def _canonical_order(mol, distances: np.ndarray) -> np.ndarray:
     """Atoms in canonical order: RDKit's canonical ranks (topology), and between atoms
     that topology cannot tell apart (the hydrogens of a methyl group, the two oxygens of a
     nitro group) their geometry, ``sum_b Z_b / |r_a - r_b|``. So the image does not depend
@@ -250,9 +248,10 @@ def _canonical_order(mol, positions: np.ndarray) -> np.ndarray:
     from rdkit import Chem
     ranks = np.asarray(list(Chem.CanonicalRankAtoms(mol, breakTies=False)))
     z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=float)
-    d = np.linalg.norm(positions[:, None, :] - positions[None, :, :], axis=-1)
-    np.fill_diagonal(d, np.inf)
-    potential = (z[None, :] / d).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        pair = z[None, :] / distances
+    np.fill_diagonal(pair, 0.0)                     # an atom's own 1/0
+    potential = pair.sum(axis=1)
     return np.lexsort((-potential, ranks))      # last key first: ranks, then potential
 
 
@@ -271,7 +270,8 @@ def molecule_image(mol, size: int = MOLECULE_SIZE) -> GraphImage:
         mol = embed_conformer(mol)
         geometry = mol.GetProp("_conformer")
     r = np.asarray(mol.GetConformer().GetPositions(), dtype=float)
-    order = _canonical_order(mol, r)                # position p holds atom order[p]
+    d = np.linalg.norm(r[:, None, :] - r[None, :, :], axis=-1)
+    order = _canonical_order(mol, d)                # position p holds atom order[p]
     position = np.empty(n, dtype=int)
     position[order] = np.arange(n)
 
@@ -294,7 +294,6 @@ def molecule_image(mol, size: int = MOLECULE_SIZE) -> GraphImage:
         inv = np.where(topo > 0, 1.0 / topo, 0.0)
     inv[~np.isfinite(inv)] = 0.0                    # disconnected fragments: no path
     img[1][np.ix_(p, p)] = inv
-    d = np.linalg.norm(r[:, None, :] - r[None, :, :], axis=-1)
     with np.errstate(divide="ignore"):
         img[5][np.ix_(p, p)] = np.where(d > 1e-6, 1.0 / d, 0.0)
     centred = r - r.mean(axis=0)
