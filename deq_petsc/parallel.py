@@ -102,6 +102,19 @@ class DataParallel:
             p.grad = flat[offset:offset + k].view_as(p).clone()
             offset += k
 
+    def from_root(self, array: np.ndarray) -> np.ndarray:
+        """Rank 0's values of a replicated ``array`` (a copy, the same on every rank).
+
+        Replicas of one computation do not stay bitwise equal by themselves: OpenBLAS's
+        reductions round differently with the address alignment of their arrays, so
+        TAO replicas fed identical callback values still part in the last bit.
+        """
+        if self.size == 1:
+            return array
+        agreed = np.ascontiguousarray(array).copy()
+        self.mpi.Bcast(agreed, root=0)
+        return agreed
+
     def gather(self, local: torch.Tensor) -> torch.Tensor:
         """The ranks' shards of one batch, concatenated in rank order (on every rank)."""
         if self.size == 1:

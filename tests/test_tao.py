@@ -58,6 +58,34 @@ def test_gradient_given_to_tao_equals_torchs():
     model.destroy()
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])     # zero-copy, and a cast
+def test_hessian_products_stay_at_the_point_tao_asked_for(dtype):
+    """A trust region that rejects a step multiplies again after evaluating the trial
+    point: the products must still be the Gauss-Newton matrix at the Hessian's point."""
+    data = synthetic()
+    model, obj, X, y = model_for(data, kind="explicit")
+    model = model.to(getattr(torch, dtype))
+    X = X.to(getattr(torch, dtype))
+    slices = ParameterSlices(model)
+    params = ParameterVector(slices)
+    assert params.layout.zero_copy == (dtype == "float64")
+    problem = TrainingProblem(model, obj, X, y, params)
+    x0, trial, V, Y = (params.vec.duplicate() for _ in range(4))
+    params.vec.copy(x0)
+    trial.setArray(x0.getArray(readonly=True) + 0.3)
+    V.setArray(np.random.default_rng(0).standard_normal(slices.numel))
+    problem.hessian(None, x0, None, None)
+    problem.mult(None, V, Y)
+    at_x0 = Y.getArray(readonly=True).copy()
+    problem.objective_value(None, trial)          # the rejected step's evaluation
+    problem.mult(None, V, Y)
+    assert problem.error is None
+    np.testing.assert_array_equal(Y.getArray(readonly=True), at_x0)
+    params.release()
+    for v in (x0, trial, V, Y, params.vec):
+        v.destroy()
+
+
 def _explicit_jacobian(model, X, slices):
     """d outputs / d theta as a dense matrix, by torch.autograd.functional.jacobian."""
     names = [n for n, _ in slices.named]

@@ -30,10 +30,15 @@ class ParameterVector:
     """A model's trainable parameters as one ``Vec``, and the model bound to any such ``Vec``.
 
     The ``Vec`` is sequential: under MPI every rank runs its own replica of the
-    TAO solve on the full parameter vector. Objective values, gradients and
-    products are sums over the ranks' shards of the batch, broadcast from rank 0
-    so that they are bitwise equal everywhere; the replicas then take identical
-    steps (the parameters are few, the batch is what is distributed).
+    TAO solve on the full parameter vector (the parameters are few, the batch is
+    what is distributed). Objective values, gradients and products are sums over
+    the ranks' shards of the batch, broadcast from rank 0 so that they are
+    bitwise equal everywhere. That alone does not keep the replicas equal: TAO's
+    own vector operations (OpenBLAS) round differently on different ranks, and
+    ``brgn``'s replicas were seen to part by an ulp within one iteration and by
+    1e-10 after two. So every point a callback is given is rank 0's
+    (:meth:`read`, :meth:`bind`): each rank evaluates the same parameters, and
+    the solution all ranks keep is rank 0's.
     """
 
     def __init__(self, slices: ParameterSlices, dp: DataParallel | None = None):
@@ -45,12 +50,24 @@ class ParameterVector:
         self.vec = self.layout.create_vec(flat, comm=PETSc.COMM_SELF)
 
     def read(self, X: PETSc.Vec) -> torch.Tensor:
-        """``X`` as a tensor: a view (zero-copy when the model is float64 on the CPU)."""
-        return self.layout.read(X)
+        """``X`` as a tensor: a view (zero-copy when the model is float64 on the CPU);
+        under MPI rank 0's ``X``, a copy on every rank."""
+        if self.dp.size == 1:
+            return self.layout.read(X)
+        agreed = torch.from_numpy(self.dp.from_root(X.getArray(readonly=True)))
+        return agreed.to(device=self.layout.device, dtype=self.layout.dtype)
 
     def bind(self, X: PETSc.Vec) -> None:
-        """Make the parameters views of ``X`` (zero-copy) or of one cast of it."""
-        flat = self.read(X)
+        """Make the parameters views of ``X`` (zero-copy) or of one cast of it (rank 0's
+        ``X`` under MPI)."""
+        self.bind_values(self.read(X))
+
+    def snapshot(self, X: PETSc.Vec) -> torch.Tensor:
+        """``X``'s values now, in the model's dtype: a point that TAO cannot move."""
+        return self.read(X).clone()
+
+    def bind_values(self, flat: torch.Tensor) -> None:
+        """Make the parameters views of the flat tensor ``flat``."""
         for p, view in zip(self.slices.params, self.slices.split(flat).values()):
             p.data = view
 
@@ -98,6 +115,7 @@ class TrainingProblem:
         self.on_model_call = on_model_call or (lambda: None)
         self.curvature = None
         self._jacobians = None
+        self._point: torch.Tensor | None = None     # where the Hessian / Jacobian was asked
         self._shift = 0.0
         self.error: BaseException | None = None
         self.deadline: float | None = None
@@ -143,7 +161,10 @@ class TrainingProblem:
     # -- Hessian (python Mat) ------------------------------------------------------------
     @_callback
     def hessian(self, tao, X, H, P) -> None:
-        self.params.bind(X)
+        # the products are at this point: by the time TAO multiplies (a trust region
+        # re-solving after a rejected step) the parameters may be bound to a trial point
+        self._point = self.params.snapshot(X)
+        self.params.bind_values(self._point)
         self.curvature = HESSIANS[self.hessian_kind](self.model, self.objective, self.chunks,
                                                      self.n, self.params.slices)
         self._shift = 0.0
@@ -154,6 +175,7 @@ class TrainingProblem:
         """Hessian (or Gauss-Newton) times ``X``, plus any shift TAO asked for."""
         with _HESSIAN_EVENT:
             v = self.params.read(X).clone()
+            self.params.bind_values(self._point)
             hv = self.params.summed(self.curvature(v))
             if self._shift:
                 hv = hv + self._shift * v
@@ -179,7 +201,8 @@ class TrainingProblem:
 
     @_callback
     def jacobian_residual(self, tao, X, J, P) -> None:
-        self.params.bind(X)
+        self._point = self.params.snapshot(X)     # the products' point (see hessian)
+        self.params.bind_values(self._point)
         self._jacobians = [OutputJacobian(self.model, images, self.params.slices)
                            for images, _ in self.chunks]
         self.counts["jacobian"] += 1
@@ -194,6 +217,7 @@ class TrainingProblem:
         def mult(self, mat, X, Y):
             pb = self.problem
             v = pb.params.read(X).clone()
+            pb.params.bind_values(pb._point)
             jv = torch.cat([pb.dp.gather(jac.jvp(v).reshape(-1)) for jac in pb._jacobians])
             Y.getArray()[:] = (jv / math.sqrt(pb.n)).to(torch.float64).numpy()
             pb.counts["jacobian_products"] += 1
@@ -201,7 +225,9 @@ class TrainingProblem:
         @_callback
         def multTranspose(self, mat, X, Y):
             pb = self.problem
-            w = torch.from_numpy(X.getArray(readonly=True).copy()) / math.sqrt(pb.n)
+            w = torch.from_numpy(pb.dp.from_root(X.getArray(readonly=True).copy()))
+            w = w / math.sqrt(pb.n)
+            pb.params.bind_values(pb._point)
             total = torch.zeros(pb.params.slices.numel, dtype=torch.float64)
             k = pb.objective.out_dim
             for jac, (a, b) in zip(pb._jacobians, pb.rows):
