@@ -27,8 +27,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from . import solver_sets
 from .atomic import write_json
 from .metrics import accuracy_stderr
@@ -239,17 +237,20 @@ def _row(cfg, sset, history, report, rho, inference) -> dict:
     }
 
 
-@torch.no_grad()
 def _spectral_radius(model, images) -> float:
     """rho(J_f) at the trained model's z* for a batch of test images (JVP power iteration)."""
+    import torch
     model.eval()
     dtype = next(model.parameters()).dtype
-    model(images.to(dtype))
-    return float(model.equilibrium.spectral_radius(iters=50))
+    with torch.no_grad():
+        model(images.to(dtype))
+        return float(model.equilibrium.spectral_radius(iters=50))
 
 
 def _inference(cfg, sset, checkpoint, data) -> dict:
     """The test split solved to the inference tolerance with the set's forward solver."""
+    import torch
+
     from .petsc_options import inserted_defaults
     from .train import evaluate, load_model
 
@@ -274,6 +275,7 @@ def _inference(cfg, sset, checkpoint, data) -> dict:
 def _shared_model_solves(cfg, sets, checkpoint, images, out) -> dict:
     """Every set's forward solver on one batch through one trained model, to the
     inference tolerance: the residual-vs-iteration plot and its numbers."""
+    import torch
     from petsc4py import PETSc
 
     from .compare import OptionSet, compare_solves, plot_residuals

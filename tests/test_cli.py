@@ -121,6 +121,19 @@ def test_arguments_are_checked_before_any_work(command, args, message):
     assert "Traceback" not in r.stderr and r.stdout == ""
 
 
+def test_argument_errors_come_before_torch_and_petsc_are_imported():
+    """A typo in a flag is answered in a fraction of a second (importing torch: ~2 s)."""
+    import subprocess
+    import sys
+    code = ("import sys; from deq_petsc.cli import main\n"
+            "try: main(['train', '--task', 'polarity', '--epochs', '0'])\n"
+            "except SystemExit as e: assert e.code == 2\n"
+            "heavy = sorted(m for m in ('torch', 'petsc4py.PETSc', 'rdkit') if m in sys.modules)\n"
+            "print('imported:', heavy)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "imported: []" in r.stdout, r.stdout + r.stderr
+
+
 def test_out_naming_a_file_is_refused(tmp_path):
     target = tmp_path / "a_file"
     target.write_text("not a folder")

@@ -27,6 +27,7 @@ molecular model generalises beyond its training chemistry.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -124,31 +125,39 @@ class PolarityTask(Task):
     def __init__(self, threshold: float | None = None):
         self.threshold = threshold
 
-    def _read(self):
-        import pandas as pd
-        columns = ["Index", "SMILES", "Dipole_debye", "Elements", "XYZ_Ang"]
-        frames = [pd.read_csv(f, usecols=columns) for f in qm9_files()]
-        if not frames:
-            raise ImportError("qm9pack ships no qm9_part*.csv files")
-        df = pd.concat(frames, ignore_index=True)
-        if self.threshold is None:
-            self.threshold = float(np.median(df["Dipole_debye"].to_numpy()))
-        return df
-
     def params(self):
         if self.threshold is None:
-            self._read()
+            self.threshold = float(np.median(_qm9_columns(_stamped(qm9_files()),
+                                                          ("Dipole_debye",))[0]))
         return {"threshold_debye": self.threshold,
                 "sources": [fingerprint(f) for f in qm9_files()]}
 
     def records(self, cache_root):
-        df = self._read()
-        return [Record(f"qm9-{int(i)}", s, float(d), f"{e}\n{x}")
-                for i, s, d, e, x in zip(df["Index"], df["SMILES"], df["Dipole_debye"],
-                                         df["Elements"], df["XYZ_Ang"])]
+        self.params()
+        index, smiles, dipole, elements, xyz = _qm9_columns(
+            _stamped(qm9_files()), ("Index", "SMILES", "Dipole_debye", "Elements", "XYZ_Ang"))
+        return [Record(f"qm9-{i}", s, d, f"{e}\n{x}")
+                for i, s, d, e, x in zip(index, smiles, dipole, elements, xyz)]
 
     def label(self, target):
         return int(target > self.threshold)
+
+
+def _stamped(files: list[Path]) -> tuple:
+    """The files' fingerprints as a hashable key (it changes when a file does)."""
+    return tuple(tuple(fingerprint(f).values()) for f in files)
+
+
+@functools.lru_cache(maxsize=2)
+def _qm9_columns(stamped: tuple, columns: tuple[str, ...]) -> tuple[list, ...]:
+    """QM9's ``columns`` as python lists, read once per process (a test session or a
+    notebook loads the task many times; the table is 134k rows, ~1 s to parse)."""
+    import pandas as pd
+    if not stamped:
+        raise ImportError("qm9pack ships no qm9_part*.csv files")
+    df = pd.concat([pd.read_csv(path, usecols=list(columns)) for path, *_ in stamped],
+                   ignore_index=True)
+    return tuple(df[c].tolist() for c in columns)
 
 
 class MofPoreTask(Task):
