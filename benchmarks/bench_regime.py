@@ -126,10 +126,9 @@ def main():
 
 
 def plot(results, path, args):
-    from deq_petsc.plots import finish_figure, pyplot
+    from deq_petsc.plots import finish_figure, subplots
 
-    plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, (ax1, ax2) = subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     names = [r["name"] for r in results[0]["runs"] if r["name"] != "picard"]
     ordered = sorted(results, key=lambda r: r["spectral_radius"])
     rho = [r["spectral_radius"] for r in ordered]
@@ -148,7 +147,7 @@ def plot(results, path, args):
         ax.axhline(1, color="k", lw=0.8)
         ax.set(xlabel="spectral radius of J_f at z*", ylabel=f"Picard / set ({what})",
                title=f"{what} to rtol {args.rtol:g}", yscale="log")
-    return finish_figure(plt, fig, (ax1, ax2), path,
+    return finish_figure(fig, (ax1, ax2), path,
                          f"{args.task}: {args.cell} cell width {args.width}, "
                          f"{args.epochs} epochs per {args.penalty} penalty setting")
 

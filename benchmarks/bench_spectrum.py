@@ -281,11 +281,10 @@ def summarise(result, radii):
 
 
 def plot(results, radii, path):
-    from deq_petsc.plots import finish_figure, pyplot
+    from deq_petsc.plots import finish_figure, subplots
 
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(results) + 1, figsize=(4.2 * (len(results) + 1), 4),
-                             constrained_layout=True)
+    fig, axes = subplots(1, len(results) + 1, figsize=(4.2 * (len(results) + 1), 4),
+                         constrained_layout=True)
     t = np.linspace(0, 2 * np.pi, 400)
     for ax, res in zip(axes, results):
         e = np.array(res["eigenvalues_sample0"])
@@ -311,7 +310,7 @@ def plot(results, radii, path):
     ax.set(xlabel="spectral radius (J scaled)", ylabel="Picard / GMRES iterations (ideal)",
            yscale="log", title="best possible Anderson speed-up")
     ax.legend(fontsize=7)
-    return finish_figure(plt, fig, list(axes), path,
+    return finish_figure(fig, list(axes), path,
                          "eigenvalues of J_f at z* (first test sample) and the ideal ratio")
 
 

@@ -104,6 +104,7 @@ def _train_config(args, task, kind="deq", depth=8):
     trainer = getattr(args, "trainer", "adam")
     dtype = getattr(args, "dtype", None) or ("float64" if trainer == "tao" else "float32")
     return TrainConfig(task=task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
                        seed=args.seed, width=args.width, kind=kind, depth=depth,
                        limit=args.limit, split_by=getattr(args, "split_by", None) or "random",
                        jac_reg=args.jac_reg, cell=args.cell, sums=args.sums,
@@ -267,7 +268,8 @@ def run_demo(args) -> int:
                      target_accuracy=args.target_accuracy, time_budget=args.time_budget or None,
                      inference_max_it=args.inference_max_it,
                      out=args.out, cache_dir=args.cache_dir, progress=not args.no_progress,
-                     device=args.device, baseline=not args.no_baseline)
+                     device=args.device, baseline=not args.no_baseline,
+                     extra={"lr_schedule": args.lr_schedule, "weight_decay": args.weight_decay})
     if args.quick:
         cfg.limit, cfg.epochs, cfg.width, cfg.inference_max_it = 100, 1, 4, 100
         cfg.time_budget = None

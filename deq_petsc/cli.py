@@ -45,6 +45,11 @@ def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0,
     p.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
     p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam's step size (default: %(default)s)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="cosine: each epoch's step size lr (1 + cos(pi e / epochs)) / 2, "
+                        "from lr in the first epoch towards 0 (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="Adam's L2 weight decay (default: %(default)s)")
     p.add_argument("--width", type=int, default=width,
                    help="channels of the state (default: %(default)s)")
     p.add_argument("--cell", choices=["contractive", "resnet"], default=cell,
@@ -295,6 +300,7 @@ _RANGES = {
     "lr": (lambda v: 0 < v < float("inf"), "a positive number"),
     "seed": (lambda v: v >= 0, "a non-negative integer"),
     "jac_reg": (lambda v: v >= 0, "non-negative"),
+    "weight_decay": (lambda v: 0 <= v < float("inf"), "non-negative"),
     "spectral_reg": (lambda v: v >= 0, "non-negative"),
     "spectral_target": (lambda v: v > 0, "positive"),
     "spectral_steps": (lambda v: v >= 1, "at least 1"),

@@ -210,10 +210,9 @@ def markdown_table(runs, columns=None) -> str:
 
 def plot_residuals(runs, path, title: str = "") -> str:
     """Residual norm against iteration and against wall time, every set on one plot."""
-    from .plots import finish_figure, pyplot
+    from .plots import finish_figure, subplots
 
-    plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, (ax1, ax2) = subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for run in runs:
         if not run.residuals:
             continue
@@ -222,7 +221,7 @@ def plot_residuals(runs, path, title: str = "") -> str:
             ax2.semilogy(run.times, run.residuals, "o-", ms=3, label=run.name)
     ax1.set(xlabel="iteration", ylabel="||F(z)|| = ||z - f(z, x)||", title="residual vs iteration")
     ax2.set(xlabel="wall time (s)", ylabel="||F(z)||", title="residual vs time")
-    return finish_figure(plt, fig, (ax1, ax2), path, title)
+    return finish_figure(fig, (ax1, ax2), path, title)
 
 
 @dataclass

@@ -17,6 +17,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"   # or "cosine": lr * (1 + cos(pi * epoch / epochs)) / 2
     seed: int = 0
     width: int = 16
     kind: str = "deq"

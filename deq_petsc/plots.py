@@ -5,29 +5,31 @@ from __future__ import annotations
 import numpy as np
 
 
-def pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def subplots(*grid, figsize=None, constrained_layout: bool = False, **kwargs):
+    """``pyplot.subplots`` without pyplot: a ``Figure`` that ``savefig`` draws with Agg.
+
+    A program that writes PNGs needs no figure manager or GUI backend, and importing
+    pyplot costs about a second in every training process.
+    """
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize, layout="constrained" if constrained_layout else None)
+    return fig, fig.subplots(*grid, **kwargs)
 
 
-def finish_figure(plt, fig, axes, path, title: str) -> str:
+def finish_figure(fig, axes, path, title: str) -> str:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return str(path)
 
 
 def plot_curves(history: list[dict], path, title: str = "", metric: str = "acc",
                 metric_label: str = "accuracy", loss_label: str = "cross-entropy") -> str:
-    plt = pyplot()
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+    fig, (ax1, ax2, ax3) = subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
     ax1.set(xlabel="epoch", ylabel=loss_label, title="loss")
@@ -37,12 +39,11 @@ def plot_curves(history: list[dict], path, title: str = "", metric: str = "acc",
     ax3.plot(epochs, [h["forward_its"] for h in history], "o-", label="forward")
     ax3.plot(epochs, [h["backward_its"] for h in history], "s-", label="backward")
     ax3.set(xlabel="epoch", ylabel="mean iterations per batch", title="solver iterations")
-    return finish_figure(plt, fig, (ax1, ax2, ax3), path, title)
+    return finish_figure(fig, (ax1, ax2, ax3), path, title)
 
 
 def plot_confusion(cm: np.ndarray, classes, path, title: str = "") -> str:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(classes), 1.2 + 1.2 * len(classes)),
+    fig, ax = subplots(figsize=(1.6 + 1.3 * len(classes), 1.2 + 1.2 * len(classes)),
                            constrained_layout=True)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -54,14 +55,12 @@ def plot_confusion(cm: np.ndarray, classes, path, title: str = "") -> str:
     ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (test)")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return str(path)
 
 
 def plot_reliability(calibration: dict, path, title: str = "") -> str:
     """Accuracy against confidence per bin (a calibrated model sits on the diagonal)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4.6, 4.4), constrained_layout=True)
+    fig, ax = subplots(figsize=(4.6, 4.4), constrained_layout=True)
     bins = calibration["bins"]
     ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins],
            width=[0.9 * (b["high"] - b["low"]) for b in bins], alpha=0.7,
@@ -72,25 +71,23 @@ def plot_reliability(calibration: dict, path, title: str = "") -> str:
     lo = bins[0]["low"] if bins else 0.0
     ax.set(xlim=(lo, 1), ylim=(0, 1), xlabel="confidence (top-class probability)",
            ylabel="accuracy", title=title or f"reliability (ECE {calibration['ece']:.3f})")
-    return finish_figure(plt, fig, (ax,), path, "")
+    return finish_figure(fig, (ax,), path, "")
 
 
 def plot_parity(true, predicted, path, label: str = "target", title: str = "") -> str:
     """Predicted against DFT value for a regression's test split."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4.6, 4.4), constrained_layout=True)
+    fig, ax = subplots(figsize=(4.6, 4.4), constrained_layout=True)
     ax.scatter(true, predicted, s=6, alpha=0.5)
     lo, hi = float(min(min(true), min(predicted))), float(max(max(true), max(predicted)))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
     ax.set(xlabel=f"DFT {label}", ylabel=f"predicted {label}", title=title or "parity")
-    return finish_figure(plt, fig, (ax,), path, "")
+    return finish_figure(fig, (ax,), path, "")
 
 
 def plot_comparison(histories: dict, path, title: str = "", metric: str = "acc",
                     metric_label: str = "accuracy") -> str:
     """Validation metric and training loss against cumulative wall time, one line per run."""
-    plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    fig, (ax1, ax2) = subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     for name, history in histories.items():
         t = [h["elapsed"] for h in history]
         ax1.plot(t, [h["train_loss"] for h in history], "o-", label=name)
@@ -98,4 +95,4 @@ def plot_comparison(histories: dict, path, title: str = "", metric: str = "acc",
     ax1.set(xlabel="training wall time (s)", ylabel="training loss", title="loss vs time")
     ax2.set(xlabel="training wall time (s)", ylabel=f"validation {metric_label}",
             title=f"{metric_label} vs time")
-    return finish_figure(plt, fig, (ax1, ax2), path, title)
+    return finish_figure(fig, (ax1, ax2), path, title)

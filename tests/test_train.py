@@ -51,19 +51,23 @@ def test_training_lowers_the_loss_and_writes_the_run(tiny, tmp_path):
 
 
 def test_resume_matches_an_uninterrupted_run(tiny, tmp_path):
-    cfg = TrainConfig(epochs=3, **TINY)
+    """... on a cosine schedule: the resumed epochs take the uninterrupted run's step sizes."""
+    cfg = TrainConfig(epochs=3, lr_schedule="cosine", **TINY)
     straight = Trainer(cfg, tiny, tmp_path / "straight", progress=False, log=lambda *a: None)
     straight.fit()
+    # lr (1 + cos(pi e / 3)) / 2 for e = 0, 1, 2
+    assert [h["lr"] for h in straight.history] == pytest.approx([3e-3, 2.25e-3, 0.75e-3])
+    assert straight.opt.param_groups[0]["lr"] == pytest.approx(0.75e-3)
     # "killed" after epoch 1: a run that stops there, then a new process resumes it
-    first = Trainer(TrainConfig(epochs=1, **TINY), tiny, tmp_path / "resumed", progress=False,
-                    log=lambda *a: None)
+    first = Trainer(TrainConfig(epochs=1, lr_schedule="cosine", **TINY), tiny,
+                    tmp_path / "resumed", progress=False, log=lambda *a: None)
     first.fit()
     first.destroy()
     resumed = Trainer(cfg, tiny, tmp_path / "resumed", progress=False, log=lambda *a: None)
     assert resumed.resume() == 1
     resumed.fit()
     for a, b in zip(straight.history, resumed.history):
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "forward_its"):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "forward_its", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
     for (name, p), q in zip(straight.model.state_dict().items(),
                             resumed.model.state_dict().values()):

@@ -425,15 +425,12 @@ def element_symbols(numbers) -> str:
 # -- looking at one ------------------------------------------------------------------
 def render_png(graph: GraphImage, path, title: str | None = None) -> str:
     """Write the channels of a graph image side by side as a PNG; returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import subplots
 
     img = graph.image
     n_used = max(len(graph.nodes), 1)
-    fig, axes = plt.subplots(1, img.shape[0], figsize=(3.2 * img.shape[0], 3.6),
-                             constrained_layout=True)
+    fig, axes = subplots(1, img.shape[0], figsize=(3.2 * img.shape[0], 3.6),
+                         constrained_layout=True)
     for c, ax in enumerate(np.atleast_1d(axes)):
         data = img[c, :n_used, :n_used]
         vmax = float(np.abs(data).max()) or 1.0
@@ -448,5 +445,4 @@ def render_png(graph: GraphImage, path, title: str | None = None) -> str:
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return str(path)

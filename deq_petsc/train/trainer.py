@@ -23,12 +23,22 @@ from ..checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..data.graph_image import elements_in
 from ..data.tasks import TaskData
-from ..errors import DEQTrainingError
+from ..errors import DEQOptionsError, DEQTrainingError
 from ..inference import build_model, evaluate, model_device, model_dtype, solver_counts
 from ..objectives import make_objective, shard_loss
 from ..parallel import DataParallel
 from ..progress import progress
 from ..plots import plot_confusion, plot_curves, plot_parity, plot_reliability
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Adam's step size in ``epoch`` (0-based): ``cfg.lr``, or its cosine decay over
+    ``cfg.epochs`` (``lr`` in the first epoch, ``lr (1 + cos(pi (E-1)/E)) / 2`` in the last)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * (1.0 + math.cos(math.pi * epoch / cfg.epochs)) / 2.0
+    raise DEQOptionsError(f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
 
 
 class Trainer:
@@ -67,6 +77,18 @@ class Trainer:
     def _make_optimizer(self):
         return torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr,
                                 weight_decay=self.cfg.weight_decay)
+
+    def _set_epoch_lr(self, epoch: int) -> float:
+        """The step size of ``epoch`` (0-based) under the run's schedule, set on the optimizer.
+
+        A function of (lr, epoch, epochs) alone, so a resumed run steps exactly as an
+        uninterrupted one; a resume with more --epochs stretches the rest of the cosine.
+        """
+        lr = lr_at(self.cfg, epoch)
+        if self.opt is not None:
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+        return lr
 
     @property
     def checkpoint_path(self) -> Path:
@@ -120,6 +142,7 @@ class Trainer:
         for epoch in range(self.start_epoch, self.cfg.epochs):
             start = time.perf_counter()
             self.deadline = None if time_budget is None else start + time_budget - elapsed
+            lr = self._set_epoch_lr(epoch)
             sums = self._train_epoch(epoch, X, y)
             train_time = time.perf_counter() - start
             elapsed += train_time
@@ -140,6 +163,8 @@ class Trainer:
                    "batches": batches}
             row.update(sums)                 # trainer-specific counters
             row.update(epoch_time=train_time, elapsed=elapsed)
+            if self.opt is not None:
+                row["lr"] = lr
             self._check_diverged(row)
             self.history.append(row)
             self.log(f"epoch {epoch + 1:3d}: loss {row['train_loss']:.4f} {m} "
