@@ -44,7 +44,7 @@ def plot_curves(history: list[dict], path, title: str = "", metric: str = "acc",
 
 def plot_confusion(cm: np.ndarray, classes, path, title: str = "") -> str:
     fig, ax = subplots(figsize=(1.6 + 1.3 * len(classes), 1.2 + 1.2 * len(classes)),
-                           constrained_layout=True)
+                       constrained_layout=True)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(cm.shape[0]):

@@ -425,12 +425,12 @@ def element_symbols(numbers) -> str:
 # -- looking at one ------------------------------------------------------------------
 def render_png(graph: GraphImage, path, title: str | None = None) -> str:
     """Write the channels of a graph image side by side as a PNG; returns the path."""
-    from ..plots import subplots
+    from matplotlib.figure import Figure      # drawn by Agg at savefig, without pyplot
 
     img = graph.image
     n_used = max(len(graph.nodes), 1)
-    fig, axes = subplots(1, img.shape[0], figsize=(3.2 * img.shape[0], 3.6),
-                         constrained_layout=True)
+    fig = Figure(figsize=(3.2 * img.shape[0], 3.6), layout="constrained")
+    axes = fig.subplots(1, img.shape[0])
     for c, ax in enumerate(np.atleast_1d(axes)):
         data = img[c, :n_used, :n_used]
         vmax = float(np.abs(data).max()) or 1.0
