@@ -226,6 +226,13 @@ def test_time_to_the_first_sets_final_accuracy():
     assert _time_to_reference(rows, hist, 90)["resolved"] is False       # 0.052
 
 
+def test_the_sets_are_compared_on_the_hardest_model_that_attracts():
+    from deq_petsc.demo import shared_model_name
+    assert shared_model_name({"picard": 0.954, "anderson": 0.858, "gmres": 0.923}) == "picard"
+    assert shared_model_name({"picard": 1.2, "anderson": 0.97, "gmres": 0.99}) == "gmres"
+    assert shared_model_name({"picard": 1.2, "anderson": 1.05}) == "anderson"   # none attracts
+
+
 def test_an_iteration_capped_inference_is_said_loudly(cache_dir, tmp_path):
     out = tmp_path / "run"
     r = run_cli("train", "--task", "polarity", "--limit", "120", "--epochs", "1", "--width",
