@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "demo", "the main job: train the polarity scientist once per solver set "
                  "and compare them",
                  "Train the DEQ polarity classifier on a QM9 subset once per named solver set "
-                 "(picard, anderson, anderson-gmres, ngmres, jfnk, anderson+npc; each under the "
+                 "(picard, anderson, anderson-gmres, anderson20-gmres, ngmres, jfnk, anderson+npc; each under the "
                  "options prefix <name>_ with '+' and '-' as '_', e.g. -anderson_snes_anderson_m "
                  "3) at the paper's training tolerances, and report side by side: time to a "
                  "target validation accuracy, test accuracy, converged fractions, iterations, "

@@ -33,7 +33,7 @@ from .atomic import write_json
 from .metrics import accuracy_stderr
 
 #: The demo's model and protocol (chosen by measurement: docs/solvers.md).
-DEFAULT_SOLVERS = ("picard", "anderson", "anderson-gmres")
+DEFAULT_SOLVERS = ("picard", "anderson", "anderson20-gmres")
 
 
 #: Epochs per solver set by default: polarity's 32 x 32 images take 20-45 s an epoch on
