@@ -322,12 +322,13 @@ def format_summary(summary: dict) -> str:
     """The side-by-side table the CLI prints."""
     rows = summary["solvers"]
     target = "to " + str(summary["target_accuracy"])
-    lines = [f"{'solver':15s} {'test acc':>8s} {'train s':>8s} {target:>8s} "
+    w = max(15, *(len(name) for name in rows))
+    lines = [f"{'solver':{w}s} {'test acc':>8s} {'train s':>8s} {target:>8s} "
              f"{'fwd conv':>8s} {'adj conv':>8s} {'fwd its':>7s} {'rho':>6s} {'inf f/b':>8s} "
              f"{'inf ms':>7s}"]
     for name, r in rows.items():
         to = "never" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}"
-        lines.append(f"{name:15s} {r['test_accuracy']:8.3f} {r['train_seconds']:8.1f} {to:>8s} "
+        lines.append(f"{name:{w}s} {r['test_accuracy']:8.3f} {r['train_seconds']:8.1f} {to:>8s} "
                      f"{100 * r['forward_converged_fraction']:7.0f}% "
                      f"{100 * r['adjoint_converged_fraction']:7.0f}% "
                      f"{r['forward_iterations_mean']:7.1f} {r['spectral_radius_final']:6.3f} "
