@@ -3,8 +3,8 @@
 Per sample of a batch of test images through a trained model, at the iterate a
 training-tolerance forward solve leaves (Picard, ``--its`` steps from 0, the demo's
 rtol-1e-2 regime): power iteration from random vectors with VJPs (the spectral
-penalty before commit c32bbcf), from the solve's last residual with JVPs (the
-penalty since, ``DEQ.spectral_penalty``), and the truth, the growth rate of 60 JVP
+penalty before commit c32bbcf), from the solve's last residual
+(``diagnostics.sample_radii``, the penalty's estimate since), and the truth, the growth rate of 60 JVP
 steps over their second half (``diagnostics.spectral_radius``'s rule per sample).
 Prints mean, max and the share above ``--target`` for each.
 
@@ -24,11 +24,8 @@ deq_petsc.init([sys.argv[0]])
 import torch  # noqa: E402
 
 from deq_petsc.data import load_task  # noqa: E402
+from deq_petsc.diagnostics import sample_radii, unit_per_sample as unit  # noqa: E402
 from deq_petsc.train import load_model  # noqa: E402
-
-
-def unit(u):
-    return u / u.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (u.dim() - 1)))
 
 
 def main():
@@ -51,7 +48,6 @@ def main():
         z = torch.zeros_like(x)
         for _ in range(args.its):
             z = cell(z, x)
-        residual = cell(z, x) - z
     g = torch.Generator().manual_seed(1)
 
     def jvp(u):
@@ -67,12 +63,9 @@ def main():
         (w,) = torch.autograd.grad(fz, zl, u)
         return w.flatten(1).norm(dim=1)
 
-    @torch.no_grad()
-    def jvp_from_residual(steps):
-        u = unit(residual)
-        for _ in range(steps):
-            u = unit(jvp(u))
-        return jvp(u).flatten(1).norm(dim=1)
+    def from_residual(steps):
+        zl = z.detach().requires_grad_(True)
+        return sample_radii(cell(zl, x), zl, steps, generator=g).detach()
 
     @torch.no_grad()
     def truth(iters=60):
@@ -84,7 +77,7 @@ def main():
         return torch.stack(logs[iters // 2:]).mean(0).exp()
 
     rows = [(f"{s} VJP steps from random vectors", vjp_from_random(s)) for s in (4, 10, 30)]
-    rows += [(f"{s} JVP steps from the solve's residual", jvp_from_residual(s)) for s in (0, 4)]
+    rows += [(f"{s} JVP steps from the solve's residual", from_residual(s)) for s in (0, 4)]
     rows.append(("truth: 60 JVP steps, growth rate", truth()))
     print(f"{len(images)} test samples, {args.its} Picard steps from 0, {args.checkpoint}")
     print(f"| estimate of rho_i | mean | max | share above {args.target} |")

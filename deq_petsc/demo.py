@@ -122,7 +122,7 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
                             device=cfg.device, **cfg.extra)
     summary = {"task": cfg.task, "target_accuracy": cfg.target_accuracy,
                "config": asdict(cfg), "solvers": {}}
-    histories, radii = {}, {}
+    histories = {}
     test_images = data.images[data.indices("test")]
     for sset in sets:
         prefix = prefix_of(sset.name)
@@ -140,7 +140,6 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
         histories[sset.name] = history
         inference = _inference(cfg, sset, out / sset.name / "checkpoint.pt", data)
         summary["solvers"][sset.name] = _row(cfg, sset, history, report, rho, inference)
-        radii[sset.name] = rho
         r = summary["solvers"][sset.name]
         say(f"test accuracy {r['test_accuracy']:.3f}; forward solves converged "
             f"{100 * r['forward_converged_fraction']:.0f}%, adjoint "
@@ -149,6 +148,7 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
             f"f evals per batch, {r['inference_ms_per_sample']:.2f} ms per sample")
     summary["reference"] = _time_to_reference(summary["solvers"], histories,
                                               len(data.indices("val")))
+    radii = {name: r["spectral_radius_final"] for name, r in summary["solvers"].items()}
     shared_model = out / shared_model_name(radii) / "checkpoint.pt"
     shared = _shared_model_solves(cfg, sets, shared_model, test_images[:cfg.batch_size], out)
     summary["inference_on_one_model"] = shared

@@ -23,7 +23,7 @@ from torch import nn
 
 from .adjoint import AdjointSolver, AdjointStats, ImplicitKSP, KSPStats
 from .convergence import solve_accepted
-from .diagnostics import spectral_radius
+from .diagnostics import sample_radii, spectral_radius
 from .errors import DEQConvergenceError
 from .options_spec import LAYER as LAYER_OPTIONS
 from .problem import FixedPointProblem
@@ -204,17 +204,11 @@ class DEQ(nn.Module):
         power iteration with JVPs per sample, then ``rho_i = ||J_f u_i||`` for the unit
         ``u_i`` with a graph to the parameters.
 
-        The iteration starts from the forward solve's last residual ``f(z) - z``: the
-        error a fixed-point or Anderson solve leaves is what ``J_f`` damps slowest, so
-        the residual already points along the dominant eigenvectors, and ``steps``
-        products refine it (a small random part, drawn from ``generator``, a CPU
-        generator so a resumed run draws what an uninterrupted one would, covers an
-        exactly converged solve). From random vectors, four steps read 0.82 on
-        average where the radius was 0.955 (the demo's trained polarity model), so
-        the penalty hardly acted and the trained models ended with radius 1.02-1.24;
-        from the residual, 0.93 with no step at all (docs/solvers.md). JVPs are the
-        transposes of VJPs through one double-backward graph (no forward-mode AD
-        needed): one ``f``, one graph and ``steps + 1`` backward passes.
+        The estimate is :func:`~deq_petsc.diagnostics.sample_radii`: power iteration
+        from the forward solve's last residual (``generator``, a CPU generator, draws
+        its small random part, so a resumed run draws what an uninterrupted one
+        would). Costs one ``f``, one double-backward graph and ``steps + 1`` backward
+        passes.
         """
         if self._last_x is None:
             raise RuntimeError("spectral_penalty() needs a forward pass with gradients first")
@@ -222,16 +216,7 @@ class DEQ(nn.Module):
         fz = self.cell(z, self._last_x)
         if len(z) == 0:                               # an empty shard: nothing to penalise
             return fz.sum() * 0.0
-        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
-        u = _unit_per_sample(_unit_per_sample((fz - z).detach())
-                             + 1e-3 * _unit_per_sample(noise))
-        dummy = torch.zeros_like(fz, requires_grad=True)
-        (vjp_of_dummy,) = torch.autograd.grad(fz, z, dummy, create_graph=True)
-        for _ in range(steps):
-            (w,) = torch.autograd.grad(vjp_of_dummy, dummy, u, retain_graph=True)
-            u = _unit_per_sample(w.detach())
-        (w,) = torch.autograd.grad(vjp_of_dummy, dummy, u, create_graph=True)
-        rho = w.flatten(1).norm(dim=1)
+        rho = sample_radii(fz, z, steps, generator)
         self.last_radius_estimate = float(rho.detach().max())
         return torch.relu(rho - target).pow(2).mean()
 
@@ -253,10 +238,6 @@ class DEQ(nn.Module):
     def extra_repr(self) -> str:
         return (f"prefix={self.prefix!r}, adjoint_prefix={self.adjoint.prefix!r}, "
                 f"adjoint={self.adjoint.method}, warm_start={self.warm_start}")
-
-
-def _unit_per_sample(u: torch.Tensor) -> torch.Tensor:
-    return u / u.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (u.dim() - 1)))
 
 
 def _detach(x):
