@@ -41,7 +41,7 @@ def _data_arguments(p, required_task=True, limit_default=None):
 
 def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0,
                         spectral_reg=0.0, spectral_target=0.9, spectral_steps=4,
-                        epochs_help="(default: %(default)s)"):
+                        elements=True, epochs_help="(default: %(default)s)"):
     p.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
     p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam's step size (default: %(default)s)")
@@ -61,6 +61,9 @@ def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0,
     p.add_argument("--no-sums", dest="sums", action="store_false",
                    help="inject the image alone, without its graph sums (per-channel sums "
                         "of atoms and of pairs: total charge, the dipole, ...) as a bias")
+    p.add_argument("--elements", action=argparse.BooleanOptionalAction, default=elements,
+                   help="learn a vector per element (atom embedding) and add, at every entry "
+                        "of the image, those of the two nodes it joins (default: %(default)s)")
     p.add_argument("--jac-reg", type=float, default=jac_reg,
                    help="weight of a Jacobian-norm penalty, for cells that are not contractive "
                         "by construction (default: %(default)s)")
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                         width=DEMO.width, cell=DEMO.cell,
                         jac_reg=DEMO.jac_reg, spectral_reg=DEMO.spectral_reg,
                         spectral_target=DEMO.spectral_target,
-                        spectral_steps=DEMO.spectral_steps)
+                        spectral_steps=DEMO.spectral_steps, elements=DEMO.elements)
 
     p = _command(sub, "train", "train a DEQ (or its explicit twin) on a science task",
                  "Train a graph-image model to classify a task's labels or regress its DFT "

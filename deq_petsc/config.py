@@ -32,6 +32,7 @@ class TrainConfig:
     cell: str = "contractive"
     gamma: float = 0.9
     sums: bool = True               # the image's graph sums in the injection (Injection)
+    elements: bool = True           # learned element embeddings in the injection (Injection)
     objective: str = "classify"     # or "regress": the task's DFT target, MSE
     dtype: str = "float32"          # the model's; the TAO trainer uses float64
     tao_batch: int = 0              # TAO: samples per epoch's objective (0: all)

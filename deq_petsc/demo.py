@@ -60,6 +60,7 @@ class DemoConfig:
     cell: str = "resnet"
     gamma: float = 0.9               # the contractive cell's bound (with cell="contractive")
     sums: bool = True                # the images' graph sums in the injection
+    elements: bool = False           # learned element embeddings in the injection
     jac_reg: float = 0.0
     # The spectral penalty keeps the trained equilibria attracting: unpenalised, every
     # set's model ended with rho(J_f) 1.04-1.41 and no solver reached 1e-4 at inference
@@ -115,7 +116,8 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
     sets = [solver_sets.get(name) for name in cfg.solvers]
     train_cfg = TrainConfig(task=cfg.task, epochs=cfg.epochs, batch_size=cfg.batch_size,
                             lr=cfg.lr, seed=cfg.seed, width=cfg.width, cell=cfg.cell,
-                            gamma=cfg.gamma, sums=cfg.sums, jac_reg=cfg.jac_reg,
+                            gamma=cfg.gamma, sums=cfg.sums, elements=cfg.elements,
+                            jac_reg=cfg.jac_reg,
                             limit=cfg.limit,
                             spectral_reg=cfg.spectral_reg, spectral_target=cfg.spectral_target,
                             spectral_steps=cfg.spectral_steps,

@@ -31,12 +31,20 @@ TRAIN_SOLVER_OPTIONS = {"snes_rtol": 1e-3, "snes_max_it": 100, "deq_accept_max_i
 TRAIN_ADJOINT_OPTIONS = {"ksp_rtol": 1e-3, "ksp_max_it": 100, "deq_accept_max_it": True}
 
 
+def _element_channel(cfg: TrainConfig, data: TaskData) -> int:
+    """Where the images keep ``Z / 10`` for the element embeddings (-1: none asked, or
+    images without an element channel, such as a user's own)."""
+    channels = list(getattr(data, "channels", ()))
+    return channels.index("element") if cfg.elements and "element" in channels else -1
+
+
 def build_model(cfg: TrainConfig, data: TaskData, out_dim: int, prefix: str = "", comm=None,
                 solver_options: dict | None = None, adjoint_options: dict | None = None):
     model_cfg = ClassifierConfig(in_channels=data.images.shape[1],
                                  image_size=data.images.shape[-1], n_classes=out_dim,
                                  width=cfg.width, kind=cfg.kind, depth=cfg.depth,
-                                 cell=cfg.cell, gamma=cfg.gamma, sums=cfg.sums)
+                                 cell=cfg.cell, gamma=cfg.gamma, sums=cfg.sums,
+                                 element_channel=_element_channel(cfg, data))
     torch.manual_seed(cfg.seed)
     model = GraphImageClassifier(model_cfg, prefix=prefix, comm=comm,
                                  solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},

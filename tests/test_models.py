@@ -62,3 +62,49 @@ def test_a_run_from_before_graph_sums_resumes_without_them():
     assert cfg.sums is False and notes == []
     with pytest.raises(DEQCheckpointError, match="--resume: --sums True differs"):
         resumed_config(TrainConfig(task="polarity", sums=True), saved, {"sums"}, "D")
+
+
+def _species_image(zs, n=6, channels=5, element_channel=3):
+    img = torch.zeros(channels, n, n)
+    for i, z in enumerate(zs):
+        img[element_channel, i, i] = z / 10.0
+    img[0, :len(zs), :len(zs)] = 1.0                 # bonds between every pair
+    return img
+
+
+def test_element_embeddings_give_each_entry_the_two_elements_it_joins():
+    torch.manual_seed(0)
+    plain = Injection(in_channels=5, width=4, groups=2)
+    inj = Injection(in_channels=5, width=4, groups=2, element_channel=3)
+    inj.load_state_dict({**inj.state_dict(), **plain.state_dict()})
+    images = torch.stack([_species_image([8, 26]), _species_image([3, 9, 94])])
+    assert torch.equal(inj(images), plain(images))           # zero-initialised
+    assert inj.atomic_numbers(images).tolist() == [[8, 26, 0, 0, 0, 0], [3, 9, 94, 0, 0, 0]]
+    with torch.no_grad():
+        inj.element_rows.weight.normal_()
+        inj.element_cols.weight.normal_()
+    bias = inj.element_bias(images)
+    rows, cols = inj.element_rows.weight, inj.element_cols.weight
+    # sample 1, entry (0, 2): lithium's row vector plus plutonium's column vector
+    assert torch.allclose(bias[1, :, 0, 2], rows[3] + cols[94])
+    assert torch.allclose(bias[0, :, 1, 0], rows[26] + cols[8])
+    assert bias[0, :, 2:].abs().max() == 0 and bias[0, :, :, 2:].abs().max() == 0   # no node
+    assert torch.allclose(inj(images) - plain(images), bias)
+    # renumbering the nodes renumbers the entries, nothing else
+    perm = torch.tensor([2, 0, 1, 3, 4, 5])
+    renumbered = images[:, :, perm][:, :, :, perm]
+    assert torch.allclose(inj.element_bias(renumbered), bias[:, :, perm][:, :, :, perm])
+
+
+def test_a_run_from_before_element_embeddings_resumes_without_them():
+    from dataclasses import asdict
+
+    from deq_petsc.checkpoint import DEQCheckpointError
+    from deq_petsc.config import TrainConfig
+    from deq_petsc.train.run_folder import resumed_config
+    saved = asdict(TrainConfig(task="crystals", limit=150))
+    del saved["elements"]
+    cfg, notes = resumed_config(TrainConfig(task="crystals"), saved, set(), "D")
+    assert cfg.elements is False and notes == []
+    with pytest.raises(DEQCheckpointError, match="--resume: --elements True differs"):
+        resumed_config(TrainConfig(task="crystals", elements=True), saved, {"elements"}, "D")

@@ -17,7 +17,8 @@ def rows_of(path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny polarity model and a tiny crystals model (one epoch each)."""
+    """A tiny polarity model and a tiny crystals model with element embeddings (one epoch
+    each): predict rebuilds whichever injection the checkpoint trained."""
     root = tmp_path_factory.mktemp("predict")
     cache = root / "cache"
     models = {}
@@ -26,7 +27,8 @@ def trained(tmp_path_factory):
         if task == "crystals" and default_crystals_csv() is None:
             continue
         r = run_cli("train", "--task", task, "--limit", "100", "--epochs", "1", "--width", "4",
-                    "--out", root / task, "--cache-dir", cache, "--no-progress")
+                    "--out", root / task, "--cache-dir", cache, "--no-progress",
+                    *(["--elements"] if task == "crystals" else []))
         assert r.returncode == 0, r.stdout + r.stderr
         models[task] = root / task / "checkpoint.pt"
     return models

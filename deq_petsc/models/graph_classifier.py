@@ -43,9 +43,23 @@ class Injection(nn.Module):
     mean and standard deviation over the training split (:meth:`standardise`: from a
     few to hundreds, they would otherwise swamp the bias), enter ``x`` as a
     per-channel bias ``A s`` that is constant over the image: graph-level quantities,
-    through the equilibrium rather than around it."""
+    through the equilibrium rather than around it.
 
-    def __init__(self, in_channels: int, width: int, groups: int, sums: bool = False):
+    With ``element_channel`` (the index of the channel that holds ``Z / 10`` on the
+    diagonal), each node's element gets a learned vector, as a graph network's atom
+    embedding: ``x[:, :, i, j] += E_row(Z_i) + E_col(Z_j)`` wherever nodes ``i`` and
+    ``j`` exist, so every entry of the node-neighbour matrix knows which two elements
+    it joins. A single number ``Z / 10`` asks the network to learn a jagged function of
+    the atomic number (a metal and a nonmetal can be neighbours in ``Z``); a network on
+    the flattened crystal images with each node's element one-hot scored 0.826
+    on the test split against 0.776 without it (docs/data.md). Zero-initialised: the
+    model starts as without them."""
+
+    #: the largest atomic number an embedding has a row for (larger ones share it)
+    MAX_Z = 118
+
+    def __init__(self, in_channels: int, width: int, groups: int, sums: bool = False,
+                 element_channel: int = -1):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
         self.norm = nn.GroupNorm(groups, width)
@@ -56,6 +70,28 @@ class Injection(nn.Module):
             nn.init.zeros_(self.sums.weight)
             self.register_buffer("sum_mean", torch.zeros(2 * in_channels))
             self.register_buffer("sum_std", torch.ones(2 * in_channels))
+        self.element_channel = element_channel
+        self.element_rows = self.element_cols = None
+        if element_channel >= 0:
+            with torch.random.fork_rng(devices=[]):
+                self.element_rows = nn.Embedding(self.MAX_Z + 1, width, padding_idx=0)
+                self.element_cols = nn.Embedding(self.MAX_Z + 1, width, padding_idx=0)
+            nn.init.zeros_(self.element_rows.weight)
+            nn.init.zeros_(self.element_cols.weight)
+
+    def atomic_numbers(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, n]`` int64: each node's Z, read off the element channel (0: no node)."""
+        z = images[:, self.element_channel].diagonal(dim1=-2, dim2=-1) * 10
+        return z.round().long().clamp(0, self.MAX_Z)
+
+    def element_bias(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, width, n, n]``: ``E_row(Z_i) + E_col(Z_j)`` where both nodes exist."""
+        z = self.atomic_numbers(images)
+        rows = self.element_rows(z).transpose(1, 2)              # [B, w, n]
+        cols = self.element_cols(z).transpose(1, 2)
+        exists = (z > 0).to(rows.dtype)
+        pairs = (exists[:, :, None] * exists[:, None, :])[:, None]
+        return (rows[:, :, :, None] + cols[:, :, None, :]) * pairs
 
     @staticmethod
     def graph_sums(images: torch.Tensor) -> torch.Tensor:
@@ -81,6 +117,8 @@ class Injection(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.conv(images))
+        if self.element_rows is not None:
+            x = x + self.element_bias(images)
         if self.sums is None:
             return x
         s = (self.graph_sums(images) - self.sum_mean) / self.sum_std
@@ -183,6 +221,7 @@ class ClassifierConfig:
     cell: str = "contractive"      # "contractive" (Lip <= gamma) or "resnet" (tutorial cell)
     gamma: float = 0.9             # contractive cell's Lipschitz bound
     sums: bool = False             # the image's graph sums in the injection (Injection)
+    element_channel: int = -1      # learned element embeddings from this channel (-1: none)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -212,7 +251,7 @@ class GraphImageClassifier(nn.Module):
             raise ValueError(f"kind must be 'deq' or 'explicit', got {config.kind!r}")
         self.config = config
         w, g = config.width, config.groups
-        self.inject = Injection(config.in_channels, w, g, config.sums)
+        self.inject = Injection(config.in_channels, w, g, config.sums, config.element_channel)
         if config.cell == "contractive":
             cell = ContractiveCell(w, config.image_size, config.gamma)
         elif config.cell == "resnet":

@@ -32,9 +32,9 @@ OUTPUTS = ("checkpoint.pt", "metrics.json", "metrics.csv", "report.json", "curve
            "confusion.png", "reliability.png", "parity.png")
 #: TrainConfig fields that fix the data build or the model: a resume must keep them.
 FIXED_ON_RESUME = ("task", "limit", "seed", "split_by", "kind", "depth", "width", "cell",
-                   "gamma", "sums", "objective", "dtype")
+                   "gamma", "sums", "elements", "objective", "dtype")
 #: what a checkpoint written before a field existed trained with
-BEFORE_THE_FIELD = {"sums": False}
+BEFORE_THE_FIELD = {"sums": False, "elements": False}
 #: command-line flag of a TrainConfig field, where the names differ
 FLAG_OF = {"kind": "model"}
 
