@@ -21,12 +21,13 @@ import time
 import numpy as np
 
 import deq_petsc  # noqa: F401  (process set-up)
+from deq_petsc.data.graph_image import node_atomic_numbers
 
 
 def one_hot_elements(images: np.ndarray, channel: int, max_z: int = 118) -> np.ndarray:
     """``[M, n * max_z]``: each node's element as a one-hot (no node: zeros)."""
-    z = np.clip(np.rint(np.diagonal(images[:, channel], axis1=1, axis2=2) * 10), 0, max_z)
-    return np.eye(max_z + 1, dtype=np.float32)[z.astype(int)][:, :, 1:].reshape(len(z), -1)
+    z = np.clip(node_atomic_numbers(images, channel), 0, max_z)
+    return np.eye(max_z + 1, dtype=np.float32)[z][:, :, 1:].reshape(len(z), -1)
 
 
 def fit_mlp(X, y, train, test, epochs, seed, label):

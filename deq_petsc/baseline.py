@@ -54,8 +54,7 @@ def task_descriptors(data: TaskData, cache_dir=None, jobs=None, progress=True,
     entry = cache.load(f"{data.task}-descriptors", key)
     if entry is not None and entry[1]["names"] == names(kind):
         return entry[0]["X"], entry[1]["names"]
-    task = make_task(data.task, **({"csv": data.params["sources"][0]["path"]}
-                                   if data.task == "crystals" else {}))
+    task = make_task(data.task, **data.task_options)
     payload = {r.id: r.payload for r in task.records(cache.root)}
     missing = [i for i in data.ids if i not in payload]
     if missing:

@@ -17,6 +17,7 @@ from petsc4py import PETSc
 
 from .checkpoint import DEQCheckpointError, load_checkpoint
 from .config import TrainConfig
+from .data.graph_image import ELEMENT_SCALE
 from .data.tasks import TaskData
 from .models.graph_classifier import ClassifierConfig, GraphImageClassifier
 from .objectives import Classification, make_objective
@@ -32,8 +33,10 @@ TRAIN_ADJOINT_OPTIONS = {"ksp_rtol": 1e-3, "ksp_max_it": 100, "deq_accept_max_it
 
 
 def _element_channel(cfg: TrainConfig, data: TaskData) -> int:
-    """Where the images keep ``Z / 10`` for the element embeddings (-1: none asked, or
-    images without an element channel, such as a user's own)."""
+    """Where the images keep ``Z / ELEMENT_SCALE`` for the element embeddings (-1: none
+    asked, or images without an element channel). Every task of the command line has
+    one; a library user's own :class:`TaskData` may not, and then trains without them,
+    as it would with ``elements=False``."""
     channels = list(getattr(data, "channels", ()))
     return channels.index("element") if cfg.elements and "element" in channels else -1
 
@@ -44,7 +47,8 @@ def build_model(cfg: TrainConfig, data: TaskData, out_dim: int, prefix: str = ""
                                  image_size=data.images.shape[-1], n_classes=out_dim,
                                  width=cfg.width, kind=cfg.kind, depth=cfg.depth,
                                  cell=cfg.cell, gamma=cfg.gamma, sums=cfg.sums,
-                                 element_channel=_element_channel(cfg, data))
+                                 element_channel=_element_channel(cfg, data),
+                                 element_scale=ELEMENT_SCALE)
     torch.manual_seed(cfg.seed)
     model = GraphImageClassifier(model_cfg, prefix=prefix, comm=comm,
                                  solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},

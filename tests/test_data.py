@@ -270,6 +270,28 @@ def test_truncated_cache_file_is_rebuilt(cache_dir, capsys):
                      progress=False).from_cache
 
 
+def test_source_fingerprints_follow_content_not_place_or_time(tmp_path):
+    """A copy of shared/ elsewhere, or a touched file, keeps its cache entries; a changed
+    byte makes new ones."""
+    import os
+    import shutil
+    from deq_petsc.data.cache import fingerprint
+
+    a = tmp_path / "a" / "crystals.csv.gz"
+    a.parent.mkdir()
+    a.write_bytes(b"material_id,band_gap,cif\n" * 50)
+    b = tmp_path / "b" / "crystals.csv.gz"
+    b.parent.mkdir()
+    shutil.copyfile(a, b)
+    os.utime(b, ns=(1, 1))
+    assert fingerprint(a) == fingerprint(b)
+    assert set(fingerprint(a)) == {"name", "size", "blake2b"}
+    b.write_bytes(a.read_bytes().replace(b"cif", b"CIF", 1))
+    os.utime(b, ns=(2, 2))
+    assert fingerprint(b)["size"] == fingerprint(a)["size"]
+    assert fingerprint(b) != fingerprint(a)
+
+
 def test_a_changed_parameter_is_a_different_entry(cache_dir):
     a = load_task("polarity", limit=20, seed=6, cache_dir=cache_dir, progress=False)
     b = load_task("polarity", limit=20, seed=6, cache_dir=cache_dir, progress=False,

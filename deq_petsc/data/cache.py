@@ -1,9 +1,10 @@
 """Content-addressed on-disk cache of built datasets, verified on every load.
 
 An entry's name is a hash of everything that determines its contents (task,
-representation version, parameters, the source files' size and modification
-time, subset size, seed), so a changed parameter or source is a different
-entry and a stale one is never picked up. Each array is stored with its
+representation version, parameters, the source files' names and content
+digests, subset size, seed), so a changed parameter or source is a different
+entry and a stale one is never picked up, while a copy of the same sources
+elsewhere, or touched, finds the entry it built. Each array is stored with its
 BLAKE2 digest; a truncated or altered file fails verification and the entry is
 rebuilt. Entries are written into a temporary folder and renamed into place,
 so a killed build leaves no half-written entry.
@@ -11,6 +12,7 @@ so a killed build leaves no half-written entry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -31,10 +33,23 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
-def fingerprint(path) -> dict:
-    """Identity of a source file: name, size and modification time."""
+def file_stamp(path) -> tuple:
+    """``(resolved path, size, mtime_ns)``: a cheap key that changes when the file does,
+    for caches within one process."""
     st = os.stat(path)
-    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return str(Path(path).resolve()), st.st_size, st.st_mtime_ns
+
+
+def fingerprint(path) -> dict:
+    """Identity of a source file by content: its name, size and BLAKE2 digest (a copied
+    or touched file keeps it). Hashed once per process and version of the file."""
+    return _content_fingerprint(file_stamp(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _content_fingerprint(stamp: tuple) -> dict:
+    path, size, _ = stamp
+    return {"name": Path(path).name, "size": size, "blake2b": _digest(Path(path))}
 
 
 def cache_key(params: dict) -> str:

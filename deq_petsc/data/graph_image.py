@@ -76,6 +76,8 @@ from ..errors import DEQInputError
 MOLECULE_SIZE = 32
 PERIODIC_SIZE = 16
 BOND_TOLERANCE = 1.15
+#: the element channel holds ``Z / ELEMENT_SCALE`` on the diagonal (0: no node)
+ELEMENT_SCALE = 10.0
 MOLECULE_CHANNELS = ("bonds", "topology", "polarity", "element", "charge", "distance",
                      "dipole")
 CONFORMER_SEED = 0xF00D
@@ -281,7 +283,7 @@ def molecule_image(mol, size: int = MOLECULE_SIZE) -> GraphImage:
     chi = np.array([electronegativity(int(v)) for v in z])
     p = position
     img[2, p, p] = chi
-    img[3, p, p] = z / 10.0
+    img[3, p, p] = z / ELEMENT_SCALE
     img[4, p, p] = charge
     for bond in mol.GetBonds():
         i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
@@ -386,7 +388,7 @@ def structure_image(structure, size: int = PERIODIC_SIZE,
     img[2, :k, :k] = np.where(pairs > 0, delta, 0.0)
     diag = np.arange(k)
     img[2, diag, diag] = chi
-    img[3, diag, diag] = species / 10.0
+    img[3, diag, diag] = species / ELEMENT_SCALE
     count = np.array([np.sum(z_site == z) for z in species])
     img[4, diag, diag] = count / volume * 10.0
     from pymatgen.core import Element
@@ -403,17 +405,24 @@ def cif_image(text: str, size: int = PERIODIC_SIZE) -> GraphImage:
 
 
 # -- what a model has seen ------------------------------------------------------------
-def elements_in(images, channel: int | None = None) -> list[int]:
-    """The atomic numbers present in graph images ``[M, C, N, N]`` (or one ``[C, N, N]``),
-    read from the diagonal of the element channel (Z / 10): the chemical domain a model
-    trained on them has seen, sorted."""
+def node_atomic_numbers(images, channel: int | None = None) -> np.ndarray:
+    """``[M, N]`` int: each node's atomic number in graph images ``[M, C, N, N]`` (or one
+    ``[C, N, N]``, giving ``[1, N]``), read off the element channel's diagonal; 0 where
+    there is no node. The one decoding of the element channel (the model's embeddings
+    get the scale, :data:`ELEMENT_SCALE`, through their config)."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 3:
         images = images[None]
     k = MOLECULE_CHANNELS.index("element") if channel is None else channel  # both kinds
     diag = np.diagonal(images[:, k], axis1=1, axis2=2)
-    z = np.rint(diag[diag > 0] * 10.0).astype(int)
-    return sorted(int(v) for v in np.unique(z))
+    return np.rint(diag * ELEMENT_SCALE).astype(np.int64)
+
+
+def elements_in(images, channel: int | None = None) -> list[int]:
+    """The atomic numbers present in graph images, sorted: the chemical domain a model
+    trained on them has seen."""
+    z = node_atomic_numbers(images, channel)
+    return sorted(int(v) for v in np.unique(z[z > 0]))
 
 
 def element_symbols(numbers) -> str:

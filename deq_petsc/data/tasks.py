@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DEQCacheError, DEQInputError
-from .cache import DatasetCache, cache_key, fingerprint
+from .cache import DatasetCache, cache_key, file_stamp, fingerprint
 from .graph_image import (MOLECULE_CHANNELS, MOLECULE_SIZE, PERIODIC_CHANNELS, PERIODIC_SIZE,
                           cif_image, smiles_image, xyz_image)
 from .workers import map_in_workers
@@ -144,8 +144,8 @@ class PolarityTask(Task):
 
 
 def _stamped(files: list[Path]) -> tuple:
-    """The files' fingerprints as a hashable key (it changes when a file does)."""
-    return tuple(tuple(fingerprint(f).values()) for f in files)
+    """The files' stamps (path first) as a hashable key (it changes when a file does)."""
+    return tuple(file_stamp(f) for f in files)
 
 
 @functools.lru_cache(maxsize=2)
@@ -320,6 +320,7 @@ class TaskData:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     from_cache: bool = False
     cache_path: str = ""
+    task_options: dict = field(default_factory=dict)   # make_task's (e.g. csv=): not keyed
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split_of == SPLITS.index(split))
@@ -395,7 +396,7 @@ def load_task(name: str, limit: int | None = None, seed: int = 0, cache_dir=None
                     split_of=arrays["split"], params=meta["params"],
                     attempted=meta["attempted"],
                     skipped=[tuple(s) for s in meta["skipped"]], from_cache=from_cache,
-                    cache_path=str(path))
+                    cache_path=str(path), task_options=dict(task_options))
 
 
 def random_split(m: int) -> np.ndarray:

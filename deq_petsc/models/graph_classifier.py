@@ -45,8 +45,9 @@ class Injection(nn.Module):
     per-channel bias ``A s`` that is constant over the image: graph-level quantities,
     through the equilibrium rather than around it.
 
-    With ``element_channel`` (the index of the channel that holds ``Z / 10`` on the
-    diagonal), each node's element gets a learned vector, as a graph network's atom
+    With ``element_channel`` (the index of the channel that holds ``Z / element_scale``
+    on the diagonal: the data layer's convention, passed in by whoever builds the
+    model), each node's element gets a learned vector, as a graph network's atom
     embedding: ``x[:, :, i, j] += E_row(Z_i) + E_col(Z_j)`` wherever nodes ``i`` and
     ``j`` exist, so every entry of the node-neighbour matrix knows which two elements
     it joins. A single number ``Z / 10`` asks the network to learn a jagged function of
@@ -59,7 +60,7 @@ class Injection(nn.Module):
     MAX_Z = 118
 
     def __init__(self, in_channels: int, width: int, groups: int, sums: bool = False,
-                 element_channel: int = -1):
+                 element_channel: int = -1, element_scale: float = 10.0):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
         self.norm = nn.GroupNorm(groups, width)
@@ -70,7 +71,7 @@ class Injection(nn.Module):
             nn.init.zeros_(self.sums.weight)
             self.register_buffer("sum_mean", torch.zeros(2 * in_channels))
             self.register_buffer("sum_std", torch.ones(2 * in_channels))
-        self.element_channel = element_channel
+        self.element_channel, self.element_scale = element_channel, element_scale
         self.element_rows = self.element_cols = None
         if element_channel >= 0:
             with torch.random.fork_rng(devices=[]):
@@ -81,7 +82,7 @@ class Injection(nn.Module):
 
     def atomic_numbers(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, n]`` int64: each node's Z, read off the element channel (0: no node)."""
-        z = images[:, self.element_channel].diagonal(dim1=-2, dim2=-1) * 10
+        z = images[:, self.element_channel].diagonal(dim1=-2, dim2=-1) * self.element_scale
         return z.round().long().clamp(0, self.MAX_Z)
 
     def element_bias(self, images: torch.Tensor) -> torch.Tensor:
@@ -222,6 +223,7 @@ class ClassifierConfig:
     gamma: float = 0.9             # contractive cell's Lipschitz bound
     sums: bool = False             # the image's graph sums in the injection (Injection)
     element_channel: int = -1      # learned element embeddings from this channel (-1: none)
+    element_scale: float = 10.0    # it holds Z / element_scale (data.graph_image.ELEMENT_SCALE)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -251,7 +253,8 @@ class GraphImageClassifier(nn.Module):
             raise ValueError(f"kind must be 'deq' or 'explicit', got {config.kind!r}")
         self.config = config
         w, g = config.width, config.groups
-        self.inject = Injection(config.in_channels, w, g, config.sums, config.element_channel)
+        self.inject = Injection(config.in_channels, w, g, config.sums, config.element_channel,
+                                config.element_scale)
         if config.cell == "contractive":
             cell = ContractiveCell(w, config.image_size, config.gamma)
         elif config.cell == "resnet":
