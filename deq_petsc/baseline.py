@@ -80,14 +80,16 @@ def _features(cfg: BaselineConfig, data: TaskData, log) -> np.ndarray:
     raise DEQInputError(f"features must be one of {FEATURE_SETS}, got {cfg.features!r}")
 
 
-def run_baseline(cfg: BaselineConfig, data: TaskData, log=print) -> dict:
-    """Fit on train, choose the rounds on val, report test; a plain-data report."""
+def run_baseline(cfg: BaselineConfig, data: TaskData, log=print, X=None) -> dict:
+    """Fit on train, choose the rounds on val, report test; a plain-data report. ``X``
+    (rows in ``data.ids`` order) replaces the features of ``cfg.features``, for a
+    benchmark that asks what other numbers carry, with the same fit and split."""
     try:
         from sklearn.ensemble import HistGradientBoostingClassifier
     except ImportError:
         raise ImportError("the baseline needs scikit-learn: pip install -e .[data]") from None
 
-    X = _features(cfg, data, log)
+    X = _features(cfg, data, log) if X is None else np.asarray(X)
     y = data.labels.numpy()
     split = {s: data.indices(s) for s in ("train", "val", "test")}
     if len(np.unique(y[split["train"]])) < 2:

@@ -284,7 +284,7 @@ def test_any_smiles_gives_an_image_or_a_named_error(text):
 @given(st.lists(st.sampled_from(NACL.splitlines()), max_size=20).map("\n".join)
        | st.text(max_size=200))
 def test_any_cif_text_gives_an_image_or_a_named_error(text):
-    _image_or_named_error(cif_image, text, (5, 16, 16))
+    _image_or_named_error(cif_image, text, (9, 16, 16))
 
 
 @FUZZ

@@ -166,6 +166,27 @@ def test_rock_salt_has_six_neighbours_per_atom():
     assert g.image[4, 0, 0] == pytest.approx(4 / 5.64 ** 3 * 10)
 
 
+def test_rock_salt_shells_count_neighbours_against_a_uniform_gas():
+    """Shell 0-3 A holds the 6 Cl around each Na (and back); 3-6 A the 12 Na-Na and Cl-Cl
+    at 3.99 A, then 8 Na-Cl at 4.88 A and 6 Na-Na at 5.64 A: counts per atom of the cell,
+    over the uniform gas's count at the same density (8 atoms per 5.64^3 A^3)."""
+    g = structure_image(rock_salt())
+    shell = {name: k for k, name in enumerate(g.channels)}
+    density = 8 / 5.64 ** 3
+
+    def uniform(lo, hi):
+        return density * 4 / 3 * np.pi * (hi ** 3 - lo ** 3)
+
+    first = g.image[shell["shell 0-3 A"]]
+    assert first[0, 1] == first[1, 0] == pytest.approx(4 * 6 / 8 / uniform(0, 3), rel=1e-6)
+    assert first[0, 0] == first[1, 1] == 0.0
+    second = g.image[shell["shell 3-6 A"]]
+    assert second[0, 0] == pytest.approx(4 * (12 + 6) / 8 / uniform(3, 6), rel=1e-6)
+    assert second[0, 1] == pytest.approx(4 * 8 / 8 / uniform(3, 6), rel=1e-6)
+    # far from any atom the structure looks like the gas: g of the last shell near 1
+    assert 0.8 < g.image[shell["shell 10-14 A"]].sum() < 1.2
+
+
 @pytest.mark.parametrize("spacegroup, species, coords, a, cn", [
     ("Fm-3m", ["Cu"], [[0, 0, 0]], 3.61, 12),
     ("Fd-3m", ["Si"], [[0, 0, 0]], 5.43, 4),
@@ -343,7 +364,7 @@ def test_a_users_file_that_is_not_a_csv_is_one_named_error(cache_dir, tmp_path, 
 def test_mof_subset_builds_in_parallel(cache_dir):
     d = load_task("mof-pore", limit=70, seed=0, cache_dir=cache_dir, progress=False, n_jobs=2)
     assert d.attempted == 70 and len(d.ids) + len(d.skipped) == 70
-    assert d.images.shape[1:] == (5, 16, 16)
+    assert d.images.shape[1:] == (9, 16, 16)
     assert set(d.labels.tolist()) <= {0, 1, 2}
     assert (d.images[:, 4].sum(dim=(1, 2)) > 0).all()       # every MOF has a density
 

@@ -57,7 +57,22 @@ channel           diagonal (species a)            off-diagonal (a, b)
 2 polarity        Pauling electronegativity       chi_a - chi_b for bonded pairs
 3 element         atomic number / 10              0
 4 density         atoms of a per 10 A^3           0
+5-8 shell r0-r1   a-a pairs at r0 <= d < r1       a-b pairs at r0 <= d < r1, per atom of
+                  (same scale)                    the cell, over a uniform gas's count
 ================  ==============================  ===========================================
+
+Channels 5-8 resolve the structure by distance (shells 0-3, 3-6, 6-10 and 10-14
+A, :data:`SHELLS`), bonded or not: entry ``(a, b)`` counts the b atoms in the
+shell around the a atoms, per atom of the cell, divided by what a uniform gas of
+the same number density would put in the shell, so each channel sums to the
+shell's radial distribution ``g``. A cavity is geometry the bonds do not show:
+the atoms of a framework with large pores crowd into thin walls, more than the
+density says, at a few angstroms, and fall short of it at ten. On 2,000 CoRE
+MOFs gradient boosting on the seven numbers ``g(R)``, R = 3-14 A, and the
+density scored 0.835 where the 133 composition and structure descriptors scored
+0.775; ``g(4 A)`` ranks the largest cavity diameter with Spearman 0.83, so it is
+informative without being the label (docs/data.md). Intensive, hence the same
+for every cell of a structure (tested).
 """
 
 from __future__ import annotations
@@ -83,7 +98,10 @@ MOLECULE_CHANNELS = ("bonds", "topology", "polarity", "element", "charge", "dist
 CONFORMER_SEED = 0xF00D
 CONFORMERS = 10
 DEBYE_PER_E_A = 4.80320           # 1 e * Angstrom in debye
-PERIODIC_CHANNELS = ("bonds", "bond length", "polarity", "element", "density")
+#: the distance shells of the periodic images' radial channels (A)
+SHELLS = ((0.0, 3.0), (3.0, 6.0), (6.0, 10.0), (10.0, 14.0))
+PERIODIC_CHANNELS = ("bonds", "bond length", "polarity", "element", "density",
+                     *(f"shell {lo:g}-{hi:g} A" for lo, hi in SHELLS))
 
 
 @dataclass
@@ -365,10 +383,11 @@ def structure_image(structure, size: int = PERIODIC_SIZE,
     volume = structure.volume
 
     radii = np.array([covalent_radius(int(z)) for z in z_site])
-    r_max = tolerance * 2 * float(radii.max())
+    r_max = max(tolerance * 2 * float(radii.max()), SHELLS[-1][1])
     centers, neighbors, _, dist = structure.get_neighbor_list(r_max)
+    both_kept = kept[centers] & kept[neighbors]
     bonded = (dist > 1e-8) & (dist < tolerance * (radii[centers] + radii[neighbors]))
-    bonded &= kept[centers] & kept[neighbors]
+    bonded &= both_kept
     species_of_site = np.array([index.get(int(z), -1) for z in z_site], dtype=np.intp)
     a = species_of_site[centers[bonded]]
     b = species_of_site[neighbors[bonded]]
@@ -391,6 +410,13 @@ def structure_image(structure, size: int = PERIODIC_SIZE,
     img[3, diag, diag] = species / ELEMENT_SCALE
     count = np.array([np.sum(z_site == z) for z in species])
     img[4, diag, diag] = count / volume * 10.0
+    near = (dist > 1e-8) & both_kept
+    pair = species_of_site[centers[near]] * k + species_of_site[neighbors[near]]
+    shell = np.searchsorted([hi for _, hi in SHELLS], dist[near], side="right")
+    counts = np.bincount(shell * k * k + pair, minlength=(len(SHELLS) + 1) * k * k)
+    for c, (lo, hi) in enumerate(SHELLS):
+        uniform = n_atoms / volume * 4.0 / 3.0 * math.pi * (hi ** 3 - lo ** 3)
+        img[5 + c, :k, :k] = counts[c * k * k:(c + 1) * k * k].reshape(k, k) / (n_atoms * uniform)
     from pymatgen.core import Element
     nodes = [Element.from_Z(int(z)).symbol for z in species]
     coordination = np.bincount(centers[bonded], minlength=n_atoms)

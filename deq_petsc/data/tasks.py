@@ -46,7 +46,7 @@ from .graph_image import (MOLECULE_CHANNELS, MOLECULE_SIZE, PERIODIC_CHANNELS, P
 from .workers import map_in_workers
 
 # by kind of input; molecules 2: drawn in 3D (MMFF94 charges, distance and dipole channels)
-REPRESENTATION_VERSION = {"molecule": 2, "periodic": 1}
+REPRESENTATION_VERSION = {"molecule": 2, "periodic": 2}
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 SPLIT_KINDS = ("random", "scaffold")
