@@ -385,9 +385,8 @@ def structure_image(structure, size: int = PERIODIC_SIZE,
     radii = np.array([covalent_radius(int(z)) for z in z_site])
     r_max = max(tolerance * 2 * float(radii.max()), SHELLS[-1][1])
     centers, neighbors, _, dist = structure.get_neighbor_list(r_max)
-    both_kept = kept[centers] & kept[neighbors]
-    bonded = (dist > 1e-8) & (dist < tolerance * (radii[centers] + radii[neighbors]))
-    bonded &= both_kept
+    near = (dist > 1e-8) & kept[centers] & kept[neighbors]   # other atoms, kept species
+    bonded = near & (dist < tolerance * (radii[centers] + radii[neighbors]))
     species_of_site = np.array([index.get(int(z), -1) for z in z_site], dtype=np.intp)
     a = species_of_site[centers[bonded]]
     b = species_of_site[neighbors[bonded]]
@@ -410,13 +409,13 @@ def structure_image(structure, size: int = PERIODIC_SIZE,
     img[3, diag, diag] = species / ELEMENT_SCALE
     count = np.array([np.sum(z_site == z) for z in species])
     img[4, diag, diag] = count / volume * 10.0
-    near = (dist > 1e-8) & both_kept
     pair = species_of_site[centers[near]] * k + species_of_site[neighbors[near]]
     shell = np.searchsorted([hi for _, hi in SHELLS], dist[near], side="right")
-    counts = np.bincount(shell * k * k + pair, minlength=(len(SHELLS) + 1) * k * k)
+    in_shell = np.bincount(shell * k * k + pair, minlength=(len(SHELLS) + 1) * k * k)
+    in_shell = in_shell.reshape(len(SHELLS) + 1, k, k)       # the last: beyond the shells
     for c, (lo, hi) in enumerate(SHELLS):
         uniform = n_atoms / volume * 4.0 / 3.0 * math.pi * (hi ** 3 - lo ** 3)
-        img[5 + c, :k, :k] = counts[c * k * k:(c + 1) * k * k].reshape(k, k) / (n_atoms * uniform)
+        img[5 + c, :k, :k] = in_shell[c] / (n_atoms * uniform)
     from pymatgen.core import Element
     nodes = [Element.from_Z(int(z)).symbol for z in species]
     coordination = np.bincount(centers[bonded], minlength=n_atoms)
