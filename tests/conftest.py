@@ -11,7 +11,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one intra-op thread per pytest-xdist worker (the workers are the parallelism), else two
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture
@@ -40,3 +42,16 @@ def assert_close(actual, expected, rtol, what="value"):
     expected = torch.as_tensor(expected, dtype=torch.float64)
     err = (actual - expected).norm() / expected.norm()
     assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.1e}"
+
+
+# The longest modules first (pytest's slowest-tests list at the end of a run names
+# them): `make test` runs the suite on pytest-xdist workers a module at a time
+# (--dist loadfile), and a long module started last would leave one core idle.
+LONGEST_FIRST = ("test_mpi.py", "test_train.py", "test_run_folder.py", "test_baseline.py",
+                 "test_predict.py", "test_tao.py", "test_cli.py", "test_data.py",
+                 "test_compare.py", "test_options_spec.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))     # stable
