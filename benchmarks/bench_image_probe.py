@@ -3,14 +3,27 @@
 Gradient boosting on the flattened crystal images beats the DEQ by 12 points
 (docs/data.md); is that the DEQ, or what any network makes of the images? This
 fits, on the same split as ``deq-petsc train``, a plain two-hidden-layer MLP
-(256 units, Adam 1e-3, batches of 128, standardised inputs) on the flattened
-images, then on the images plus each node's element one-hot (read off the
-element channel's diagonal, ``Z / 10``), and prints the test accuracy of
-every epoch for both, side by side. The element channel already holds ``Z``;
-the one-hot asks nothing new of the data, only gives the network the element
-as a category instead of a number (what ``--elements`` gives the DEQ).
+(256 units, Adam 1e-3, batches of 128, standardised inputs) on feature sets
+built from these blocks, and prints the test accuracy of every epoch:
+
+* ``pixels``: the flattened images;
+* ``onehot``: each node's element as a one-hot (read off the element channel's
+  diagonal, ``Z / 10``): nothing new, only the element as a category instead of a
+  number (what ``--elements`` gives the DEQ);
+* ``fractions``: each node's share of the cell's atoms (its density entry over
+  their sum: also in the images, but as a ratio a network must form);
+* ``properties``: each node's seven element properties of the descriptor baseline
+  (Z, electronegativity, covalent radius, row, group, mass, Mendeleev number);
+* ``means``: their atom-fraction-weighted means over the nodes (as the baseline's
+  composition statistics);
+* ``descriptors``: ``deq-petsc baseline``'s descriptor vector (periodic tasks;
+  computed, or taken from its cache).
+
+``--sets`` lists the feature sets, blocks joined by ``+``:
 
     .venv/bin/python benchmarks/bench_image_probe.py --task crystals --limit 0 --epochs 15
+    .venv/bin/python benchmarks/bench_image_probe.py --task crystals --limit 0 --epochs 15 \
+        --sets pixels+onehot+fractions,pixels+onehot+properties,descriptors
 """
 
 from __future__ import annotations
@@ -28,6 +41,20 @@ def one_hot_elements(images: np.ndarray, channel: int, max_z: int = 118) -> np.n
     """``[M, n * max_z]``: each node's element as a one-hot (no node: zeros)."""
     z = np.clip(node_atomic_numbers(images, channel), 0, max_z)
     return np.eye(max_z + 1, dtype=np.float32)[z][:, :, 1:].reshape(len(z), -1)
+
+
+def node_blocks(images: np.ndarray, channels) -> dict:
+    """The per-node blocks (see the module docstring) of periodic images."""
+    from deq_petsc.data.descriptors import element_properties
+    channels = list(channels)
+    z = np.clip(node_atomic_numbers(images, channels.index("element")), 0, 118)
+    density = np.diagonal(images[:, channels.index("density")], axis1=1, axis2=2)
+    fractions = density / np.maximum(density.sum(1, keepdims=True), 1e-12)
+    table = np.nan_to_num(np.array([(0.0,) * 7] + [element_properties(k)
+                                                   for k in range(1, 119)]))
+    properties = table[z]                                 # [M, n, 7]; no node: zeros
+    return {"fractions": fractions, "properties": properties.reshape(len(z), -1),
+            "means": np.einsum("mn,mnp->mp", fractions, properties)}
 
 
 def fit_mlp(X, y, train, test, epochs, seed, label):
@@ -64,6 +91,9 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sets", default="pixels,pixels+onehot",
+                   help="comma-separated feature sets, blocks joined by '+' (pixels, onehot, "
+                        "fractions, properties, means, descriptors)")
     args = p.parse_args()
     import torch
 
@@ -73,16 +103,28 @@ def main():
     images = data.images.float().numpy()
     y = data.labels.numpy()
     train, test = np.asarray(data.indices("train")), np.asarray(data.indices("test"))
-    pixels = images.reshape(len(images), -1)
-    with_elements = np.concatenate(
-        [pixels, one_hot_elements(images, list(data.channels).index("element"))], 1)
+    sets = [name.split("+") for name in args.sets.split(",")]
+    wanted = {block for blocks in sets for block in blocks}
+    blocks = {"pixels": images.reshape(len(images), -1)}
+    if "onehot" in wanted:
+        blocks["onehot"] = one_hot_elements(images, list(data.channels).index("element"))
+    if wanted & {"fractions", "properties", "means"}:
+        blocks.update(node_blocks(images, data.channels))
+    if "descriptors" in wanted:
+        from deq_petsc.baseline import task_descriptors
+        blocks["descriptors"] = np.nan_to_num(task_descriptors(data, progress=False)[0])
+    unknown = wanted - set(blocks)
+    if unknown:
+        p.error(f"unknown feature block(s): {', '.join(sorted(unknown))}")
     results = {}
-    for label, X in (("pixels", pixels), ("pixels + element one-hot", with_elements)):
+    for names in sets:
+        label = " + ".join(names)
+        X = np.concatenate([blocks[b] for b in names], 1).astype(np.float32)
         results[label] = fit_mlp(X, y, train, test, args.epochs, args.seed, label)
     print(f"{args.task}, {len(train)} train / {len(test)} test, MLP 256-256, "
           f"{args.epochs} epochs: test accuracy at the last epoch (best epoch)")
     for label, acc in results.items():
-        print(f"  {label:26s} {acc[-1]:.4f} ({max(acc):.4f})")
+        print(f"  {label:50s} {acc[-1]:.4f} ({max(acc):.4f})")
 
 
 if __name__ == "__main__":

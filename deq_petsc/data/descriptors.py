@@ -107,7 +107,14 @@ def structure_descriptors(structure) -> np.ndarray:
     packing = sum(4.0 / 3.0 * math.pi * vdw_radius(int(z)) ** 3 for z in z_site) / volume
     space_group = float("nan")
     if n <= SPACE_GROUP_MAX_ATOMS:
+        import os
         import warnings
+
+        # spglib's C library writes "spglib: ssm_get_exact_positions failed." and the like
+        # to stderr, through the progress bar (38 lines over the 36,737 Materials Project
+        # crystals); it reads this variable at each warning. A user's own SPGLIB_WARNING
+        # stays as it is.
+        os.environ.setdefault("SPGLIB_WARNING", "OFF")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
