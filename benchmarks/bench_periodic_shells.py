@@ -1,18 +1,18 @@
 """What the distance shells of the periodic images buy (issue "Accurate scientists").
 
-Periodic images (representation 2) carry four shell channels, 0-3, 3-6, 6-10 and
-10-14 A: per species pair, the neighbours in the shell per atom of the cell over
+Periodic images (representation 3) carry twelve shell channels, 0-2 A, 1 A apart
+from 2 to 12 A, and 12-14 A: per species pair, the neighbours in the shell per atom of the cell over
 a uniform gas's count, so each channel sums to the shell's radial distribution
 ``g``. Side by side in one run, on the same split:
 
 1. the DEQ (``deq-petsc train``'s defaults, ``--epochs``, ``--lr-schedule``) with
    every channel and with the shells zeroed (which a convolution cannot tell from
-   their absence: the images of representation 1 plus four empty channels);
+   their absence: the images of representation 1 plus empty channels);
 2. ``deq-petsc baseline``'s gradient boosting on the flattened images, with and
    without the shells;
-3. the near-label check: gradient boosting on nothing but the four shells' ``g``
-   and the number density (5 numbers), and each one's rank correlation with the
-   target (the largest cavity diameter, or the band gap).
+3. the near-label check: gradient boosting on nothing but the shells' ``g`` and the
+   number density (13 numbers), and each one's rank correlation with the target
+   (the largest cavity diameter, or the band gap).
 
     .venv/bin/python benchmarks/bench_periodic_shells.py --task mof-pore --limit 0 --epochs 20
 
@@ -67,7 +67,7 @@ def main():
     names = shells(data)
     index = [list(data.channels).index(c) for c in names]
     images = data.images.numpy()
-    g = images[:, index].sum(axis=(2, 3))                                 # [M, 4]
+    g = images[:, index].sum(axis=(2, 3))                                 # [M, shells]
     density = np.diagonal(images[:, list(data.channels).index("density")], axis1=1,
                           axis2=2).sum(1) / 10                            # atoms / A^3
     results = {"task": args.task, "limit": args.limit, "seed": args.seed,
@@ -83,7 +83,7 @@ def main():
     flat = images.reshape(len(images), -1)
     kept = [c for c in range(images.shape[1]) if c not in index]
     rows = results["test_accuracy"]
-    rows["gbm, shells' g and density (5 numbers)"] = gbm(
+    rows[f"gbm, shells' g and density ({len(names) + 1} numbers)"] = gbm(
         data, np.column_stack([g, density]), "shells' g and density", args.seed)
     rows["gbm, images without shells"] = gbm(
         data, images[:, kept].reshape(len(images), -1), "images without shells", args.seed)

@@ -17,7 +17,7 @@ pytest.importorskip("pymatgen")
 from deq_petsc.batch_predict import read_inputs  # noqa: E402
 from deq_petsc.checkpoint import DEQCheckpointError, load_checkpoint  # noqa: E402
 from deq_petsc.cli import build_parser, invalid_argument, split_petsc_args  # noqa: E402
-from deq_petsc.data import cif_image, smiles_image  # noqa: E402
+from deq_petsc.data import PERIODIC_CHANNELS, cif_image, smiles_image  # noqa: E402
 from deq_petsc.data.cache import DatasetCache  # noqa: E402
 from deq_petsc.errors import DEQCacheError, DEQInputError, DEQOptionsError  # noqa: E402
 
@@ -284,7 +284,7 @@ def test_any_smiles_gives_an_image_or_a_named_error(text):
 @given(st.lists(st.sampled_from(NACL.splitlines()), max_size=20).map("\n".join)
        | st.text(max_size=200))
 def test_any_cif_text_gives_an_image_or_a_named_error(text):
-    _image_or_named_error(cif_image, text, (9, 16, 16))
+    _image_or_named_error(cif_image, text, (len(PERIODIC_CHANNELS), 16, 16))
 
 
 @FUZZ

@@ -14,8 +14,9 @@ pytest.importorskip("pymatgen")
 from pymatgen.core import Lattice, Structure  # noqa: E402
 from rdkit import Chem  # noqa: E402
 
-from deq_petsc.data import (cif_image, load_task, make_task, mol_from_smiles,  # noqa: E402
-                            molecule_image, render_png, smiles_image, structure_image)
+from deq_petsc.data import (PERIODIC_CHANNELS, cif_image, load_task, make_task,  # noqa: E402
+                            mol_from_smiles, molecule_image, render_png, smiles_image,
+                            structure_image)
 from deq_petsc.data.tasks import default_crystals_csv  # noqa: E402
 from deq_petsc.errors import DEQInputError  # noqa: E402
 from helpers import run_cli  # noqa: E402
@@ -167,9 +168,10 @@ def test_rock_salt_has_six_neighbours_per_atom():
 
 
 def test_rock_salt_shells_count_neighbours_against_a_uniform_gas():
-    """Shell 0-3 A holds the 6 Cl around each Na (and back); 3-6 A the 12 Na-Na and Cl-Cl
-    at 3.99 A, then 8 Na-Cl at 4.88 A and 6 Na-Na at 5.64 A: counts per atom of the cell,
-    over the uniform gas's count at the same density (8 atoms per 5.64^3 A^3)."""
+    """Shell 2-3 A holds the 6 Cl around each Na (and back) at 2.82 A; 3-4 A the 12 Na-Na
+    and Cl-Cl at 3.99 A, 4-5 A 8 Na-Cl at 4.88 A, 5-6 A 6 Na-Na at 5.64 A: counts per atom
+    of the cell, over the uniform gas's count at the same density (8 atoms per 5.64^3
+    A^3)."""
     g = structure_image(rock_salt())
     shell = {name: k for k, name in enumerate(g.channels)}
     density = 8 / 5.64 ** 3
@@ -177,14 +179,23 @@ def test_rock_salt_shells_count_neighbours_against_a_uniform_gas():
     def uniform(lo, hi):
         return density * 4 / 3 * np.pi * (hi ** 3 - lo ** 3)
 
-    first = g.image[shell["shell 0-3 A"]]
-    assert first[0, 1] == first[1, 0] == pytest.approx(4 * 6 / 8 / uniform(0, 3), rel=1e-6)
+    assert not g.image[shell["shell 0-2 A"]].any()
+    first = g.image[shell["shell 2-3 A"]]
+    assert first[0, 1] == first[1, 0] == pytest.approx(4 * 6 / 8 / uniform(2, 3), rel=1e-6)
     assert first[0, 0] == first[1, 1] == 0.0
-    second = g.image[shell["shell 3-6 A"]]
-    assert second[0, 0] == pytest.approx(4 * (12 + 6) / 8 / uniform(3, 6), rel=1e-6)
-    assert second[0, 1] == pytest.approx(4 * 8 / 8 / uniform(3, 6), rel=1e-6)
-    # far from any atom the structure looks like the gas: g of the last shell near 1
-    assert 0.8 < g.image[shell["shell 10-14 A"]].sum() < 1.2
+    for name, same, other, (lo, hi) in (("shell 3-4 A", 12, 0, (3, 4)),
+                                        ("shell 4-5 A", 0, 8, (4, 5)),
+                                        ("shell 5-6 A", 6, 0, (5, 6))):
+        image = g.image[shell[name]]
+        assert image[0, 0] == image[1, 1] == pytest.approx(4 * same / 8 / uniform(lo, hi),
+                                                           rel=1e-6), name
+        assert image[0, 1] == image[1, 0] == pytest.approx(4 * other / 8 / uniform(lo, hi),
+                                                           rel=1e-6), name
+    # far out, every atom's neighbours sit at 2.82 sqrt(n) A: in 12-14 A n = 19, 20, 21,
+    # 22, 24 (24, 24, 48, 24, 24 integer vectors of squared length n; none for n = 23):
+    # 144 per atom, about three quarters of the gas's count
+    assert g.image[shell["shell 12-14 A"]].sum() == pytest.approx(144 / uniform(12, 14),
+                                                                   rel=1e-6)
 
 
 @pytest.mark.parametrize("spacegroup, species, coords, a, cn", [
@@ -364,7 +375,7 @@ def test_a_users_file_that_is_not_a_csv_is_one_named_error(cache_dir, tmp_path, 
 def test_mof_subset_builds_in_parallel(cache_dir):
     d = load_task("mof-pore", limit=70, seed=0, cache_dir=cache_dir, progress=False, n_jobs=2)
     assert d.attempted == 70 and len(d.ids) + len(d.skipped) == 70
-    assert d.images.shape[1:] == (9, 16, 16)
+    assert d.images.shape[1:] == (len(PERIODIC_CHANNELS), 16, 16)
     assert set(d.labels.tolist()) <= {0, 1, 2}
     assert (d.images[:, 4].sum(dim=(1, 2)) > 0).all()       # every MOF has a density
 
