@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import deq_petsc  # noqa: F401  (process set-up)
-from bench_polarity_3d import without
+from common import without
 
 
 def shells(data) -> list[str]:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import deq_petsc  # noqa: F401  (process set-up)
+from common import without
 
 #: name: (channels zeroed, graph sums in the injection); "conformers": trained on images
 #: drawn from the SMILES, as the test molecules of "from SMILES" are
@@ -42,16 +43,6 @@ VARIANTS = {"all channels": ((), True), "all channels, no sums": ((), False),
             "without dipole": (("dipole",), True),
             "without distance, dipole": (("distance", "dipole"), True),
             "without distance, dipole, no sums": (("distance", "dipole"), False)}
-
-
-def without(data, channels):
-    """The data set with ``channels`` zeroed."""
-    if not channels:
-        return data
-    images = data.images.clone()
-    for name in channels:
-        images[:, list(data.channels).index(name)] = 0
-    return replace(data, images=images)
 
 
 def smiles_images(data, which, jobs):

@@ -1,8 +1,10 @@
-"""What the benchmarks share: the conv DEQ cell's size arguments, child processes."""
+"""What the benchmarks share: the conv DEQ cell's size arguments, child processes, a data
+set with channels zeroed."""
 
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 
 def add_cell_arguments(parser):
@@ -25,3 +27,13 @@ def child_json(cmd: list, env=None) -> dict:
     if r.returncode:
         sys.exit(f"{cmd[1]}: the child {cmd[0]} failed:\n{r.stderr}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def without(data, channels):
+    """The data set with ``channels`` zeroed (a convolution cannot tell them from absent)."""
+    if not channels:
+        return data
+    images = data.images.clone()
+    for name in channels:
+        images[:, list(data.channels).index(name)] = 0
+    return replace(data, images=images)
