@@ -62,8 +62,9 @@ channel           diagonal (species a)            off-diagonal (a, b)
 ================  ==============================  ===========================================
 
 Channels 5-16 resolve the structure by distance (shells 0-2 A, then 1 A apart
-from 2 to 12 A, then 12-14 A: :data:`SHELLS`), bonded or not: entry ``(a, b)`` counts the b atoms in the
-shell around the a atoms, per atom of the cell, divided by what a uniform gas of
+from 2 to 12 A, then 12-14 A: :data:`SHELLS`), bonded or not: entry ``(a, b)``
+counts the b atoms in the shell around the a atoms, per atom of the cell,
+divided by what a uniform gas of
 the same number density would put in the shell, so each channel sums to the
 shell's radial distribution ``g``. A cavity is geometry the bonds do not show:
 the atoms of a framework with large pores crowd into thin walls, more than the
@@ -417,9 +418,10 @@ def structure_image(structure, size: int = PERIODIC_SIZE,
     shell = np.searchsorted([hi for _, hi in SHELLS], dist[near], side="right")
     in_shell = np.bincount(shell * k * k + pair, minlength=(len(SHELLS) + 1) * k * k)
     in_shell = in_shell.reshape(len(SHELLS) + 1, k, k)       # the last: beyond the shells
+    first = len(PERIODIC_CHANNELS) - len(SHELLS)                  # the first shell's channel
     for c, (lo, hi) in enumerate(SHELLS):
         uniform = n_atoms / volume * 4.0 / 3.0 * math.pi * (hi ** 3 - lo ** 3)
-        img[5 + c, :k, :k] = in_shell[c] / (n_atoms * uniform)
+        img[first + c, :k, :k] = in_shell[c] / (n_atoms * uniform)
     from pymatgen.core import Element
     nodes = [Element.from_Z(int(z)).symbol for z in species]
     coordination = np.bincount(centers[bonded], minlength=n_atoms)
