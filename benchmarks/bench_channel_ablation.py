@@ -8,7 +8,10 @@ channels' and the noise of training, nothing else. ``deq-petsc train``'s
 defaults, with ``--epochs`` and ``--lr-schedule``:
 
     .venv/bin/python benchmarks/bench_channel_ablation.py --task crystals --limit 0 \
-        --epochs 12 --zero coordination,contact
+        --epochs 12 --zero "bond length,polarity"
+
+(The trial of periodic representation 4's environment channels, docs/data.md, was
+``--zero coordination,contact`` at commit 185bfff.)
 
 ``--zero`` takes one comma-separated group of channel names (see ``deq-petsc data``);
 prints the test and validation accuracy and the time of each run.

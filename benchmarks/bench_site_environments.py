@@ -55,8 +55,7 @@ def environments(payload_kind: str, payload: str):
     from pymatgen.core import Element
 
     from deq_petsc.data.graph_image import (BOND_TOLERANCE, covalent_radius,
-                                            effective_coordination, electronegativity,
-                                            structure_from_cif)
+                                            electronegativity, structure_from_cif)
     try:
         if payload_kind == "cif_file":
             payload = Path(payload).read_text(errors="replace")
@@ -77,7 +76,16 @@ def environments(payload_kind: str, payload: str):
         nearest = np.full(n, np.inf)
         np.minimum.at(nearest, i, scaled)
         nearest[~np.isfinite(nearest)] = RADIUS
-        econ = effective_coordination(i, d, n)
+        d_min = np.full(n, np.inf)
+        np.minimum.at(d_min, i, d)
+        # Hoppe's effective coordination: the weighted mean bond length d_w, iterated
+        # five times from the shortest, then sum_j exp(1 - (d_j / d_w)^6)
+        d_w = np.where(np.isfinite(d_min), d_min, 1.0)
+        for _ in range(5):
+            w = np.exp(1.0 - (d / d_w[i]) ** 6)
+            d_w = np.bincount(i, w * d, n) / np.maximum(np.bincount(i, w, n), 1e-300)
+            d_w = np.where(d_w > 0, d_w, 1.0)                 # an atom without neighbours
+        econ = np.bincount(i, np.exp(1.0 - (d / d_w[i]) ** 6), n)
 
         def per_bond(values):
             total = np.bincount(i[bonded], values[bonded], n)

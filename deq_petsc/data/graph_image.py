@@ -57,27 +57,11 @@ channel           diagonal (species a)            off-diagonal (a, b)
 2 polarity        Pauling electronegativity       chi_a - chi_b for bonded pairs
 3 element         atomic number / 10              0
 4 density         atoms of a per 10 A^3           0
-5 coordination    mean effective coordination     0
-                  number of the a atoms
-6 contact         mean over the a atoms of        the same for the nearest b atom
-                  (2 r_a) / d(nearest other a)    ((r_a + r_b) / d; 0: none within 14 A)
-7-18 shell r0-r1  a-a pairs at r0 <= d < r1       a-b pairs at r0 <= d < r1, per atom of
+5-16 shell r0-r1  a-a pairs at r0 <= d < r1       a-b pairs at r0 <= d < r1, per atom of
                   (same scale)                    the cell, over a uniform gas's count
 ================  ==============================  ===========================================
 
-Channels 5 and 6 describe each species' atoms by their own environments, which the
-species quotient otherwise averages away (representation 4). The effective
-coordination number is Hoppe's, ``sum_j exp(1 - (d_j / d_w)^6)`` over every
-neighbour, ``d_w`` the same weights' mean bond length (from the shortest, five
-iterations): a smooth count that does not depend on a bond tolerance (rock
-salt 6.04: its 6 bonds and a little of the 12 next neighbours; fcc 12.02). Contact is the covalent radii's sum over the distance to the
-nearest atom of each species, so a species pair just beyond the bond tolerance
-still shows how close it comes. On the 36,737 Materials Project crystals
-gradient boosting on the images of representation 3 scored 0.837, and 0.854
-given 28 per-atom environment statistics besides (coordination, contacts,
-ionicity, bonds to metals: ``benchmarks/bench_site_environments.py``).
-
-Channels 7-18 resolve the structure by distance (shells 0-2 A, then 1 A apart
+Channels 5-16 resolve the structure by distance (shells 0-2 A, then 1 A apart
 from 2 to 12 A, then 12-14 A: :data:`SHELLS`), bonded or not: entry ``(a, b)``
 counts the b atoms in the shell around the a atoms, per atom of the cell,
 divided by what a uniform gas of
@@ -122,10 +106,7 @@ DEBYE_PER_E_A = 4.80320           # 1 e * Angstrom in debye
 #: the distance shells of the periodic images' radial channels (A)
 SHELLS = ((0.0, 2.0), *((float(r), float(r + 1)) for r in range(2, 12)), (12.0, 14.0))
 PERIODIC_CHANNELS = ("bonds", "bond length", "polarity", "element", "density",
-                     "coordination", "contact",
                      *(f"shell {lo:g}-{hi:g} A" for lo, hi in SHELLS))
-#: Hoppe's effective coordination number: iterations of the weighted mean bond length
-ECON_ITERATIONS = 5
 
 
 @dataclass
@@ -441,11 +422,6 @@ def structure_image(structure, size: int = PERIODIC_SIZE,
     for c, (lo, hi) in enumerate(SHELLS):
         uniform = n_atoms / volume * 4.0 / 3.0 * math.pi * (hi ** 3 - lo ** 3)
         img[first + c, :k, :k] = in_shell[c] / (n_atoms * uniform)
-    econ, contact = _environments(centers[near], neighbors[near], dist[near], radii,
-                                  species_of_site, k, n_atoms)
-    per_species = np.bincount(species_of_site[kept], minlength=k)       # atoms of each
-    img[5, diag, diag] = econ / per_species
-    img[6, :k, :k] = contact / per_species[:, None]
     from pymatgen.core import Element
     nodes = [Element.from_Z(int(z)).symbol for z in species]
     coordination = np.bincount(centers[bonded], minlength=n_atoms)
@@ -453,47 +429,6 @@ def structure_image(structure, size: int = PERIODIC_SIZE,
                       info={"formula": structure.composition.reduced_formula,
                             "atoms": n_atoms, "volume": volume,
                             "mean_coordination": float(coordination.mean())})
-
-
-def effective_coordination(i, d, n_atoms: int) -> np.ndarray:
-    """``[n_atoms]``: Hoppe's effective coordination number of each atom,
-    ``sum_j exp(1 - (d_j / d_w)^6)`` over its neighbours ``j`` (pairs ``(i, j)`` at distance
-    ``d``, from a neighbour list), ``d_w`` the same weights' mean bond length, iterated
-    :data:`ECON_ITERATIONS` times from the shortest. 0 for an atom without neighbours."""
-    d_min = np.full(n_atoms, np.inf)
-    np.minimum.at(d_min, i, d)
-    d_w = np.where(np.isfinite(d_min), d_min, 1.0)
-    for _ in range(ECON_ITERATIONS):
-        w = np.exp(1.0 - (d / d_w[i]) ** 6)
-        d_w = np.bincount(i, w * d, n_atoms) / np.maximum(np.bincount(i, w, n_atoms), 1e-300)
-        d_w = np.where(d_w > 0, d_w, 1.0)                 # an atom without neighbours
-    return np.bincount(i, np.exp(1.0 - (d / d_w[i]) ** 6), n_atoms)
-
-
-def _environments(i, j, d, radii, species_of_site, k, n_atoms):
-    """Per species, sums over its atoms of their effective coordination numbers ``[k]`` and
-    of their contacts with each species ``[k, k]`` (the module docstring), from the
-    neighbour pairs ``(i, j)`` at distance ``d`` (kept species only)."""
-    econ_atom = effective_coordination(i, d, n_atoms)
-    nearest = np.full(n_atoms * k, np.inf)                # atom x species of the neighbour
-    np.minimum.at(nearest, i * k + species_of_site[j], d)
-    nearest = nearest.reshape(n_atoms, k)
-    own = species_of_site >= 0
-    sums = radii[:, None] + _species_radii(radii, species_of_site, k)[None, :]
-    with np.errstate(divide="ignore"):
-        contact_atom = np.where(np.isfinite(nearest), sums / nearest, 0.0)
-    econ = np.bincount(species_of_site[own], econ_atom[own], k)
-    contact = np.zeros((k, k))
-    np.add.at(contact, species_of_site[own], contact_atom[own])
-    return econ, contact
-
-
-def _species_radii(radii, species_of_site, k):
-    """``[k]``: the covalent radius of each kept species (from any of its atoms)."""
-    out = np.zeros(k)
-    own = species_of_site >= 0
-    out[species_of_site[own]] = radii[own]
-    return out
 
 
 def cif_image(text: str, size: int = PERIODIC_SIZE) -> GraphImage:

@@ -47,7 +47,7 @@ from .workers import map_in_workers
 
 # by kind of input; molecules 2: drawn in 3D (MMFF94 charges, distance and dipole channels);
 # periodic 2: four distance shells, 3: twelve (1 A apart from 2 to 12 A)
-REPRESENTATION_VERSION = {"molecule": 2, "periodic": 4}
+REPRESENTATION_VERSION = {"molecule": 2, "periodic": 3}
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 SPLIT_KINDS = ("random", "scaffold")
