@@ -20,17 +20,15 @@ prints the test and validation accuracy and the time of each run.
 import argparse
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import deq_petsc  # noqa: F401  (process set-up)
-from common import without
+from common import train_and_test, without
 
 
 def main():
     from deq_petsc.config import TrainConfig
     from deq_petsc.data import load_task
-    from deq_petsc.train import Trainer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="crystals", choices=("polarity", "mof-pore", "crystals"))
@@ -55,16 +53,9 @@ def main():
     for label, removed in (("every channel", []), (f"without {', '.join(zero)}", zero)):
         cfg = TrainConfig(task=args.task, epochs=args.epochs, limit=args.limit, seed=args.seed,
                           lr_schedule=args.lr_schedule)
-        start = time.perf_counter()
-        trainer = Trainer(cfg, without(data, removed), root / f"run{len(rows)}",
-                          progress=False, log=lambda *a, **k: None)
-        try:
-            trainer.fit()
-            report = trainer.finish()
-        finally:
-            trainer.destroy()
-        rows[label] = (report["accuracy"], trainer.history[-1]["val_acc"],
-                       time.perf_counter() - start)
+        report, val_acc, seconds = train_and_test(cfg, without(data, removed),
+                                                  root / f"run{len(rows)}")
+        rows[label] = (report["accuracy"], val_acc, seconds)
         print(f"{label}: test accuracy {rows[label][0]:.3f}, validation {rows[label][1]:.3f} "
               f"({rows[label][2]:.0f} s)", flush=True)
     print(f"\n{args.task} (--limit {args.limit}), {args.epochs} epochs ({args.lr_schedule}), "

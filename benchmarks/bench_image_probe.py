@@ -69,23 +69,31 @@ def fit_mlp(X, y, train, test, epochs, seed, label):
     from sklearn.preprocessing import StandardScaler
     scaler = StandardScaler().fit(X[train])
     Xt = torch.tensor(scaler.transform(X), dtype=torch.float32)
-    yt = torch.as_tensor(y)
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], 256), torch.nn.ReLU(),
                               torch.nn.Linear(256, 256), torch.nn.ReLU(),
                               torch.nn.Linear(256, int(y.max()) + 1))
+    return train_and_score(net, lambda idx: net(Xt[idx]), y, train, test, epochs, label)
+
+
+def train_and_score(net, logits, y, train, test, epochs, label):
+    """Adam 1e-3 on batches of 128 of ``train`` for ``epochs``; ``logits(indices)`` is the
+    network's output for those samples. Prints and returns the test accuracy of every
+    epoch (the one loop of both probes)."""
+    import torch
+    yt = torch.as_tensor(y)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    train_t = torch.as_tensor(train)
-    accuracies = []
-    start = time.perf_counter()
+    train_t, test_t = torch.as_tensor(train), torch.as_tensor(test)
+    accuracies, start = [], time.perf_counter()
     for epoch in range(epochs):
         for batch in train_t[torch.randperm(len(train))].split(128):
-            loss = torch.nn.functional.cross_entropy(net(Xt[batch]), yt[batch])
+            loss = torch.nn.functional.cross_entropy(logits(batch), yt[batch])
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
-            accuracies.append(float((net(Xt[test]).argmax(1) == yt[test]).float().mean()))
+            correct = sum(int((logits(b).argmax(1) == yt[b]).sum()) for b in test_t.split(1024))
+        accuracies.append(correct / len(test))
         print(f"  {label}: epoch {epoch + 1:3d} test accuracy {accuracies[-1]:.4f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
     return accuracies
@@ -108,7 +116,6 @@ def fit_pairs(images, z, y, train, test, epochs, seed, label="pair network"):
     entries = x[torch.as_tensor(train)][on]                               # training pairs
     mean, std = entries.mean(0), entries.std(0).clamp_min(1e-6)
     x = (x - mean) / std * pair[..., None]
-    yt = torch.as_tensor(y)
     width = 128
 
     class Pairs(nn.Module):
@@ -132,23 +139,7 @@ def fit_pairs(images, z, y, train, test, epochs, seed, label="pair network"):
             return self.head(torch.cat([h.sum(1), h.sum(1) / count], -1))
 
     net = Pairs()
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    train_t, test_t = torch.as_tensor(train), torch.as_tensor(test)
-    accuracies, start = [], time.perf_counter()
-    for epoch in range(epochs):
-        net.train()
-        for batch in train_t[torch.randperm(len(train))].split(128):
-            loss = nn.functional.cross_entropy(net(x[batch], z[batch]), yt[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            correct = sum(int((net(x[b], z[b]).argmax(1) == yt[b]).sum())
-                          for b in test_t.split(1024))
-        accuracies.append(correct / len(test))
-        print(f"  {label}: epoch {epoch + 1:3d} test accuracy {accuracies[-1]:.4f} "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
-    return accuracies
+    return train_and_score(net, lambda idx: net(x[idx], z[idx]), y, train, test, epochs, label)
 
 
 def main():

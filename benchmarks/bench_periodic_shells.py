@@ -22,13 +22,12 @@ Prints a table; ``--out`` keeps the run folders and ``results.json``.
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 import deq_petsc  # noqa: F401  (process set-up)
-from common import without
+from common import train_and_test, without
 
 
 def shells(data) -> list[str]:
@@ -51,7 +50,6 @@ def main():
 
     from deq_petsc.config import TrainConfig
     from deq_petsc.data import load_task
-    from deq_petsc.train import Trainer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="mof-pore", choices=("mof-pore", "crystals"))
@@ -93,19 +91,13 @@ def main():
     for label, removed in (("deq, without shells", names), ("deq, every channel", [])):
         cfg = TrainConfig(task=args.task, epochs=args.epochs, limit=args.limit, seed=args.seed,
                           lr_schedule=args.lr_schedule)
-        start = time.perf_counter()
-        trainer = Trainer(cfg, without(data, removed), root / label.replace(", ", "-")
-                          .replace(" ", "-"), progress=False, log=lambda *a, **k: None)
-        try:
-            trainer.fit()
-            report = trainer.finish()
-        finally:
-            trainer.destroy()
-        seconds = time.perf_counter() - start
+        report, val_acc, seconds = train_and_test(
+            cfg, without(data, removed),
+            root / label.replace(", ", "-").replace(" ", "-"))
         rows[label] = report["accuracy"]
         results[f"{label}: seconds"] = seconds
         print(f"{label}: test accuracy {report['accuracy']:.3f} (validation "
-              f"{trainer.history[-1]['val_acc']:.3f}; {seconds:.0f} s)", flush=True)
+              f"{val_acc:.3f}; {seconds:.0f} s)", flush=True)
 
     print(f"\n{args.task} (--limit {args.limit}), test accuracy, one run each:")
     for label, acc in rows.items():

@@ -122,7 +122,7 @@ def main():
 
     data = load_task(args.task, limit=args.limit or None, seed=args.seed, progress=False)
     print(data.summary(), flush=True)
-    task = make_task(args.task)
+    task = make_task(data.task, **data.task_options)
     payload = {rec.id: rec.payload for rec in task.records(DatasetCache(None).root)}
     start = time.perf_counter()
     results = map_in_workers(environments, [(task.payload, payload[i]) for i in data.ids],

@@ -1,9 +1,10 @@
 """What the benchmarks share: the conv DEQ cell's size arguments, child processes, a data
-set with channels zeroed."""
+set with channels zeroed, and a DEQ trained and tested on it."""
 
 import json
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 
@@ -37,3 +38,18 @@ def without(data, channels):
     for name in channels:
         images[:, list(data.channels).index(name)] = 0
     return replace(data, images=images)
+
+
+def train_and_test(cfg, data, out_dir) -> tuple[dict, float, float]:
+    """``deq-petsc train``'s Trainer on ``data`` quietly: ``(test report, the last epoch's
+    validation accuracy, seconds)``; its PETSc objects destroyed whatever happens."""
+    from deq_petsc.train import Trainer
+
+    start = time.perf_counter()
+    trainer = Trainer(cfg, data, out_dir, progress=False, log=lambda *a, **k: None)
+    try:
+        trainer.fit()
+        report = trainer.finish()
+    finally:
+        trainer.destroy()
+    return report, trainer.history[-1]["val_acc"], time.perf_counter() - start
