@@ -372,7 +372,8 @@ def _task_problem(args, comm):
     model.destroy()
     description = (f"{args.task}: {len(images)} test images through {what}; state "
                    f"{tuple(x.shape)} per rank, {x.dtype}")
-    return cell, x, FixedPointProblem(cell, x), description
+    z_shape = model.equilibrium.state_shape(x)      # the pair cell's is not x's
+    return cell, x, FixedPointProblem(cell, x, z_shape=z_shape), description
 
 
 def run_compare(args) -> int:

@@ -52,12 +52,15 @@ def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0,
                    help="Adam's L2 weight decay (default: %(default)s)")
     p.add_argument("--width", type=int, default=width,
                    help="channels of the state (default: %(default)s)")
-    p.add_argument("--cell", choices=["contractive", "resnet"], default=cell,
+    p.add_argument("--cell", choices=["contractive", "resnet", "pair"], default=cell,
                    help="contractive: tanh(gamma W2 relu(W1 z) + x), Lip <= gamma by "
-                        "construction; resnet: the implicit-layers tutorial cell (default: "
-                        "%(default)s)")
+                        "construction; resnet: the implicit-layers tutorial cell; pair: "
+                        "every node pair with its two elements through shared weights, "
+                        "message passing along rows and columns, Lip <= gamma, blind to "
+                        "the nodes' order (docs/training.md) (default: %(default)s)")
     p.add_argument("--gamma", type=float, default=0.9,
-                   help="Lipschitz bound of the contractive cell (default: %(default)s)")
+                   help="Lipschitz bound of the contractive and pair cells "
+                        "(default: %(default)s)")
     p.add_argument("--no-sums", dest="sums", action="store_false",
                    help="inject the image alone, without its graph sums (per-channel sums "
                         "of atoms and of pairs: total charge, the dipole, ...) as a bias")
@@ -349,6 +352,9 @@ def invalid_argument(args) -> str | None:
         return f"--out {out}: is a file, not a folder"
     if out is not None and (problem := _unwritable(Path(out))):
         return f"--out {out}: {problem}"
+    if getattr(args, "cell", None) == "pair" and getattr(args, "elements", True) is False:
+        return ("--cell pair --no-elements: the pair cell reads its nodes off the element "
+                "channel; keep --elements")
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
         return "--resume and --overwrite: continue the run, or start it over, not both"
     output = getattr(args, "output", None)

@@ -92,7 +92,8 @@ class DEQ(nn.Module):
         self._tangent: ImplicitKSP | None = None
         self.last_radius_estimate: float | None = None
 
-    def _state_shape(self, x):
+    def state_shape(self, x) -> tuple[int, ...] | None:
+        """The state's shape for input ``x`` (``None``: shaped like ``x``)."""
         if self.z_shape is None:
             return None
         return tuple(self.z_shape(x)) if callable(self.z_shape) else tuple(self.z_shape)
@@ -105,7 +106,7 @@ class DEQ(nn.Module):
 
     def solve_fixed_point(self, x, z0: torch.Tensor | None = None):
         """``(z*, problem)`` for input ``x``, solved by the SNES with no graph kept."""
-        problem = FixedPointProblem(self.cell, _detach(x), z_shape=self._state_shape(x))
+        problem = FixedPointProblem(self.cell, _detach(x), z_shape=self.state_shape(x))
         if z0 is None and self.warm_start and self._last_z is not None \
                 and self._last_z.shape == problem.z0.shape:
             z0 = self._last_z
