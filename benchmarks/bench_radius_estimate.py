@@ -45,7 +45,7 @@ def main():
     dtype = next(model.parameters()).dtype
     with torch.no_grad():
         x = model.inject(images.to(dtype))
-        z = torch.zeros_like(x)
+        z = x.new_zeros(model.equilibrium.state_shape(x) or x.shape)
         for _ in range(args.its):
             z = cell(z, x)
     g = torch.Generator().manual_seed(1)

@@ -48,7 +48,7 @@ def main():
     p.add_argument("--limit", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--width", type=int, default=16)
-    p.add_argument("--cell", default="resnet")
+    p.add_argument("--cell", default="resnet", choices=["contractive", "resnet", "pair"])
     p.add_argument("--penalty", choices=["spectral", "jac"], default="spectral")
     p.add_argument("--values", default="none,0.97,0.9,0.7,0.5",
                    help="comma-separated targets (spectral) or weights (jac); none: no penalty")
@@ -87,7 +87,7 @@ def main():
         with torch.no_grad():
             x = model.inject(images.to(torch.float32)).double()
         cell = model.equilibrium.cell.double()
-        problem = FixedPointProblem(cell, x)
+        problem = FixedPointProblem(cell, x, z_shape=model.equilibrium.state_shape(x))
         with torch.no_grad():
             problem.linearize(problem.z0).jvp(problem(problem.z0))      # warm-up
         runs = compare_solves(problem, sets, defaults={"snes_rtol": args.rtol,

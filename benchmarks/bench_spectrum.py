@@ -161,7 +161,8 @@ def gmres_iterations(matvec, b: np.ndarray, scales, rtol: float, cap: int) -> li
 
 
 def sample_problems(checkpoint: str, samples: int):
-    """The model's cell (float64) and ``samples`` single-sample injections from its test split."""
+    """The model's cell (float64), ``samples`` single-sample injections from its test split,
+    and the state's shape as a function of an injection (the pair cell's is not ``x``'s)."""
     model, state = load_model(checkpoint)
     cfg = state["train_config"]
     data = load_task(cfg["task"], limit=cfg["limit"] or None, seed=cfg["seed"],
@@ -170,16 +171,16 @@ def sample_problems(checkpoint: str, samples: int):
     model = model.double().eval()
     with torch.no_grad():
         xs = [model.inject(images[i:i + 1].double()) for i in range(len(images))]
-    cell = model.equilibrium.cell
+    cell, state_shape = model.equilibrium.cell, model.equilibrium.state_shape
     model.destroy()
-    return cfg, cell, xs
+    return cfg, cell, xs, state_shape
 
 
 def analyse(checkpoint: str, args, rng) -> dict:
-    cfg, cell, xs = sample_problems(checkpoint, args.samples)
+    cfg, cell, xs, state_shape = sample_problems(checkpoint, args.samples)
     rows, eigs_first = [], None
     for i, x in enumerate(xs):
-        problem = FixedPointProblem(cell, x)
+        problem = FixedPointProblem(cell, x, z_shape=state_shape(x))
         with DEQSolver(prefix="spectrum_ref_", options={
                 "snes_type": "anderson", "snes_anderson_m": 20, "snes_rtol": 1e-10,
                 "snes_atol": 1e-14, "snes_max_it": 2000}, check_convergence=False) as solver:
@@ -230,7 +231,7 @@ def _nonlinear(cell, x, z_star, c: float, rho: float, args) -> dict:
     def g(z, x):
         return c * cell(z, x) + (1.0 - c) * z_star
 
-    problem = FixedPointProblem(cell if c == 1.0 else g, x)
+    problem = FixedPointProblem(cell if c == 1.0 else g, x, z_shape=z_star.shape)
     runs = compare_solves(problem, args.sets, defaults={"snes_rtol": args.rtol,
                                                         "snes_max_it": args.cap})
     return {"radius": c * rho, "solves": {r.name: {

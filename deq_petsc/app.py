@@ -369,11 +369,11 @@ def _task_problem(args, comm):
     with torch.no_grad():
         x = model.inject(mine)
     cell = model.equilibrium.cell
+    problem = FixedPointProblem(cell, x, z_shape=model.equilibrium.state_shape(x))
     model.destroy()
     description = (f"{args.task}: {len(images)} test images through {what}; state "
-                   f"{tuple(x.shape)} per rank, {x.dtype}")
-    z_shape = model.equilibrium.state_shape(x)      # the pair cell's is not x's
-    return cell, x, FixedPointProblem(cell, x, z_shape=z_shape), description
+                   f"{tuple(problem.z0.shape)} per rank, {x.dtype}")
+    return cell, x, problem, description
 
 
 def run_compare(args) -> int:

@@ -353,8 +353,8 @@ def invalid_argument(args) -> str | None:
     if out is not None and (problem := _unwritable(Path(out))):
         return f"--out {out}: {problem}"
     if getattr(args, "cell", None) == "pair" and getattr(args, "elements", True) is False:
-        return ("--cell pair --no-elements: the pair cell reads its nodes off the element "
-                "channel; keep --elements")
+        return ("--cell pair needs --elements: the pair cell reads its nodes off the "
+                "element channel")
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
         return "--resume and --overwrite: continue the run, or start it over, not both"
     output = getattr(args, "output", None)

@@ -299,7 +299,8 @@ def _shared_model_solves(cfg, sets, checkpoint, images, out) -> dict:
     try:
         with torch.no_grad():
             x = model.inject(images.to(next(model.parameters()).dtype))
-        problem = FixedPointProblem(model.equilibrium.cell, x)
+        problem = FixedPointProblem(model.equilibrium.cell, x,
+                                    z_shape=model.equilibrium.state_shape(x))
         with torch.no_grad():
             problem.linearize(problem.z0).jvp(problem(problem.z0))      # warm-up
         option_sets = [OptionSet(s.name, solver_sets.parse_options(s.forward), s.forward)

@@ -184,7 +184,7 @@ def test_bad_cache_entries(tmp_path, damage, message):
     (["train", "--task", "polarity", "--tao-batch", "-1"], "--tao-batch -1: must be 0"),
     (["train", "--task", "polarity", "--depth", "0"], "--depth 0: must be at least 1"),
     (["train", "--task", "polarity", "--resume", "--overwrite"], "--resume and --overwrite"),
-    (["train", "--task", "crystals", "--cell", "pair", "--no-elements"], "keep --elements"),
+    (["train", "--task", "crystals", "--cell", "pair", "--no-elements"], "--cell pair needs --elements"),
     (["baseline", "--task", "polarity", "--max-iter", "0"], "--max-iter 0: must be at least 1"),
     (["data", "--task", "polarity", "--png-count", "-1"], "--png-count -1: must be non-negative"),
     (["compare", "--repeat", "0"], "--repeat 0: must be at least 1"),

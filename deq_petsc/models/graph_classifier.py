@@ -115,6 +115,10 @@ class WeightTied(nn.Module):
         self.depth = depth
         self.z_shape = z_shape           # as the DEQ's: a function of x (None: x's shape)
 
+    def state_shape(self, x) -> tuple[int, ...] | None:
+        """As :meth:`DEQ.state_shape`: the state's shape for ``x`` (``None``: ``x``'s)."""
+        return None if self.z_shape is None else tuple(self.z_shape(x))
+
     def forward(self, x):
         z = (torch.zeros_like(x) if self.z_shape is None
              else x.new_zeros(self.z_shape(x)))
