@@ -93,7 +93,7 @@ def _jacobian_norm(f, at):
     """The spectral norm of ``f``'s Jacobian at ``at``, from the whole matrix (864 columns
     here: one vectorised reverse pass, then an SVD)."""
     J = torch.func.jacrev(f)(at).reshape(-1, at.numel())
-    return float(torch.linalg.matrix_norm(J, ord=2))
+    return float(torch.linalg.matrix_norm(J.detach(), ord=2))
 
 
 @pytest.mark.parametrize("largest", WEIGHTS)
