@@ -34,7 +34,6 @@ import torch  # noqa: E402
 
 from deq_petsc.compare import compare_solves, read_option_sets  # noqa: E402
 from deq_petsc.data import load_task  # noqa: E402
-from deq_petsc.problem import FixedPointProblem  # noqa: E402
 from deq_petsc.solver_sets import forward_solvers  # noqa: E402
 from deq_petsc.train import TrainConfig, Trainer  # noqa: E402
 
@@ -86,8 +85,8 @@ def main():
         model = trainer.model.eval()
         with torch.no_grad():
             x = model.inject(images.to(torch.float32)).double()
-        cell = model.equilibrium.cell.double()
-        problem = FixedPointProblem(cell, x, z_shape=model.equilibrium.state_shape(x))
+        model.equilibrium.cell.double()                 # solved in float64, as x
+        problem = model.equilibrium.fixed_point_problem(x)
         with torch.no_grad():
             problem.linearize(problem.z0).jvp(problem(problem.z0))      # warm-up
         runs = compare_solves(problem, sets, defaults={"snes_rtol": args.rtol,

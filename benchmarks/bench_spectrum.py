@@ -162,7 +162,7 @@ def gmres_iterations(matvec, b: np.ndarray, scales, rtol: float, cap: int) -> li
 
 def sample_problems(checkpoint: str, samples: int):
     """The model's cell (float64), ``samples`` single-sample injections from its test split,
-    and the state's shape as a function of an injection (the pair cell's is not ``x``'s)."""
+    and the equilibrium's ``fixed_point_problem`` (the pair cell's state is not shaped like ``x``)."""
     model, state = load_model(checkpoint)
     cfg = state["train_config"]
     data = load_task(cfg["task"], limit=cfg["limit"] or None, seed=cfg["seed"],
@@ -171,16 +171,16 @@ def sample_problems(checkpoint: str, samples: int):
     model = model.double().eval()
     with torch.no_grad():
         xs = [model.inject(images[i:i + 1].double()) for i in range(len(images))]
-    cell, state_shape = model.equilibrium.cell, model.equilibrium.state_shape
+    cell, problem_of = model.equilibrium.cell, model.equilibrium.fixed_point_problem
     model.destroy()
-    return cfg, cell, xs, state_shape
+    return cfg, cell, xs, problem_of
 
 
 def analyse(checkpoint: str, args, rng) -> dict:
-    cfg, cell, xs, state_shape = sample_problems(checkpoint, args.samples)
+    cfg, cell, xs, problem_of = sample_problems(checkpoint, args.samples)
     rows, eigs_first = [], None
     for i, x in enumerate(xs):
-        problem = FixedPointProblem(cell, x, z_shape=state_shape(x))
+        problem = problem_of(x)
         with DEQSolver(prefix="spectrum_ref_", options={
                 "snes_type": "anderson", "snes_anderson_m": 20, "snes_rtol": 1e-10,
                 "snes_atol": 1e-14, "snes_max_it": 2000}, check_convergence=False) as solver:

@@ -353,7 +353,6 @@ def _task_problem(args, comm):
     from .config import TrainConfig
     from .inference import build_model, load_model, model_dtype
     from .parallel import DataParallel
-    from .problem import FixedPointProblem
 
     device = torch.device(args.device)
     data = _load_data(args.task, args.limit, args.seed, cache_dir=args.cache_dir)
@@ -369,7 +368,7 @@ def _task_problem(args, comm):
     with torch.no_grad():
         x = model.inject(mine)
     cell = model.equilibrium.cell
-    problem = FixedPointProblem(cell, x, z_shape=model.equilibrium.state_shape(x))
+    problem = model.equilibrium.fixed_point_problem(x)
     model.destroy()
     description = (f"{args.task}: {len(images)} test images through {what}; state "
                    f"{tuple(problem.z0.shape)} per rank, {x.dtype}")

@@ -292,15 +292,13 @@ def _shared_model_solves(cfg, sets, checkpoint, images, out) -> dict:
     from petsc4py import PETSc
 
     from .compare import OptionSet, compare_solves, plot_residuals
-    from .problem import FixedPointProblem
     from .train import load_model
 
     model, _ = load_model(checkpoint, prefix="demo_shared_")
     try:
         with torch.no_grad():
             x = model.inject(images.to(next(model.parameters()).dtype))
-        problem = FixedPointProblem(model.equilibrium.cell, x,
-                                    z_shape=model.equilibrium.state_shape(x))
+        problem = model.equilibrium.fixed_point_problem(x)
         with torch.no_grad():
             problem.linearize(problem.z0).jvp(problem(problem.z0))      # warm-up
         option_sets = [OptionSet(s.name, solver_sets.parse_options(s.forward), s.forward)

@@ -104,9 +104,15 @@ class DEQ(nn.Module):
             return z_star
         return self.attach(z_star, x, problem)
 
+    def fixed_point_problem(self, x) -> FixedPointProblem:
+        """``z = cell(z, x)`` for input ``x`` (detached), the state shaped by
+        :meth:`state_shape`: what :meth:`solve_fixed_point` solves, and what solver
+        comparisons and spectra of a trained model take."""
+        return FixedPointProblem(self.cell, _detach(x), z_shape=self.state_shape(x))
+
     def solve_fixed_point(self, x, z0: torch.Tensor | None = None):
         """``(z*, problem)`` for input ``x``, solved by the SNES with no graph kept."""
-        problem = FixedPointProblem(self.cell, _detach(x), z_shape=self.state_shape(x))
+        problem = self.fixed_point_problem(x)
         if z0 is None and self.warm_start and self._last_z is not None \
                 and self._last_z.shape == problem.z0.shape:
             z0 = self._last_z

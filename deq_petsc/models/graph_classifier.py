@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..layer import DEQ
+from ..problem import FixedPointProblem
 from .injection import Injection
 from .pair_network import NodeReadout, PairCell, PairInjection
 from .pair_network import state_shape as pair_state_shape
@@ -119,9 +120,12 @@ class WeightTied(nn.Module):
         """As :meth:`DEQ.state_shape`: the state's shape for ``x`` (``None``: ``x``'s)."""
         return None if self.z_shape is None else tuple(self.z_shape(x))
 
+    def fixed_point_problem(self, x) -> FixedPointProblem:
+        """As :meth:`DEQ.fixed_point_problem`: the cell's problem for ``x``."""
+        return FixedPointProblem(self.cell, x.detach(), z_shape=self.state_shape(x))
+
     def forward(self, x):
-        z = (torch.zeros_like(x) if self.z_shape is None
-             else x.new_zeros(self.z_shape(x)))
+        z = x.new_zeros(self.state_shape(x) or x.shape)
         for _ in range(self.depth):
             z = self.cell(z, x)
         return z
