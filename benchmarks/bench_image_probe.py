@@ -30,7 +30,11 @@ built from these blocks, and prints the test accuracy of every epoch:
 ``--pairs`` adds a network that does not depend on the order of the nodes (each
 entry of the node-neighbour matrix with its two elements through a shared MLP,
 summed into nodes and the graph: :func:`fit_pairs`), against the MLP's reading
-of the flattened image.
+of the flattened image; ``--pairs-globals`` fits it again with the baseline's
+descriptors joined to its pooled graph (``--sets ""`` skips the MLPs):
+
+    .venv/bin/python benchmarks/bench_image_probe.py --task crystals --limit 0 --epochs 15 \
+        --sets "" --pairs --pairs-globals
 """
 
 from __future__ import annotations
@@ -99,15 +103,30 @@ def train_and_score(net, logits, y, train, test, epochs, label):
     return accuracies
 
 
-def fit_pairs(images, z, y, train, test, epochs, seed, label="pair network"):
+def fit_pairs(images, z, y, train, test, epochs, seed, label="pair network",
+              global_features=None):
     """A network that reads the node-neighbour matrix as a graph network does: each entry
     ``(i, j)`` (its channels, and learned embeddings of the elements of nodes i and j)
     through a shared MLP, summed over j into node i, nodes summed and averaged into the
     graph, an MLP to the logits. Unlike a convolution over species sorted by atomic
-    number, or an MLP on the flattened image, it does not depend on the nodes' order."""
+    number, or an MLP on the flattened image, it does not depend on the nodes' order.
+
+    ``global_features`` (``[M, d]``, NaN for missing) join the pooled graph before the
+    head, standardised over ``train`` with a missing-value indicator per column: a
+    graph-level state as MEGNet's, to ask whether the images and, say, the baseline's
+    descriptors together take a network past gradient boosting on the descriptors."""
     import torch
     from torch import nn
     torch.manual_seed(seed)
+    g = torch.zeros(len(images), 0)
+    if global_features is not None:
+        G = np.asarray(global_features, dtype=np.float64)
+        missing = ~np.isfinite(G)
+        G = np.where(missing, np.nan, G)
+        mean, std = np.nanmean(G[train], 0), np.nanstd(G[train], 0)
+        G = np.nan_to_num((G - np.nan_to_num(mean)) / np.where(std > 1e-12, std, 1.0))
+        keep = missing[train].any(0)
+        g = torch.as_tensor(np.concatenate([G, missing[:, keep]], 1), dtype=torch.float32)
     x = torch.as_tensor(images).permute(0, 2, 3, 1).contiguous()        # [M, N, N, C]
     z = torch.as_tensor(np.clip(z, 0, 118))
     node = z > 0
@@ -126,20 +145,21 @@ def fit_pairs(images, z, y, train, test, epochs, seed, label="pair network"):
             self.cols = nn.Embedding(119, width, padding_idx=0)
             self.pair_mlp = nn.Sequential(nn.ReLU(), nn.Linear(width, width), nn.ReLU())
             self.node_mlp = nn.Sequential(nn.Linear(2 * width, width), nn.ReLU())
-            self.head = nn.Sequential(nn.Linear(2 * width, 256), nn.ReLU(),
+            self.head = nn.Sequential(nn.Linear(2 * width + g.shape[1], 256), nn.ReLU(),
                                       nn.Linear(256, int(y.max()) + 1))
 
-        def forward(self, xb, zb):
+        def forward(self, xb, zb, gb):
             nodes = (zb > 0).float()
             mask = nodes[:, :, None] * nodes[:, None, :]
             h = self.pair_mlp(self.entry(xb) + self.rows(zb)[:, :, None] + self.cols(zb)[:, None])
             h = (h * mask[..., None]).sum(2)                               # [B, N, width]
             h = self.node_mlp(torch.cat([h, self.rows(zb)], -1)) * nodes[..., None]
             count = nodes.sum(1, keepdim=True).clamp_min(1)
-            return self.head(torch.cat([h.sum(1), h.sum(1) / count], -1))
+            return self.head(torch.cat([h.sum(1), h.sum(1) / count, gb], -1))
 
     net = Pairs()
-    return train_and_score(net, lambda idx: net(x[idx], z[idx]), y, train, test, epochs, label)
+    return train_and_score(net, lambda idx: net(x[idx], z[idx], g[idx]), y, train, test,
+                           epochs, label)
 
 
 def main():
@@ -154,7 +174,12 @@ def main():
                         "fractions, properties, means, descriptors)")
     p.add_argument("--pairs", action="store_true",
                    help="also fit the order-independent pair network (fit_pairs)")
+    p.add_argument("--pairs-globals", action="store_true",
+                   help="with --pairs, fit it a second time with the baseline's descriptors "
+                        "as a graph-level input to its head")
     args = p.parse_args()
+    if args.pairs_globals and not args.pairs:
+        p.error("--pairs-globals goes with --pairs")
     import torch
 
     from deq_petsc.data import load_task
@@ -163,16 +188,18 @@ def main():
     images = data.images.float().numpy()
     y = data.labels.numpy()
     train, test = np.asarray(data.indices("train")), np.asarray(data.indices("test"))
-    sets = [name.split("+") for name in args.sets.split(",")]
+    sets = [name.split("+") for name in args.sets.split(",") if name]
     wanted = {block for blocks in sets for block in blocks}
     blocks = {"pixels": images.reshape(len(images), -1)}
     if "onehot" in wanted:
         blocks["onehot"] = one_hot_elements(images, list(data.channels).index("element"))
     if wanted & {"fractions", "properties", "means"}:
         blocks.update(node_blocks(images, data.channels))
-    if "descriptors" in wanted:
+    descriptors = None
+    if "descriptors" in wanted or args.pairs_globals:
         from deq_petsc.baseline import task_descriptors
-        blocks["descriptors"] = np.nan_to_num(task_descriptors(data, progress=False)[0])
+        descriptors = task_descriptors(data, progress=False)[0]
+        blocks["descriptors"] = np.nan_to_num(descriptors)
     unknown = wanted - set(blocks)
     if unknown:
         p.error(f"unknown feature block(s): {', '.join(sorted(unknown))}")
@@ -185,6 +212,10 @@ def main():
         z = node_atomic_numbers(images, list(data.channels).index("element"))
         results["pair network (entries + element embeddings)"] = fit_pairs(
             images, z, y, train, test, args.epochs, args.seed)
+        if args.pairs_globals:
+            results["pair network + descriptors in its head"] = fit_pairs(
+                images, z, y, train, test, args.epochs, args.seed,
+                "pair network + descriptors", global_features=descriptors)
     print(f"{args.task}, {len(train)} train / {len(test)} test, MLP 256-256 (and the pair "
           f"network, with --pairs), "
           f"{args.epochs} epochs: test accuracy at the last epoch (best epoch)")
