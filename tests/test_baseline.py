@@ -13,7 +13,7 @@ from pymatgen.core import Lattice, Structure  # noqa: E402
 
 from deq_petsc.data.descriptors import (describe, molecule_descriptors, names,  # noqa: E402
                                         structure_descriptors)
-from helpers import run_cli  # noqa: E402
+from helpers import rock_salts_csv, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +94,31 @@ def test_baseline_on_crystals(cache_dir, tmp_path):
     report = json.loads((tmp_path / "baseline.json").read_text())
     assert report["n_features"] == len(names("periodic"))
     assert report["accuracy"] > report["majority_baseline"] + 0.2
+
+
+def test_descriptors_of_another_seed_are_rearranged_not_recomputed(tmp_path, monkeypatch):
+    """A full build's descriptors for a second seed are the first's rows in the second's
+    order (``load_task`` rearranges the images alike), equal to computing them anew."""
+    import deq_petsc.baseline as baseline
+    from deq_petsc.data import load_task
+    csv = rock_salts_csv(tmp_path / "mine.csv")
+    cache, other = tmp_path / "cache", tmp_path / "other"
+    load = dict(csv=csv, progress=False)
+    X0, _ = baseline.task_descriptors(load_task("crystals", cache_dir=cache, seed=0, **load),
+                                      cache_dir=cache, progress=False)
+    fresh = load_task("crystals", cache_dir=other, seed=1, **load)
+    X1, _ = baseline.task_descriptors(fresh, cache_dir=other, progress=False)
+
+    def no_descriptors(*args, **kwargs):
+        raise AssertionError("computed again")
+    monkeypatch.setattr(baseline, "descriptor_matrix", no_descriptors)
+    data = load_task("crystals", cache_dir=cache, seed=1, **load)
+    assert data.ids == fresh.ids
+    X, got_names = baseline.task_descriptors(data, cache_dir=cache, progress=False)
+    assert got_names == names("periodic") and not np.array_equal(X, X0, equal_nan=True)
+    np.testing.assert_array_equal(X, X1)
+    again, _ = baseline.task_descriptors(data, cache_dir=cache, progress=False)   # cached
+    np.testing.assert_array_equal(again, X1)
+    with pytest.raises(AssertionError, match="computed again"):      # a subset: computed
+        baseline.task_descriptors(load_task("crystals", cache_dir=cache, seed=1, limit=9,
+                                            **load), cache_dir=cache, progress=False)

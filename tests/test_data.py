@@ -19,7 +19,7 @@ from deq_petsc.data import (PERIODIC_CHANNELS, cif_image, load_task, make_task, 
                             structure_image)
 from deq_petsc.data.tasks import default_crystals_csv  # noqa: E402
 from deq_petsc.errors import DEQInputError  # noqa: E402
-from helpers import run_cli  # noqa: E402
+from helpers import rock_salts_csv, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -355,6 +355,34 @@ def test_bad_inputs_in_a_users_csv_are_counted_not_fatal(cache_dir, tmp_path):
     labels = dict(zip(d.ids, d.labels.tolist()))
     assert labels == {"x-1": 2, "x-3": 1, "x-5": 0}
     assert "skipped 6 of 9" in d.summary()
+
+
+def test_another_seed_of_a_full_build_is_rearranged_not_rendered(tmp_path, monkeypatch):
+    """With every record used, --seed only reorders the records (and so the split): a
+    second seed is the first's images rearranged, identical to rendering them anew."""
+    import deq_petsc.data.tasks as tasks
+    csv = rock_salts_csv(tmp_path / "mine.csv")           # two rows skipped, with reasons
+    cache = tmp_path / "cache"
+    first = load_task("crystals", csv=csv, cache_dir=cache, progress=False, seed=0)
+    fresh = load_task("crystals", csv=csv, cache_dir=tmp_path / "other", progress=False,
+                      seed=1)                             # rendered from scratch
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("rendered again")
+    monkeypatch.setattr(tasks, "map_in_workers", no_rendering)
+    again = load_task("crystals", csv=csv, cache_dir=cache, progress=False, seed=1)
+    assert again.ids == fresh.ids != first.ids and sorted(again.ids) == sorted(first.ids)
+    for name in ("images", "labels"):
+        assert torch.equal(getattr(again, name), getattr(fresh, name))
+    assert np.array_equal(again.targets, fresh.targets)
+    assert np.array_equal(again.split_of, fresh.split_of)
+    assert [tuple(s) for s in again.skipped] == [tuple(s) for s in fresh.skipped]
+    assert again.attempted == fresh.attempted == 14 and len(again.skipped) == 2
+    assert again.params == fresh.params and again.params["seed"] == 1
+    stored = load_task("crystals", csv=csv, cache_dir=cache, progress=False, seed=1)
+    assert stored.from_cache and stored.ids == fresh.ids      # and now in the cache
+    with pytest.raises(AssertionError, match="rendered again"):   # a subset is rendered
+        load_task("crystals", csv=csv, cache_dir=cache, progress=False, seed=2, limit=10)
 
 
 def test_users_csv_without_the_columns_is_rejected(cache_dir, tmp_path):
