@@ -154,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "metrics.csv/json, curves.png, and at the end report.json and confusion.png "
                  "(classification) or parity.png (regression).")
     _data_arguments(p, limit_default=2000)
-    _training_arguments(p)
+    # the pair cell: the best measured on all three tasks (docs/training.md#the-pair-cell);
+    # compare --task keeps the convolutional cell, whose solves give solvers more to do
+    _training_arguments(p, cell="pair")
     p.add_argument("--objective", choices=["classify", "regress"], default="classify",
                    help="classify the task's labels, or regress the DFT number they come "
                         "from (dipole, LCD, band gap) with an MSE loss (default: classify)")
@@ -354,7 +356,7 @@ def invalid_argument(args) -> str | None:
         return f"--out {out}: {problem}"
     if getattr(args, "cell", None) == "pair" and getattr(args, "elements", True) is False:
         return ("--cell pair needs --elements: the pair cell reads its nodes off the "
-                "element channel")
+                "element channel (--cell contractive trains without element embeddings)")
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
         return "--resume and --overwrite: continue the run, or start it over, not both"
     output = getattr(args, "output", None)

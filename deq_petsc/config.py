@@ -29,7 +29,8 @@ class TrainConfig:
     spectral_reg: float = 0.0       # weight of the spectral-radius penalty (DEQ.spectral_penalty)
     spectral_target: float = 0.9    # the radius above which it acts
     spectral_steps: int = 4         # power-iteration steps of its radius estimate
-    cell: str = "contractive"
+    cell: str = "contractive"       # any images; `deq-petsc train` defaults to "pair", which
+                                    # needs the science tasks' element channel
     gamma: float = 0.9
     sums: bool = True               # the image's graph sums in the injection (Injection)
     elements: bool = True           # learned element embeddings in the injection (Injection)
