@@ -4,8 +4,9 @@ and with the named ones zeroed, side by side on the same split and initialisatio
 A zeroed channel is what a convolution cannot tell from an absent one (the graph
 sums of a zero channel are constant, so they add nothing either), and the
 models' weights start the same: the difference between the rows is the
-channels' and the noise of training, nothing else. ``deq-petsc train``'s
-defaults, with ``--epochs`` and ``--lr-schedule``:
+channels' and the noise of training, nothing else. ``TrainConfig``'s
+defaults (the convolutional cell, ``deq-petsc train``'s until the pair cell), with
+``--epochs`` and ``--lr-schedule``:
 
     .venv/bin/python benchmarks/bench_channel_ablation.py --task crystals --limit 0 \
         --epochs 12 --zero "bond length,polarity"

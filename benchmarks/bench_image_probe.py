@@ -112,21 +112,25 @@ def fit_pairs(images, z, y, train, test, epochs, seed, label="pair network",
     number, or an MLP on the flattened image, it does not depend on the nodes' order.
 
     ``global_features`` (``[M, d]``, NaN for missing) join the pooled graph before the
-    head, standardised over ``train`` with a missing-value indicator per column: a
-    graph-level state as MEGNet's, to ask whether the images and, say, the baseline's
-    descriptors together take a network past gradient boosting on the descriptors."""
+    head: a graph-level state as MEGNet's, to ask whether the images and, say, the
+    baseline's descriptors together take a network past gradient boosting on the
+    descriptors. Columns without a finite training value are dropped, the rest
+    standardised over ``train`` (missing values then 0), and each column with missing
+    training values gets a 0/1 flag of them."""
     import torch
     from torch import nn
     torch.manual_seed(seed)
     g = torch.zeros(len(images), 0)
     if global_features is not None:
         G = np.asarray(global_features, dtype=np.float64)
+        G = G[:, np.isfinite(G[train]).any(0)]
         missing = ~np.isfinite(G)
         G = np.where(missing, np.nan, G)
         mean, std = np.nanmean(G[train], 0), np.nanstd(G[train], 0)
-        G = np.nan_to_num((G - np.nan_to_num(mean)) / np.where(std > 1e-12, std, 1.0))
-        keep = missing[train].any(0)
-        g = torch.as_tensor(np.concatenate([G, missing[:, keep]], 1), dtype=torch.float32)
+        scale = np.where(std > 1e-8 * np.maximum(np.abs(mean), 1.0), std, 1.0)
+        G = np.nan_to_num((G - mean) / scale)
+        flags = missing[:, missing[train].any(0)]
+        g = torch.as_tensor(np.concatenate([G, flags], 1), dtype=torch.float32)
     x = torch.as_tensor(images).permute(0, 2, 3, 1).contiguous()        # [M, N, N, C]
     z = torch.as_tensor(np.clip(z, 0, 118))
     node = z > 0
@@ -216,8 +220,9 @@ def main():
             results["pair network + descriptors in its head"] = fit_pairs(
                 images, z, y, train, test, args.epochs, args.seed,
                 "pair network + descriptors", global_features=descriptors)
-    print(f"{args.task}, {len(train)} train / {len(test)} test, MLP 256-256 (and the pair "
-          f"network, with --pairs), "
+    print(f"{args.task}, {len(train)} train / {len(test)} test, "
+          + ("MLP 256-256" if sets else "") + (" and " if sets and args.pairs else "")
+          + ("the pair network" if args.pairs else "") + ", "
           f"{args.epochs} epochs: test accuracy at the last epoch (best epoch)")
     for label, acc in results.items():
         print(f"  {label:50s} {acc[-1]:.4f} ({max(acc):.4f})")

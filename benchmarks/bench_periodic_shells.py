@@ -5,7 +5,8 @@ from 2 to 12 A, and 12-14 A: per species pair, the neighbours in the shell per a
 a uniform gas's count, so each channel sums to the shell's radial distribution
 ``g``. Side by side in one run, on the same split:
 
-1. the DEQ (``deq-petsc train``'s defaults, ``--epochs``, ``--lr-schedule``) with
+1. the DEQ (``TrainConfig``'s defaults: the convolutional cell, ``deq-petsc train``'s
+   until the pair cell; ``--epochs``, ``--lr-schedule``) with
    every channel and with the shells zeroed (which a convolution cannot tell from
    their absence: the images of representation 1 plus empty channels);
 2. ``deq-petsc baseline``'s gradient boosting on the flattened images, with and

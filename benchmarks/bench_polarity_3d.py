@@ -4,7 +4,8 @@ Polarity images (representation 2) are drawn at QM9's B3LYP positions; a molecul
 known only by its SMILES is drawn at an ETKDG + MMFF94 conformer. Two questions
 (issue "Accurate scientists"), answered side by side in one run:
 
-1. **Ablation.** The same DEQ (``deq-petsc train``'s defaults, ``--epochs``) trained on
+1. **Ablation.** The same DEQ (``TrainConfig``'s defaults: the convolutional cell, ``deq-petsc
+   train``'s until the pair cell; ``--epochs``) trained on
    the same split with every channel, without the dipole channel (a near-label
    feature: its sum, the dipole of the MMFF94 charges, alone classifies most of QM9
    right), and without both 3D channels (distance, dipole: the 2D image plus

@@ -103,7 +103,11 @@ def _descriptors_of_another_seed(data: TaskData, cache: DatasetCache, kind: str,
     X = entry[0]["X"]
     if take is None or len(source_ids) != len(X):
         return None
-    return X[take], [tuple(f) for f in entry[1]["failed"]]
+    try:
+        why = {str(i): str(r) for i, r in entry[1]["failed"]}
+    except (TypeError, ValueError):
+        return None
+    return X[take], [(i, why[i]) for i in data.ids if i in why]     # in this build's order
 
 
 def _features(cfg: BaselineConfig, data: TaskData, log) -> np.ndarray:

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "metrics.csv/json, curves.png, and at the end report.json and confusion.png "
                  "(classification) or parity.png (regression).")
     _data_arguments(p, limit_default=2000)
-    # the pair cell: the best measured on all three tasks (docs/training.md#the-pair-cell);
+    # the pair cell: best on the solids, level on polarity (docs/training.md, "At width 16");
     # compare --task keeps the convolutional cell, whose solves give solvers more to do
     _training_arguments(p, cell="pair")
     p.add_argument("--objective", choices=["classify", "regress"], default="classify",
@@ -354,7 +354,11 @@ def invalid_argument(args) -> str | None:
         return f"--out {out}: is a file, not a folder"
     if out is not None and (problem := _unwritable(Path(out))):
         return f"--out {out}: {problem}"
-    if getattr(args, "cell", None) == "pair" and getattr(args, "elements", True) is False:
+    # a resumed run takes its cell from its checkpoint unless --cell is typed (resumed_config)
+    cell_from_checkpoint = getattr(args, "resume", False) and \
+        "cell" not in getattr(args, "explicit", set())
+    if getattr(args, "cell", None) == "pair" and getattr(args, "elements", True) is False \
+            and not cell_from_checkpoint:
         return ("--cell pair needs --elements: the pair cell reads its nodes off the "
                 "element channel (--cell contractive trains without element embeddings)")
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):

@@ -197,6 +197,24 @@ def test_bad_arguments(argv, message):
     assert message in invalid_argument(args)
 
 
+def test_no_elements_is_judged_by_the_cell_the_run_will_have():
+    """train's default cell (pair) needs elements; a resumed run's cell is its checkpoint's
+    unless --cell is typed, so re-running a --no-elements run's command with --resume is
+    not refused for a cell it will not use."""
+    from deq_petsc.cli import explicit_flags
+
+    def problem(*argv):
+        parser = build_parser()
+        args, _ = split_petsc_args(parser, list(argv))
+        args.explicit = explicit_flags(args.parser, list(argv))
+        return invalid_argument(args)
+    train = ("train", "--task", "polarity", "--no-elements")
+    assert problem(*train).startswith("--cell pair needs --elements")
+    assert problem(*train, "--resume") is None
+    assert problem(*train, "--resume", "--cell", "pair").startswith("--cell pair needs")
+    assert problem(*train, "--cell", "contractive") is None
+
+
 def test_output_paths_of_the_wrong_kind(tmp_path):
     file = _write(tmp_path / "file", "x")
     args, _ = split_petsc_args(build_parser(), ["train", "--task", "polarity", "--out",

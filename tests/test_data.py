@@ -381,6 +381,8 @@ def test_another_seed_of_a_full_build_is_rearranged_not_rendered(tmp_path, monke
     assert again.params == fresh.params and again.params["seed"] == 1
     stored = load_task("crystals", csv=csv, cache_dir=cache, progress=False, seed=1)
     assert stored.from_cache and stored.ids == fresh.ids      # and now in the cache
+    assert stored.params == fresh.params and [tuple(s) for s in stored.skipped] == \
+        [tuple(s) for s in fresh.skipped]
     with pytest.raises(AssertionError, match="rendered again"):   # a subset is rendered
         load_task("crystals", csv=csv, cache_dir=cache, progress=False, seed=2, limit=10)
 

@@ -492,7 +492,10 @@ def _reseeded(task: Task, cache: DatasetCache, params: dict, seed, limit, split_
         return None
     arrays, meta = entry
     records = task.records(cache.root)
-    reasons = {str(i): r for i, r in meta["skipped"]}
+    try:                                # meta.json carries no digest: a bad one is no source
+        reasons = {str(i): str(r) for i, r in meta["skipped"]}
+    except (TypeError, ValueError):
+        return None
     wanted = full_build_ids(records, seed)
     take = rows_for(arrays["ids"], [i for i in wanted if i not in reasons])
     if take is None or len(wanted) != len(take) + len(reasons):
