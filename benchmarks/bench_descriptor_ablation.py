@@ -14,7 +14,6 @@ once):
 from __future__ import annotations
 
 import argparse
-import math
 
 import deq_petsc  # noqa: F401  (process set-up)
 
@@ -33,6 +32,7 @@ GROUPS = {
 def main():
     from deq_petsc.baseline import BaselineConfig, run_baseline, task_descriptors
     from deq_petsc.data import load_task
+    from deq_petsc.metrics import accuracy_stderr
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="crystals", choices=("crystals", "mof-pore"))
@@ -50,7 +50,7 @@ def main():
                               data, log=lambda *a, **k: None, X=X[:, columns])
         acc = report["accuracy"]
         print(f"  {label:45s} {len(columns):4d} columns: {acc:.3f} (standard error "
-              f"{math.sqrt(acc * (1 - acc) / n_test):.3f}; fit {report['fit_seconds']:.0f} s)",
+              f"{accuracy_stderr(acc, n_test):.3f}; fit {report['fit_seconds']:.0f} s)",
               flush=True)
 
 

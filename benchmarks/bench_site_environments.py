@@ -31,7 +31,6 @@ images + environments, descriptors + images (``--sets`` chooses):
 """
 
 import argparse
-import math
 import time
 
 import numpy as np
@@ -106,6 +105,7 @@ def main():
     from deq_petsc.data import load_task, make_task
     from deq_petsc.data.cache import DatasetCache
     from deq_petsc.data.workers import map_in_workers
+    from deq_petsc.metrics import accuracy_stderr
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="crystals", choices=("crystals", "mof-pore"))
@@ -152,7 +152,7 @@ def main():
     print(f"\n{args.task} (--limit {args.limit}), {n_test} test samples, gradient boosting:")
     for label, report in rows.items():
         acc = report["accuracy"]
-        print(f"  {label:30s} {acc:.3f} (standard error {math.sqrt(acc * (1 - acc) / n_test):.3f})")
+        print(f"  {label:30s} {acc:.3f} (standard error {accuracy_stderr(acc, n_test):.3f})")
 
 
 if __name__ == "__main__":

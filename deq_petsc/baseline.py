@@ -26,7 +26,8 @@ import numpy as np
 
 from .data.cache import DatasetCache, cache_key
 from .data.descriptors import DESCRIPTOR_VERSION, descriptor_matrix, names
-from .data.tasks import RESEED_FROM, TaskData, full_build_ids, make_task, rows_for
+from .data.tasks import (RESEED_FROM, TaskData, full_build_ids, make_task, reseed_source,
+                         rows_for)
 from .errors import DEQCacheError, DEQInputError
 from .metrics import classification_report, confusion_matrix, format_report
 
@@ -85,12 +86,10 @@ def _descriptors_of_another_seed(data: TaskData, cache: DatasetCache, kind: str,
     ``load_task`` rearranges in the same way; ``None`` if there are none. (The MOFs'
     descriptors take 13 minutes on 2 cores; a second seed is a study of the spread of a
     result, not new frameworks.)"""
-    params = data.params
-    if params.get("limit") is not None or params.get("split_by", "random") != "random" \
-            or params.get("seed") == RESEED_FROM:
+    source = reseed_source(data.params)
+    if source is None:
         return None
-    key = cache_key({"descriptors": DESCRIPTOR_VERSION,
-                     "data": {**params, "seed": RESEED_FROM}})
+    key = cache_key({"descriptors": DESCRIPTOR_VERSION, "data": source})
     try:
         entry = cache.load(f"{data.task}-descriptors", key)
     except DEQCacheError:

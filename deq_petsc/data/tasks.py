@@ -382,7 +382,7 @@ def load_task(name: str, limit: int | None = None, seed: int = 0, cache_dir=None
             print(f"deq_petsc.data: {err}; rebuilding", file=sys.stderr)
             cache.discard(name, key)
     if entry is None and not rebuild:
-        entry = _reseeded(task, cache, params, seed, limit, split_by)
+        entry = _reseeded(task, cache, params)
         if entry is not None:
             entry[1]["params"] = params
             cache.store_or_warn(name, key, *entry)
@@ -452,6 +452,16 @@ def scaffold_split(smiles: list[str]) -> np.ndarray:
 RESEED_FROM = 0
 
 
+def reseed_source(params: dict) -> dict | None:
+    """The parameters of the cached build that the build of ``params`` is a rearrangement
+    of (seed :data:`RESEED_FROM`, all else equal), or ``None``: only a full build
+    (``limit`` None) with a random split and another seed is one."""
+    if params.get("limit") is not None or params.get("split_by", "random") != "random" \
+            or params.get("seed") == RESEED_FROM:
+        return None
+    return {**params, "seed": RESEED_FROM}
+
+
 def _record_order(n_records: int, seed) -> np.ndarray:
     """The order in which a build with ``seed`` takes the source's records."""
     return np.random.default_rng(seed).permutation(n_records)
@@ -473,19 +483,20 @@ def rows_for(ids, wanted) -> np.ndarray | None:
     return np.array([position[str(i)] for i in wanted], dtype=np.int64)
 
 
-def _reseeded(task: Task, cache: DatasetCache, params: dict, seed, limit, split_by):
-    """A full build (``limit`` None) for ``seed``, rearranged from the cached full build of
-    seed :data:`RESEED_FROM`; ``None`` when there is none, or it no longer matches the
-    source.
+def _reseeded(task: Task, cache: DatasetCache, params: dict):
+    """The build of ``params``, rearranged from the cached build of :func:`reseed_source`
+    (its full build with seed :data:`RESEED_FROM`); ``None`` when there is none, or it no
+    longer matches the source.
 
     With every record used, a seed decides only the records' order, hence the random
     split: the images are the same. Without this, ``--seed 1`` on all of CoRE MOF would
     render its 12,020 frameworks again (21 minutes on 2 cores) to study the spread of a
     result over splits. Subsets (``limit``) and scaffold splits are built as before."""
-    if limit is not None or split_by != "random" or seed == RESEED_FROM:
+    source = reseed_source(params)
+    if source is None:
         return None
     try:
-        entry = cache.load(task.name, cache_key({**params, "seed": RESEED_FROM}))
+        entry = cache.load(task.name, cache_key(source))
     except DEQCacheError:
         return None                     # the source build rebuilds itself when asked for
     if entry is None:
@@ -496,7 +507,7 @@ def _reseeded(task: Task, cache: DatasetCache, params: dict, seed, limit, split_
         reasons = {str(i): str(r) for i, r in meta["skipped"]}
     except (TypeError, ValueError):
         return None
-    wanted = full_build_ids(records, seed)
+    wanted = full_build_ids(records, params["seed"])
     take = rows_for(arrays["ids"], [i for i in wanted if i not in reasons])
     if take is None or len(wanted) != len(take) + len(reasons):
         return None                     # the source changed since that build: build anew
