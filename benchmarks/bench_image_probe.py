@@ -118,6 +118,7 @@ def fit_pairs(images, z, y, train, test, epochs, seed, label="pair network",
     standardised over ``train`` (missing values then 0), and each column with missing
     training values gets a 0/1 flag of them."""
     import torch
+    from sklearn.preprocessing import StandardScaler
     from torch import nn
     torch.manual_seed(seed)
     g = torch.zeros(len(images), 0)
@@ -125,10 +126,8 @@ def fit_pairs(images, z, y, train, test, epochs, seed, label="pair network",
         G = np.asarray(global_features, dtype=np.float64)
         G = G[:, np.isfinite(G[train]).any(0)]
         missing = ~np.isfinite(G)
-        G = np.where(missing, np.nan, G)
-        mean, std = np.nanmean(G[train], 0), np.nanstd(G[train], 0)
-        scale = np.where(std > 1e-8 * np.maximum(np.abs(mean), 1.0), std, 1.0)
-        G = np.nan_to_num((G - mean) / scale)
+        G = np.where(missing, np.nan, G)            # the scaler skips NaN, not inf
+        G = np.nan_to_num(StandardScaler().fit(G[train]).transform(G))
         flags = missing[:, missing[train].any(0)]
         g = torch.as_tensor(np.concatenate([G, flags], 1), dtype=torch.float32)
     x = torch.as_tensor(images).permute(0, 2, 3, 1).contiguous()        # [M, N, N, C]
