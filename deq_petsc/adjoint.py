@@ -28,10 +28,11 @@ import torch
 from petsc4py import PETSc
 
 from .convergence import solve_accepted
-from .errors import DEQConvergenceError
+from .errors import DEQConvergenceError, DEQError
 from .interop import TensorLayout, layout_changed
 from .operators import ResidualJacobian, create_residual_jacobian
 from .options_spec import ADJOINT as ADJOINT_OPTIONS
+from .options_spec import OWN_NAMESPACES, SOLVER as SOLVER_OPTIONS
 from .outcome import SolveOutcome
 from .petsc_options import (check_positive_ints, inserted_defaults, ksp_reason_name,
                             options_checked)
@@ -171,21 +172,29 @@ class AdjointSolver:
         self.prefix = prefix
         self.comm = PETSc.COMM_SELF if comm is None else comm
         self._method_arg = method
-        ksp_options = dict(ksp_options or {})
-        self._accept_max_it_default = bool(ksp_options.pop("deq_accept_max_it", False))
-        self.ksp_defaults = {**DEFAULT_KSP_OPTIONS, **ksp_options}
-        self.snes_options = snes_options
+        # Our own keys (deq_method, deq_phantom_steps, ...) are read like the command
+        # line's; the rest reaches the KSP, or the SNES (which reads the forward
+        # solver's own options under this prefix too) when that is the method.
+        self.own_defaults, self.user_defaults = ADJOINT_OPTIONS.split(
+            ksp_options, f"the adjoint options (prefix {prefix!r})", passed_on=(SOLVER_OPTIONS,))
+        petsc_defaults = {k: v for k, v in self.user_defaults.items()
+                          if not k.startswith(OWN_NAMESPACES)}
+        self.ksp_defaults = {**DEFAULT_KSP_OPTIONS, **petsc_defaults}
+        self.snes_options = {**(snes_options or {}), **self.user_defaults}
         self._ksp: ImplicitKSP | None = None
         self._snes_solver = None
         self.last_stats: AdjointStats | None = None
+        self.destroyed = False
         self.method = self._read_method()
 
     # -- options --------------------------------------------------------------------
     def _read_method(self) -> str:
-        opts = PETSc.Options(self.prefix)
-        default = self._method_arg or ("snes" if opts.hasName("snes_type") else "ksp")
-        own = ADJOINT_OPTIONS.read(self.prefix, deq_method=default,
-                                   deq_accept_max_it=self._accept_max_it_default)
+        """Our options, those given to the constructor beneath the command line's; an
+        ``snes_type`` from either implies ``deq_method snes`` unless one is given."""
+        with inserted_defaults(self.prefix, {**self.user_defaults, **self.own_defaults}):
+            opts = PETSc.Options(self.prefix)
+            default = self._method_arg or ("snes" if opts.hasName("snes_type") else "ksp")
+            own = ADJOINT_OPTIONS.read(self.prefix, deq_method=default)
         self.accept_max_it = own["deq_accept_max_it"]
         self.phantom_steps = own["deq_phantom_steps"]
         self.phantom_damping = own["deq_phantom_damping"]
@@ -195,6 +204,9 @@ class AdjointSolver:
     # -- solve ----------------------------------------------------------------------
     def solve(self, problem: FixedPointProblem, z_star: torch.Tensor, g: torch.Tensor):
         """``u`` with ``(I - J_f(z*))^T u = g`` (or its approximation by the chosen method)."""
+        if self.destroyed:
+            raise DEQError(f"the adjoint solver (prefix {self.prefix}) was used after "
+                           f"destroy(), which freed its PETSc objects; create a new one")
         _ADJOINT_EVENT.begin()
         start = time.perf_counter()
         try:
@@ -253,6 +265,10 @@ class AdjointSolver:
 
     # -- lifetime -------------------------------------------------------------------
     def destroy(self):
+        """Free the adjoint KSP (and its operators) or SNES. Collective over ``comm``;
+        again does nothing; a backward after it is a :class:`DEQError` (the KSP is not
+        silently made again, so a freed layer stays freed)."""
+        self.destroyed = True
         if self._ksp is not None:
             self._ksp.destroy()
             self._ksp = None

@@ -15,17 +15,14 @@ def say(*lines):
 
 
 def versions() -> str:
-    import petsc4py
-
-    from . import __version__, allocator
-    from .devices import describe
-    v = ".".join(map(str, PETSc.Sys.getVersion()))
-    d = describe()
-    cuda = ", ".join(d["cuda_devices"]) if d["torch_cuda"] else "no CUDA device"
-    return (f"deq_petsc {__version__}; PETSc {v} ({PETSc.ScalarType.__name__} scalars, "
-            f"{'with' if d['petsc_device_memory'] else 'no'} device memory), petsc4py "
-            f"{petsc4py.__version__}, torch {torch.__version__} ({cuda}); malloc "
-            f"{allocator.status()}")
+    """The software part of the run record (:mod:`deq_petsc.run_record`), as one line."""
+    from . import __version__
+    from .run_record import software
+    s = software()
+    cuda = ", ".join(s["cuda_devices"]) or "no CUDA device"
+    return (f"deq_petsc {__version__}; PETSc {s['petsc']} ({s['petsc_scalar']} scalars, "
+            f"{'with' if s['petsc_device_memory'] else 'no'} device memory), petsc4py "
+            f"{s['petsc4py']}, torch {s['torch']} ({cuda}); malloc {s['malloc']}")
 
 
 def _load_data(task, limit, seed, cache_dir=None, jobs=None, csv=None, progress=True,
@@ -40,11 +37,11 @@ def _load_data(task, limit, seed, cache_dir=None, jobs=None, csv=None, progress=
                                   **({"csv": csv} if csv else {}))
 
 
-def _args_data(args, task=None, limit=None, seed=None, split_by=None):
+def _args_data(args, task=None, limit=None, seed=None, split_by=None, csv=None):
     """The data set named by a command's --task/--limit/--seed/--split-by/--csv/--cache-dir/
-    --jobs."""
+    --jobs (``csv``: another source than --csv, e.g. the one a checkpoint recorded)."""
     return _load_data(task or args.task, limit, seed, cache_dir=args.cache_dir, jobs=args.jobs,
-                      csv=args.csv, progress=not getattr(args, "no_progress", False),
+                      csv=csv or args.csv, progress=not getattr(args, "no_progress", False),
                       rebuild=getattr(args, "rebuild", False),
                       split_by=split_by or getattr(args, "split_by", None))
 
@@ -55,6 +52,28 @@ def _solver_line(model) -> str:
         return ""
     snes = model.equilibrium.solver.snes
     return f"\nforward solver: {snes.getType()} (rtol {snes.getTolerances()[0]:g})"
+
+
+def _write_evaluation(args, report: dict, model) -> None:
+    """``evaluate --out FILE``: the report as JSON beside what produced it: the solver
+    options typed (under the model's prefix), the forward SNES's type and tolerances read
+    back (program defaults included, which the options database no longer holds) and the
+    run record of this command."""
+    from .atomic import write_json
+    from .run_record import run_record, snes_settings, solver_options
+
+    settings = {k: v for k, v in vars(args).items()
+                if v is None or isinstance(v, (str, int, float, bool))}
+    record = run_record(settings=settings)
+    deq = model.equilibrium if model.config.kind == "deq" else None
+    document = {**report, "checkpoint": str(args.checkpoint), "split": args.split,
+                "options": solver_options(record["petsc_options"],
+                                          deq.solver.prefix if deq else ""),
+                "forward_solver": snes_settings(deq.solver.snes) if deq else None,
+                "record": record}
+    if PETSc.COMM_WORLD.getRank() == 0:
+        write_json(args.out_file, document)
+    say(f"wrote {args.out_file}")
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -113,60 +132,96 @@ def _train_config(args, task, kind="deq", depth=8):
                        spectral_steps=args.spectral_steps,
                        gamma=args.gamma, objective=getattr(args, "objective", "classify"),
                        dtype=dtype, tao_batch=getattr(args, "tao_batch", 0),
-                       device=getattr(args, "device", "cpu"))
+                       device=getattr(args, "device", "cpu"), csv=_absolute(args))
+
+
+def _absolute(args) -> str | None:
+    """--csv as an absolute path: what a checkpoint records, so that evaluate and --resume
+    find the training data from any folder."""
+    csv = getattr(args, "csv", None)
+    return str(Path(csv).resolve()) if csv else None
 
 
 def _report(report: dict, objective, stats_line: str = "") -> str:
+    from .inference import capped_solves_warning
     warning = ""
     if report.get("inexact_forward"):
-        warning = (f"\nWARNING: {report['inexact_forward']} of {report['batches']} forward "
-                   f"solves stopped at the iteration limit (-snes_max_it) before reaching "
-                   f"their tolerance: those answers are not the model's equilibrium")
+        warning = "\nWARNING: " + capped_solves_warning(report["inexact_forward"],
+                                                        report["batches"])
     return (objective.format(report) + f"\nforward iterations per batch "
             f"{report['forward_its']:.1f}, {1e3 * report['seconds_per_sample']:.3f} ms per "
             f"sample" + stats_line + warning)
 
 
+def _check_run_options(trainer) -> None:
+    """Read the run's PETSc options now, on throwaway solvers of the trainer's kinds and
+    defaults, so that one PETSc rejects ends the command before the run folder changes
+    (the trainer's own solvers read them only at their first solve)."""
+    from .options_spec import SOLVER
+    from .petsc_options import check_accepted
+
+    deq = getattr(trainer.model, "equilibrium", None)
+    if hasattr(deq, "solver"):                       # the explicit model solves nothing
+        SOLVER.read(deq.solver.prefix)              # -deq_jvp sideways: one line too
+        check_accepted("snes", deq.solver.prefix, deq.solver.defaults, "the forward SNES")
+        if deq.adjoint.method == "ksp":
+            check_accepted("ksp", deq.adjoint.prefix, deq.adjoint.ksp_defaults,
+                           "the adjoint KSP")
+    if trainer.name == "tao":
+        from .train.tao import TAO_DEFAULTS
+        check_accepted("tao", trainer.prefix, dict(TAO_DEFAULTS), "the TAO trainer")
+
+
 def run_train(args) -> int:
+    from contextlib import ExitStack
+
     from .train import TaoTrainer, Trainer
-    from .checkpoint import DEQCheckpointError, load_checkpoint
-    from .train.run_folder import RunFolder, resumed_config
+    from .checkpoint import load_checkpoint
+    from .petsc_options import inserted_defaults
+    from .train.run_folder import RunFolder, resumed_config, resumed_solver_options
 
     out = Path(args.out or f"runs/{args.task}")
-    if (out / "checkpoint.pt").exists() and not (args.resume or args.overwrite):
-        raise DEQCheckpointError(f"{out} already holds a checkpoint: pass --resume to continue "
-                                 f"it, --overwrite to start over, or another --out")
-    if args.resume and not (out / "checkpoint.pt").exists():
-        raise DEQCheckpointError(f"--resume: no checkpoint in {out}")
+    folder = RunFolder(out, overwrite=args.overwrite, active=PETSc.COMM_WORLD.getRank() == 0)
+    folder.check(resume=args.resume)          # refused before any work, nothing touched
     cfg, notes = _train_config(args, args.task, args.model, args.depth), []
-    # A resumed run reads its checkpoint twice: here for its settings (bad input must fail
-    # before RunFolder's --overwrite touches anything), and under the folder's lock for
-    # the state it continues from (Trainer.resume), which no other run can change then.
-    if args.resume:                  # the checkpoint's settings, but for what the user typed
-        saved = load_checkpoint(out / "checkpoint.pt")["train_config"]
-        cfg, notes = resumed_config(cfg, saved, args.explicit, str(out))
-    data = _args_data(args, limit=cfg.limit, seed=cfg.seed, split_by=cfg.split_by)
-    say(versions(), data.summary())
-    size = PETSc.COMM_WORLD.getSize()
-    if size > 1:
-        say(f"data-parallel on {size} MPI ranks ({torch.get_num_threads()} torch thread(s) "
-            f"each): every batch of {cfg.batch_size} split across them, one DEQ state Vec "
-            f"over PETSC_COMM_WORLD; rank 0 writes {args.out or f'runs/{args.task}'}")
-    kind = TaoTrainer if args.trainer == "tao" else Trainer
-    with RunFolder(out, overwrite=args.overwrite, active=PETSc.COMM_WORLD.getRank() == 0):
+    # Nothing of an old run is moved before the data is loaded, the trainer (its model and
+    # solvers) built and its options read: folder.start() moves the old outputs aside only
+    # then, and they come back if the new run fails before its first checkpoint.
+    with folder, ExitStack() as run_options:  # the lock; a killed run's leftovers settled
+        PETSc.COMM_WORLD.barrier()
+        if args.resume:              # the checkpoint's settings, but for what the user typed
+            saved = load_checkpoint(out / "checkpoint.pt")
+            cfg, notes = resumed_config(cfg, saved["train_config"], args.explicit, str(out))
+            # and its solver options, under the command line's, until the run ends
+            restored, solver_note = resumed_solver_options(saved, PETSc.Options().getAll())
+            run_options.enter_context(inserted_defaults("", restored))
+        data = _args_data(args, limit=cfg.limit, seed=cfg.seed, split_by=cfg.split_by,
+                          csv=cfg.csv)
+        say(versions(), data.summary())
+        size = PETSc.COMM_WORLD.getSize()
+        if size > 1:
+            say(f"data-parallel on {size} MPI ranks ({torch.get_num_threads()} torch "
+                f"thread(s) each): every batch of {cfg.batch_size} split across them, one DEQ "
+                f"state Vec over PETSC_COMM_WORLD; rank 0 writes {out}")
+        kind = TaoTrainer if args.trainer == "tao" else Trainer
         trainer = kind(cfg, data, out, progress=not args.no_progress, log=say)
         try:
+            _check_run_options(trainer)
+            folder.start()
             if args.resume:
                 epoch = trainer.resume()
                 say(f"resuming {out} after epoch {epoch}"
                     + (": " + "; ".join(notes) if notes else ""))
+                if solver_note:
+                    say(solver_note)
             trainer.fit()
             report = trainer.finish()
             plot = ("confusion.png, reliability.png" if "confusion" in report else "parity.png")
             say(f"test split ({args.task} {trainer.objective.name}, {args.model}, "
                 f"{trainer.name}):",
                 _report(report, trainer.objective, _solver_line(trainer.model)),
-                f"wrote {out}/checkpoint.pt, metrics.csv, curves.png, {plot}, report.json")
+                f"wrote {out}/checkpoint.pt, metrics.csv, curves.png, {plot}, report.json, "
+                f"run.json")
         finally:
             trainer.destroy()
     return 0
@@ -183,18 +238,80 @@ def run_evaluate(args) -> int:
         task = args.task or cfg["task"]
         if task != cfg["task"]:
             raise DEQInputError(f"{args.checkpoint} was trained on {cfg['task']!r}, not {task!r}")
-        limit = args.limit if args.limit is not None else cfg["limit"]
-        seed = args.seed if args.seed is not None else cfg["seed"]
-        data = _args_data(args, task=task, limit=limit, seed=seed,
-                          split_by=args.split_by or cfg.get("split_by", "random"))
+        data = _evaluation_data(args, state, task)
         objective = objective_of(state, data)
         report = evaluate(model, data, args.split, args.batch_size, objective, DataParallel())
         say(f"{args.checkpoint} on the {args.split} split of {task} "
             f"({len(data.indices(args.split))} samples):",
             _report(report, objective, _solver_line(model)))
+        if args.out_file:
+            _write_evaluation(args, report, model)
     finally:
         model.destroy()
     return 0
+
+
+def _build_of(args, cfg: dict) -> dict:
+    """The data build evaluate scores: the checkpoint's own (its --limit, --seed, --split-by
+    and --csv), but for what the user typed."""
+    own = _own_build(cfg)
+    typed = {"limit": args.limit, "seed": args.seed, "split_by": args.split_by,
+             "csv": _absolute(args)}
+    build = {key: own[key] if typed[key] is None else typed[key] for key in own}
+    return {**build, "limit": build["limit"] or None}        # --limit 0: all of the source
+
+
+def _own_build(cfg: dict) -> dict:
+    """The build a checkpoint was trained on, from its train_config (older checkpoints
+    have no split_by, meaning random, and no csv)."""
+    return {"limit": cfg["limit"] or None, "seed": cfg["seed"],
+            "split_by": cfg.get("split_by", "random"), "csv": cfg.get("csv")}
+
+
+def _evaluation_data(args, state: dict, task: str):
+    """The data to evaluate a checkpoint on, refused in one line when its split is empty or
+    holds samples the model was trained on (another --limit, --seed, --split-by or --csv
+    than training draws another split, whose test samples can be training samples)."""
+    cfg = state["train_config"]
+    build = _build_of(args, cfg)
+    if args.csv is None and cfg.get("csv"):
+        _check_recorded_csv(state, args.checkpoint)
+    data = _args_data(args, task=task, **build)
+    n = len(data.indices(args.split))
+    if n == 0:
+        raise DEQInputError(f"the {args.split} split of this {task} build is empty ("
+                            f"{len(data.ids)} samples in all): evaluate another --split, or "
+                            f"raise --limit")
+    if args.split == "train":
+        return data
+    trained = state.get("train_ids")
+    if trained is None:                     # a checkpoint from before they were recorded
+        if build == _own_build(cfg):
+            return data                     # the checkpoint's own split
+        own = _args_data(args, task=task, **_own_build(cfg))
+        trained = [own.ids[i] for i in own.indices("train")]
+    trained = set(trained)
+    seen = [data.ids[i] for i in data.indices(args.split) if data.ids[i] in trained]
+    if seen:
+        raise DEQInputError(
+            f"{len(seen)} of the {n} samples of this {args.split} split (first: {seen[0]}) "
+            f"were training samples of {args.checkpoint}: another --limit, --seed, --split-by "
+            f"or --csv than training draws another split; drop them to evaluate on the "
+            f"checkpoint's own")
+    return data
+
+
+def _check_recorded_csv(state: dict, checkpoint) -> None:
+    """The CSV a model was trained on (train --csv) must still be there, unchanged."""
+    from .data.cache import fingerprint
+
+    csv = Path(state["train_config"]["csv"])
+    if not csv.is_file():
+        raise DEQInputError(f"{checkpoint} was trained on {csv}, which is gone: give --csv "
+                            f"with that data")
+    if fingerprint(csv) not in state["task"]["params"].get("sources", []):
+        raise DEQInputError(f"{csv} changed since {checkpoint} was trained on it (its content "
+                            f"digest differs): give --csv with the training data")
 
 
 def run_predict(args) -> int:
@@ -228,6 +345,12 @@ def run_predict(args) -> int:
         with torch.no_grad():
             out = model(image[None].to(model_dtype(model)))
         say(f"{what}: {objective_of(state).answer(out.float())}")
+        stats = model.last_stats                   # None for the explicit twin
+        forward = stats.forward if stats is not None else None
+        if forward is not None and not forward.converged:
+            say(f"WARNING: the forward solve stopped at the iteration limit: "
+                f"{forward.summary()}; this answer is not the model's equilibrium (raise "
+                f"-snes_max_it or loosen -snes_rtol)")
         unseen = unseen_elements(graph.image, state.get("domain", {}).get("elements"))
         if unseen:
             say(f"WARNING: {unseen}: no training sample had this element; the answer is "
@@ -259,6 +382,7 @@ def _predict_many(args, model, state, molecular: bool) -> int:
 def run_demo(args) -> int:
     from .demo import DemoConfig, format_summary, run_demo as demo
 
+    _refuse_earlier_demo(Path(args.out), args.overwrite)
     cfg = DemoConfig(task=args.task, limit=args.limit, seed=args.seed, epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, width=args.width, cell=args.cell,
                      gamma=args.gamma, sums=args.sums, elements=args.elements,
@@ -285,6 +409,20 @@ def run_demo(args) -> int:
     say(format_summary(summary),
         f"wrote {cfg.out}/summary.json, comparison.png, residuals.png and a run folder per set")
     return 0
+
+
+def _refuse_earlier_demo(out: Path, overwrite: bool) -> None:
+    """A second demo into one --out would replace the first's summary and checkpoints:
+    refused before any work unless --overwrite."""
+    from .checkpoint import DEQCheckpointError
+
+    found = [p.relative_to(out) for p in [out / "summary.json", *out.glob("*/checkpoint.pt")]
+             if p.is_file()] if out.is_dir() else []
+    if found and not overwrite:
+        raise DEQCheckpointError(
+            f"{out} holds an earlier demo ({', '.join(map(str, sorted(found)[:3]))}"
+            f"{', ...' if len(found) > 3 else ''}): pass --overwrite to replace it, or choose "
+            f"another --out")
 
 
 def _cell_problem(args, comm):

@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples of the task's source, 0 for all (default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEMO.seed)
     p.add_argument("--out", default=DEMO.out, help="output folder (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier demo in OUT (its summary and checkpoints)")
     p.add_argument("--solvers", default=",".join(DEMO.solvers),
                    help="comma-separated solver sets (default: %(default)s)")
     p.add_argument("--rtol", type=float, default=DEMO.train_rtol,
@@ -175,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/<task>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over in an OUT that already holds a checkpoint")
+                   help="start over in an OUT that already holds a run (or other outputs); "
+                        "the old run is replaced once the new one has its first checkpoint")
 
     p = _command(sub, "evaluate", "test a trained model, with the solver the options choose",
                  "Accuracy, per-class report, forward iterations and time per sample of a "
@@ -185,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arguments(p, required_task=False)
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", dest="out_file", metavar="FILE", type=_json_file,
+                   help="also write the report as JSON, with the PETSc options used, the "
+                        "forward solver read back and the run record (versions, machine)")
     _device_argument(p)
 
     p = _command(sub, "predict", "ask a trained model about new molecules or structures",
@@ -270,6 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json_file(text: str) -> str:
+    """An ``--out FILE`` that can be written, checked before any work (argparse's one line)."""
+    from pathlib import Path
+
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if problem := _unwritable(path.parent):
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def _cell_arguments(p, batch=8, device=True):
     p.add_argument("--batch", type=int, default=batch, help="batch size (default: %(default)s)")
     p.add_argument("--channels", type=int, default=8, help="channels (default: %(default)s)")
@@ -283,17 +301,90 @@ def _cell_arguments(p, batch=8, device=True):
 
 
 def split_petsc_args(parser: argparse.ArgumentParser, argv: list[str]):
-    """Our arguments vs. PETSc's: whatever argparse does not know goes to PETSc."""
+    """Our arguments vs. PETSc's: whatever argparse does not know goes to PETSc.
+
+    Before PETSc sees them, three mistakes are caught in one line each: a stray
+    word, one of our flags typed with one dash (``-epochs 2`` would go to PETSc,
+    unused, and the run would train with the default), and a PETSc option typed
+    with two (``--snes_type``)."""
     args, rest = parser.parse_known_args(argv)
+    command = getattr(args, "parser", parser)
     stray = [a for i, a in enumerate(rest)
              if not a.startswith("-") and (i == 0 or not rest[i - 1].startswith("-"))]
     if stray:
-        parser.error(f"unrecognised arguments: {' '.join(stray)} (PETSc options take a single "
-                     f"dash, e.g. -snes_type anderson)")
+        command.error(f"unrecognised arguments: {' '.join(stray)} (PETSc options take a "
+                      f"single dash, e.g. -snes_type anderson)")
     bad = [a for a in rest if a.startswith("--")]
     if bad:
-        parser.error(f"unrecognised arguments: {' '.join(bad)}")
+        command.error(f"unrecognised arguments: {' '.join(bad)}" + _double_dash_hint(bad))
+    ours = [(a, flag) for a in rest if (flag := _our_flag(command, a))]
+    if ours:
+        typed, flag = ours[0]
+        command.error(f"{typed}: did you mean {flag}? Our flags take two dashes; "
+                      f"single-dash arguments go to PETSc, which would not use it")
+    if problem := options_file_problem(rest):
+        command.error(problem)
     return args, rest
+
+
+#: PETSc's own single-dash options that share a name with one of our flags
+PETSC_NAMES = {"-help", "-version"}
+
+
+def _our_flag(parser: argparse.ArgumentParser, arg: str) -> str | None:
+    """``--epochs`` when ``arg`` is ``-epochs`` (or ``-epochs=2``, ``-batch_size``, or a
+    prefix of one flag only, ``-batch`` for ``--batch-size``) and the command has that
+    flag; None for PETSc's options (theirs have underscores, ours hyphens)."""
+    if not arg.startswith("-") or arg.startswith("--") or len(arg) < 3 or arg in PETSC_NAMES:
+        return None
+    typed = "--" + arg[1:].split("=", 1)[0].replace("_", "-")
+    flags = {o for action in parser._actions for o in action.option_strings}
+    if typed in flags:
+        return typed
+    near = [f for f in flags if f.startswith(typed)]        # -batch for --batch-size
+    return near[0] if len(near) == 1 else None
+
+
+def _double_dash_hint(bad: list[str]) -> str:
+    """Why a ``--snes_type`` was not understood: PETSc's options take one dash."""
+    petsc_like = [a for a in bad if "_" in a.split("=", 1)[0]]
+    if not petsc_like:
+        return ""
+    first = petsc_like[0].split("=", 1)[0]
+    return f" (PETSc options take one dash: {first[1:]})"
+
+
+def options_file_problem(petsc_args: list[str]) -> str | None:
+    """Why an ``-options_file FILE`` on the command line cannot be read, as one line
+    (None when every one can). PETSc reads these files while it initialises, where
+    a missing or malformed file ends in its 25-line error and a traceback; checked
+    here, it is one line before any work. The format is PETSc's: ``-name [value]``
+    per line, ``alias -new -old``, ``#`` comments (``PetscOptionsInsertFile``)."""
+    from pathlib import Path
+
+    for i, arg in enumerate(petsc_args):
+        if arg != "-options_file":
+            continue
+        if i + 1 >= len(petsc_args) or petsc_args[i + 1].startswith("-"):
+            return "-options_file: give the file to read (-options_file FILE)"
+        path = Path(petsc_args[i + 1])
+        if not path.exists():
+            return f"-options_file {path}: no such file"
+        if not path.is_file():
+            return f"-options_file {path}: not a regular file"
+        try:
+            with path.open("rb") as fh:
+                text = fh.read((1 << 20) + 1)
+        except OSError as err:
+            return f"-options_file {path}: cannot read it ({err.strerror or err})"
+        if len(text) > 1 << 20 or b"\0" in text:
+            return f"-options_file {path}: not an options file (binary, or over 1 MiB)"
+        for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
+            words = line.split("#", 1)[0].split()
+            if words and not (words[0].startswith("-") or words[0] == "alias"):
+                return (f"-options_file {path}, line {number}: {line.strip()!r} is not an "
+                        f"option (each line: -name [value], e.g. -snes_type anderson)")
+    return None
 
 
 #: Our flags' valid ranges, checked before any work starts (a typo must not build all of
@@ -369,6 +460,27 @@ def invalid_argument(args) -> str | None:
             return f"--output {output}: is a folder, not a file"
         if problem := _unwritable(Path(output).parent):
             return f"--output {output}: {problem}"
+        if problem := _output_over_input(Path(args.input), Path(output)):
+            return f"--output {output}: {problem}"
+    elif "output" in getattr(args, "explicit", set()):
+        return (f"--output {output}: only --input writes a CSV; --smiles and --cif answer on "
+                f"the screen (drop --output, or give the inputs with --input)")
+    return None
+
+
+def _output_over_input(inputs, output) -> str | None:
+    """Why writing ``output`` would destroy what ``inputs`` reads (None if it would not):
+    the input file itself, or a CIF of an input folder."""
+    import os
+
+    if output.resolve() == inputs.resolve() or (
+            output.exists() and inputs.exists() and os.path.samefile(output, inputs)):
+        return (f"is the --input file: writing the predictions would replace the inputs; "
+                f"choose another --output")
+    if inputs.is_dir() and output.resolve().parent == inputs.resolve() and \
+            output.suffix.lower() == ".cif":
+        return (f"is a CIF in the --input folder {inputs}: choose another --output (a .csv "
+                f"outside it)")
     return None
 
 
@@ -418,6 +530,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         torch.set_num_threads(threads_per_rank())       # one rank per core by default
     what = f"deq-petsc {args.command_name}"
+    import warnings
+    from .errors import DEQCappedSolveWarning
+    # every command reports capped solves in its own words (a WARNING line, a CSV column)
+    warnings.simplefilter("ignore", DEQCappedSolveWarning)
     interrupted = _watch_interrupts()
     with abort_on_error(PETSc.COMM_WORLD, what):
         try:

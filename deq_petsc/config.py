@@ -38,3 +38,4 @@ class TrainConfig:
     dtype: str = "float32"          # the model's; the TAO trainer uses float64
     tao_batch: int = 0              # TAO: samples per epoch's objective (0: all)
     device: str = "cpu"             # the model's torch device
+    csv: str | None = None          # crystals: the source CSV given by --csv (absolute)

@@ -108,6 +108,7 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
     from .petsc_options import inserted_defaults
     from .train import TrainConfig, Trainer
     from .plots import plot_comparison
+    from .run_record import run_record
 
     if data is None:
         data = load_task(cfg.task, limit=cfg.limit or None, seed=cfg.seed,
@@ -137,11 +138,13 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
                 history = trainer.fit(time_budget=cfg.time_budget)
                 report = trainer.finish()
                 rho = _spectral_radius(trainer.model, test_images[:cfg.batch_size])
+                applied = _applied(sset, prefix, trainer.model)
             finally:
                 trainer.destroy()
         histories[sset.name] = history
         inference = _inference(cfg, sset, out / sset.name / "checkpoint.pt", data)
-        summary["solvers"][sset.name] = _row(cfg, sset, history, report, rho, inference)
+        summary["solvers"][sset.name] = _row(cfg, sset, history, report, rho,
+                                             {**applied, **inference})
         r = summary["solvers"][sset.name]
         say(f"test accuracy {r['test_accuracy']:.3f}; forward solves converged "
             f"{100 * r['forward_converged_fraction']:.0f}%, adjoint "
@@ -156,6 +159,7 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
     summary["inference_on_one_model"] = shared
     if cfg.baseline:
         summary["baseline"] = _baseline(cfg, data, log)
+    summary["record"] = run_record(settings=summary["config"])
     if PETSc.COMM_WORLD.getRank() == 0:
         plot_comparison(histories, out / "comparison.png",
                         title=f"{cfg.task} DEQ ({cfg.cell} cell, width {cfg.width}): training "
@@ -225,12 +229,23 @@ def _seconds_to(history, accuracy: float) -> float | None:
     return next((h["elapsed"] for h in history if h["val_acc"] >= accuracy), None)
 
 
-def _row(cfg, sset, history, report, rho, inference) -> dict:
+def _applied(sset, prefix: str, model) -> dict:
+    """The options a set trained with, read back while they are in force: the database's
+    under the set's prefix (the set's defaults where the command line gave none, so
+    ``-anderson_snes_anderson_m 3`` shows as m 3) and the forward SNES's own type and
+    tolerances; beside them the registry's options the set started from."""
+    from .run_record import options_text, petsc_options, snes_settings, solver_options
+    return {"options": options_text(solver_options(petsc_options(), prefix)),
+            "set_options": sset.text,
+            "forward_solver": snes_settings(model.equilibrium.solver.snes)}
+
+
+def _row(cfg, sset, history, report, rho, measured) -> dict:
+    """A set's line of the summary; ``measured``: its applied options and inference."""
     batches = sum(h["batches"] for h in history)
     def mean(key):
         return sum(h[key] for h in history) / len(history)
     return {
-        "options": sset.text,
         "about": sset.about,
         "test_accuracy": report["accuracy"],
         "test_accuracy_stderr": report["accuracy_stderr"],
@@ -246,7 +261,7 @@ def _row(cfg, sset, history, report, rho, inference) -> dict:
         "forward_function_evals_mean": mean("forward_f_evals"),
         "backward_iterations_mean": mean("backward_its"),
         "spectral_radius_final": rho,
-        **inference,
+        **measured,
     }
 
 

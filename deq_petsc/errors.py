@@ -62,3 +62,9 @@ class DEQTrainingError(DEQError):
 
 class DEQCacheError(DEQError):
     """A cache entry that is corrupt or stale (it is rebuilt, never used)."""
+
+
+class DEQCappedSolveWarning(UserWarning):
+    """A forward solve stopped at its iteration limit and its last iterate was used
+    (``-deq_accept_max_it``, a loaded model's default): the answer is not the model's
+    equilibrium. The command line reports these in its own words and silences this."""

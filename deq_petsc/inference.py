@@ -10,6 +10,7 @@ over images or a data-set split, data-parallel under ``mpiexec``
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from .checkpoint import DEQCheckpointError, load_checkpoint
 from .config import TrainConfig
 from .data.graph_image import ELEMENT_SCALE
 from .data.tasks import TaskData
+from .errors import DEQCappedSolveWarning
 from .models.graph_classifier import ClassifierConfig, GraphImageClassifier
 from .objectives import Classification, make_objective
 from .parallel import DataParallel
@@ -82,7 +84,9 @@ def predict(model, images: torch.Tensor, batch_size: int = 256, dp: DataParallel
     batches whose solve stopped at its iteration limit).
 
     With ``dp`` over several ranks each rank computes its shard of every batch
-    (the DEQ solve is one global solve) and every rank gets all the outputs.
+    (the DEQ solve is one global solve) and every rank gets all the outputs. Batches
+    whose solve stopped at its iteration limit (a loaded model accepts the cap) are
+    counted and warned about (:class:`~deq_petsc.errors.DEQCappedSolveWarning`).
     """
     model.eval()
     dp = dp or DataParallel(PETSc.COMM_SELF)
@@ -97,7 +101,17 @@ def predict(model, images: torch.Tensor, batch_size: int = 256, dp: DataParallel
         evals += f_evals
         inexact += unconverged
     elapsed = time.perf_counter() - start
+    if inexact:
+        warnings.warn(capped_solves_warning(inexact, -(-len(images) // batch_size)),
+                      DEQCappedSolveWarning, stacklevel=2)
     return torch.cat(logits), (float(np.mean(its)) if its else 0.0, evals, elapsed, inexact)
+
+
+def capped_solves_warning(capped: int, solves: int) -> str:
+    """The one wording of "these answers come from solves stopped at their cap"."""
+    return (f"{capped} of {solves} forward solves stopped at the iteration limit "
+            f"(-snes_max_it) before reaching their tolerance: those answers are not the "
+            f"model's equilibrium")
 
 
 def evaluate(model, data: TaskData, split: str = "test", batch_size: int = 256,

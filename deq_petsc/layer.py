@@ -25,7 +25,8 @@ from .adjoint import AdjointSolver, AdjointStats, ImplicitKSP, KSPStats
 from .convergence import solve_accepted
 from .diagnostics import sample_radii, spectral_radius
 from .errors import DEQConvergenceError
-from .options_spec import LAYER as LAYER_OPTIONS
+from .options_spec import LAYER as LAYER_OPTIONS, SOLVER as SOLVER_OPTIONS
+from .petsc_options import inserted_defaults
 from .problem import FixedPointProblem
 from .solver import DEQSolver, SolveStats
 
@@ -61,7 +62,12 @@ class DEQ(nn.Module):
     comm:
         Communicator of the state (default: each process its own batch).
     options, adjoint_options:
-        Program defaults of the forward SNES and of the adjoint KSP.
+        Program defaults under the forward prefix and under the adjoint prefix, keys
+        without prefix or dash: PETSc's (``{"snes_type": "ngmres"}``,
+        ``{"ksp_rtol": 1e-6}``) and ours (``{"deq_method": "phantom",
+        "deq_phantom_steps": 5}``, ``{"deq_warm_start": True}``), each meaning what
+        the same option on the command line means, which still wins. A ``deq_*`` key
+        that is not one of ours, or a bad value of one, is a ``DEQOptionsError``.
     warm_start:
         Start each forward solve from the previous ``z*`` when the shapes
         match (a known DEQ speed-up when consecutive inputs are alike; off by
@@ -69,7 +75,12 @@ class DEQ(nn.Module):
         ``-<prefix>deq_warm_start`` overrides it.
     z_shape:
         Shape of the state, or a function of ``x`` giving it (default:
-        ``x.shape``: the state is shaped like the injected input).
+        ``x.shape``: the state is shaped like the injected input). Needed whenever
+        the cell's state is not shaped like ``x``: ``TanhCell(8, 5)`` on inputs
+        ``(batch, 5)`` takes ``z_shape=lambda x: (x.shape[0], 8)``. A cell whose
+        output is not shaped like the state, or that fails on its first evaluation
+        with a state shaped like ``x`` by default, is a ``DEQInputError`` naming
+        the shapes and this argument.
     """
 
     def __init__(self, cell: Callable[[torch.Tensor, Any], torch.Tensor], prefix: str = "",
@@ -80,10 +91,14 @@ class DEQ(nn.Module):
         self.cell = cell
         self.prefix = prefix
         self.z_shape = z_shape
-        self.solver = DEQSolver(prefix=prefix, comm=comm, options=options)
+        own, solver_options = LAYER_OPTIONS.split(options, "DEQ(options=...)",
+                                                  passed_on=(SOLVER_OPTIONS,))
+        self.solver = DEQSolver(prefix=prefix, comm=comm, options=solver_options)
         self.adjoint = AdjointSolver(prefix=prefix + "adjoint_" if adjoint_prefix is None
                                      else adjoint_prefix, comm=comm, ksp_options=adjoint_options)
-        self.warm_start = LAYER_OPTIONS.read(prefix, deq_warm_start=warm_start)["deq_warm_start"]
+        with inserted_defaults(prefix, own):
+            self.warm_start = LAYER_OPTIONS.read(prefix,
+                                                 deq_warm_start=warm_start)["deq_warm_start"]
         LAYER_OPTIONS.print_help(prefix, self.solver.comm, deq_warm_start=warm_start)
         self.last_stats = LayerStats()
         self._last_z: torch.Tensor | None = None
@@ -112,6 +127,7 @@ class DEQ(nn.Module):
 
     def solve_fixed_point(self, x, z0: torch.Tensor | None = None):
         """``(z*, problem)`` for input ``x``, solved by the SNES with no graph kept."""
+        self.solver.require_alive("this DEQ layer")
         problem = self.fixed_point_problem(x)
         if z0 is None and self.warm_start and self._last_z is not None \
                 and self._last_z.shape == problem.z0.shape:
@@ -163,6 +179,7 @@ class DEQ(nn.Module):
         A PETSc KSP on the matrix-free ``I - J_f`` (options prefix
         ``<prefix>tangent_``, program defaults those of the adjoint KSP).
         """
+        self.solver.require_alive("this DEQ layer")
         if self._tangent is None:
             self._tangent = ImplicitKSP(self.prefix + "tangent_", self.solver.comm,
                                         self.adjoint.ksp_defaults, transpose=False)
@@ -235,7 +252,16 @@ class DEQ(nn.Module):
         return spectral_radius(self._last_problem, self._last_z, iters=iters)
 
     def destroy(self):
-        """Free the PETSc objects (collective over the layer's communicator)."""
+        """Free the layer's PETSc objects: the forward SNES with its vectors and Jacobian
+        (:meth:`DEQSolver.destroy`), the adjoint KSP or SNES and the tangent KSP.
+
+        Collective over the layer's communicator: every rank calls it. Do not leave it
+        to the GC, which frees them when it likes, on each rank apart. The torch side
+        stays: the cell and its parameters, ``last_stats``, the last ``z*``
+        (:meth:`spectral_radius` works). Calling it again does nothing; a forward,
+        backward or tangent solve after it is a :class:`~deq_petsc.errors.DEQError`
+        saying so (build a new ``DEQ`` around the same cell to go on).
+        """
         self.solver.destroy()
         self.adjoint.destroy()
         if self._tangent is not None:

@@ -1,4 +1,7 @@
-"""``I - J_f(z)`` as a PETSc python ``Mat``: exact Jacobian products, no finite differences.
+"""``I - J_f(z)`` as a PETSc python ``Mat``: exact Jacobian products by autograd.
+
+(Differences only for an ``f`` autograd cannot differentiate, such as TorchDEQ's
+backward map: :meth:`~deq_petsc.problem.Linearization.has_graph`.)
 
 ``mult`` applies ``(I - J_f) v`` with a JVP, ``multTranspose`` applies
 ``(I - J_f)^T u`` with a VJP. This is the Jacobian of the residual

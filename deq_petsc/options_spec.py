@@ -74,6 +74,32 @@ class OptionGroup:
             values[o.name] = value
         return values
 
+    def split(self, options: dict | None, where: str, passed_on=()) -> tuple[dict, dict]:
+        """``options`` (a constructor's program defaults, keys without the prefix) parted
+        into ``(this group's, the rest)``; the rest is PETSc's and that of the groups in
+        ``passed_on`` (read by another object under the same prefix).
+
+        The caller puts its part into the database beneath the command line
+        (``inserted_defaults``) around :meth:`read`, so ``{"deq_method": "phantom"}``
+        means exactly what ``-<prefix>deq_method phantom`` would, and a bad value is the
+        same one-line error. A key in our own namespaces that no group here declares
+        would be ignored in silence (PETSc never reads it): it is refused, named, with
+        the options that exist; so is a key written with its leading dash.
+        """
+        from .errors import DEQOptionsError
+        mine, rest = {}, {}
+        known = {o.name for group in (self, *passed_on) for o in group.options}
+        for key, value in (options or {}).items():
+            if key.startswith("-"):
+                raise DEQOptionsError(f"{where}: option {key!r}: give names without the "
+                                      f"leading dash ({key.lstrip('-')!r})")
+            if key.startswith(OWN_NAMESPACES) and key not in known:
+                raise DEQOptionsError(
+                    f"{where}: {key!r} is not an option of ours here; the ones read under "
+                    f"this prefix are {', '.join(sorted(known))}")
+            (mine if any(o.name == key for o in self.options) else rest)[key] = value
+        return mine, rest
+
     def print_help(self, prefix: str, comm=None, **defaults) -> None:
         """The group under ``-help``, once per title and prefix in a process."""
         from .petsc_options import OptionsHelp
@@ -81,6 +107,10 @@ class OptionGroup:
         for o in self.options:
             helper.add(o.name, o.shown_default(defaults.get(o.name)), _help_text(o), self.owner)
         helper.print_if_requested()
+
+
+#: The prefixes of our own option names (after the object's prefix): PETSc reads none.
+OWN_NAMESPACES = ("deq_", "train_")
 
 
 def _help_text(o: OwnOption) -> str:

@@ -155,3 +155,29 @@ def check_positive_ints(prefix: str, names=POSITIVE_INTS) -> None:
             raise DEQOptionsError(f"-{prefix}{name} {value}: not an integer") from None
         if number < 1:
             raise DEQOptionsError(f"-{prefix}{name} {value}: must be at least 1")
+
+
+def check_accepted(kind: str, prefix: str, defaults: dict, what: str) -> None:
+    """Let a throwaway PETSc ``kind`` (``"snes"``, ``"ksp"`` or ``"tao"``) read the options
+    under ``prefix``, ``defaults`` beneath the command line, and destroy it.
+
+    A run's own solvers read their options only at their first solve, once the size of
+    a batch is known; this makes an option PETSc rejects (``-snes_type foo``,
+    ``-snes_anderson_m 0``, ``-tao_type foo``) end the command in one line before the
+    run touches its folder. Skipped under ``-help``, which would list the options twice.
+    """
+    if PETSc.Options().hasName("help"):
+        return
+    obj = {"snes": PETSc.SNES, "ksp": PETSc.KSP, "tao": PETSc.TAO}[kind]().create(
+        comm=PETSc.COMM_SELF)
+    try:
+        obj.setOptionsPrefix(prefix)
+        with inserted_defaults(prefix, defaults), options_checked(obj, what):
+            check_positive_ints(prefix)
+            if kind == "tao":
+                obj.setType(PETSc.Options(prefix).getString("tao_type", defaults["tao_type"]))
+            else:            # as the run's own: a python Mat has no entries to precondition
+                (obj.getKSP() if kind == "snes" else obj).getPC().setType(PETSc.PC.Type.NONE)
+            obj.setFromOptions()
+    finally:
+        obj.destroy()

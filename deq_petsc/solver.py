@@ -50,6 +50,21 @@ DEFAULT_OPTIONS = {
 }
 
 
+#: PETSc's default ``-snes_rtol``, and how close to its machine epsilon a state can get.
+#: A float32 cell's rounding (its f is computed in single precision, whatever PETSc's
+#: scalars) left Anderson, Picard, NGMRES and Newton on a 64-unit tanh cell at relative
+#: residuals 1.4e-8 to 3.4e-8: below 1e-8 Anderson ended on the step tolerance and the
+#: others at -snes_max_it, as failures. 100 eps (1.2e-5 in float32) is well above that
+#: floor, also for larger states whose sums round more; float64 keeps PETSc's 1e-8.
+PETSC_RTOL = 1e-8
+RTOL_EPS_FACTOR = 100
+
+
+def precision_rtol(dtype: torch.dtype) -> float:
+    """The default ``-snes_rtol`` for a state of ``dtype``: ``max(1e-8, 100 eps)``."""
+    return max(PETSC_RTOL, RTOL_EPS_FACTOR * torch.finfo(dtype).eps)
+
+
 @dataclass
 class SolveStats(SolveOutcome):
     """What one forward solve cost and how it ended; ``method`` is the SNES type."""
@@ -148,8 +163,11 @@ class DEQSolver:
         distributed state whose local part is each rank's tensor.
     options:
         Program defaults for this solver (keys without the prefix, e.g.
-        ``{"snes_type": "ngmres"}``), layered over :data:`DEFAULT_OPTIONS`;
-        the options database (the command line) overrides both.
+        ``{"snes_type": "ngmres"}`` or ours, ``{"deq_check_finite": False}``),
+        layered over :data:`DEFAULT_OPTIONS` and a ``snes_rtol`` the state's
+        precision can reach (:func:`precision_rtol`: 1e-8 in float64, 1.2e-5 in
+        float32); the options database (the command line) overrides them all. A
+        ``deq_*`` key that is not one of ours is a ``DEQOptionsError``.
     check_convergence:
         Raise on a diverged reason (default). With ``False`` the caller must
         inspect ``stats.converged``.
@@ -166,9 +184,10 @@ class DEQSolver:
                  check_convergence: bool = True):
         self.prefix = prefix or ""
         self.comm = PETSc.COMM_SELF if comm is None else comm
-        options = dict(options or {})
-        self.accept_max_it = bool(options.pop("deq_accept_max_it", False))
-        self.defaults = {**DEFAULT_OPTIONS, **options}
+        self.own_defaults, self.user_defaults = SOLVER_OPTIONS.split(
+            options, f"DEQSolver(prefix={self.prefix!r}, options=...)")
+        self.accept_max_it = False          # our options are read at the first set-up
+        self.defaults = {**DEFAULT_OPTIONS, **self.user_defaults}
         self.check_convergence = check_convergence
         self.snes = PETSc.SNES().create(comm=self.comm)
         self.snes.setOptionsPrefix(self.prefix)
@@ -180,7 +199,8 @@ class DEQSolver:
 
     # -- set-up ---------------------------------------------------------------------
     def _read_own_options(self):
-        own = SOLVER_OPTIONS.read(self.prefix, deq_accept_max_it=self.accept_max_it)
+        with inserted_defaults(self.prefix, self.own_defaults):
+            own = SOLVER_OPTIONS.read(self.prefix)
         self.stats_view = own["deq_stats_view"]
         self.accept_max_it = own["deq_accept_max_it"]
         return own["deq_check_finite"], own["deq_jvp"]
@@ -201,7 +221,7 @@ class DEQSolver:
         # Programmatic defaults the options database may override: a python Mat
         # has no entries, so no preconditioner can be built from it.
         self.snes.getKSP().getPC().setType(PETSc.PC.Type.NONE)
-        with inserted_defaults(self.prefix, self.defaults), \
+        with inserted_defaults(self.prefix, self.defaults_for(layout.dtype)), \
                 options_checked(self.snes, "the forward SNES"):
             check_positive_ints(self.prefix)
             self.snes.setFromOptions()
@@ -209,6 +229,13 @@ class DEQSolver:
         max_it = self.snes.getTolerances()[3]
         self.snes.setConvergenceHistory(length=max(int(max_it) + 1, 1000), reset=True)
         self._layout = layout
+
+    def defaults_for(self, dtype: torch.dtype) -> dict:
+        """The program defaults for a state of ``dtype``: a relative tolerance the
+        precision can reach (:func:`precision_rtol`) unless the caller gave one; in
+        float64 PETSc's own (some SNES types have their own)."""
+        rtol = precision_rtol(dtype)
+        return self.defaults if rtol <= PETSC_RTOL else {"snes_rtol": rtol, **self.defaults}
 
     def set_from_options(self):
         """Re-read the options database (after changing it between solves)."""
@@ -224,6 +251,7 @@ class DEQSolver:
         shape, dtype and device (never a view of PETSc memory that a later
         solve could overwrite).
         """
+        self.require_alive()
         z0 = problem.z0 if z0 is None else z0.detach()
         if z0.shape != problem.z0.shape:
             raise ValueError(f"z0 of shape {tuple(z0.shape)} does not match the problem's "
@@ -319,12 +347,31 @@ class DEQSolver:
         self._F = self._J = None
 
     def destroy(self):
-        """Free the PETSc objects (collective over ``comm``); do not leave it to the GC."""
+        """Free the PETSc objects: the SNES (with its KSP, preconditioner and line
+        search), the residual ``Vec`` and the Jacobian ``Mat``.
+
+        Collective over ``comm``: every rank calls it (PETSc frees parallel objects
+        together). Call it explicitly, or use the solver as a context manager: the GC
+        would free them at a time of its choosing, on each rank apart. Calling it again
+        does nothing; a solve after it is a :class:`~deq_petsc.errors.DEQError` saying
+        so (a new ``DEQSolver`` is cheap: PETSc objects are set up at the first solve).
+        The statistics (``last_stats``) stay readable.
+        """
         self._destroy_vectors()
         if self.snes is not None:
             self.snes.destroy()
             self.snes = None
         self._layout = None
+
+    @property
+    def destroyed(self) -> bool:
+        return self.snes is None
+
+    def require_alive(self, owner: str = "this DEQSolver"):
+        """A clear error instead of PETSc's on a freed object."""
+        if self.snes is None:
+            raise DEQError(f"{owner} (prefix {self.prefix or 'none'}) was used after "
+                           f"destroy(), which freed its PETSc objects; create a new one")
 
     def __enter__(self):
         return self
@@ -333,4 +380,5 @@ class DEQSolver:
         self.destroy()
 
     def view(self, viewer=None):
+        self.require_alive()
         self.snes.view(viewer)

@@ -94,3 +94,40 @@ def rock_salts_csv(path, n=10):
     rows[8] = ("x-8", float("nan"), rows[8][2])
     pd.DataFrame(rows, columns=["material_id", "band_gap", "cif"]).to_csv(path, index=False)
     return path
+
+
+def synthetic_build(task, limit=None, seed=0, split_by="random", **_):
+    """A stand-in for ``deq_petsc.app._load_data`` (monkeypatch it): ``limit`` of a
+    40-sample synthetic source in ``seed``'s order, split 80/10/10 (``scaffold``: in the
+    reverse order), so another --limit, --seed or --split-by draws another split of the
+    same ids, as the real builds do, in milliseconds."""
+    import dataclasses
+
+    import numpy as np
+
+    from deq_petsc.data.tasks import random_split
+
+    full = synthetic(40)
+    order = np.random.default_rng(seed).permutation(40)[:limit or 40]
+    if split_by == "scaffold":
+        order = order[::-1].copy()
+    return dataclasses.replace(full, images=full.images[order], labels=full.labels[order],
+                               targets=full.targets[order], ids=[full.ids[i] for i in order],
+                               split_of=random_split(len(order)), attempted=len(order))
+
+
+def cli_in_process(capfd, *argv):
+    """``deq-petsc ARGV`` in this process: its exit status and everything it printed
+    (PETSc prints through C's stdout, hence capfd)."""
+    from deq_petsc.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capfd.readouterr()
+    return code, out + err
+
+
+def final_line(text: str) -> str:
+    return text.strip().splitlines()[-1] if text.strip() else ""

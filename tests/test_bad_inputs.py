@@ -20,6 +20,7 @@ from deq_petsc.cli import build_parser, invalid_argument, split_petsc_args  # no
 from deq_petsc.data import PERIODIC_CHANNELS, cif_image, smiles_image  # noqa: E402
 from deq_petsc.data.cache import DatasetCache  # noqa: E402
 from deq_petsc.errors import DEQCacheError, DEQInputError, DEQOptionsError  # noqa: E402
+from helpers import cli_in_process, final_line, rock_salts_csv, synthetic_build  # noqa: E402
 
 NACL = """data_NaCl
 _cell_length_a 5.64
@@ -232,6 +233,86 @@ def test_output_paths_of_the_wrong_kind(tmp_path):
         assert invalid_argument(args) == f"{flag} {argv[-1]}: {file} is a file, not a folder"
 
 
+# -- evaluate: the checkpoint's own data and split, never its training samples ------------
+SYNTH = ("--task", "polarity", "--cell", "contractive", "--width", "4", "--batch-size", "16",
+         "--epochs", "1", "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def synthetic_checkpoints(tmp_path_factory):
+    """A model trained on all 40 samples of helpers.synthetic_build's source (seed 0), and
+    the same checkpoint as one written before training ids were recorded."""
+    out = tmp_path_factory.mktemp("evaluate")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("deq_petsc.app._load_data", synthetic_build)
+        from deq_petsc.cli import main
+        assert main(["train", *SYNTH, "--out", str(out / "run")]) == 0
+    state = load_checkpoint(out / "run" / "checkpoint.pt")
+    assert len(state.pop("train_ids")) == 32
+    from deq_petsc.checkpoint import save_checkpoint
+    return {"new": out / "run" / "checkpoint.pt",
+            "old": save_checkpoint(state, out / "before-ids.pt")}
+
+
+@pytest.mark.parametrize("which, flags, message", [
+    ("new", ("--limit", "20"), "2 of the 2 samples of this test split (first: "),
+    ("new", ("--seed", "1"), "samples of this test split (first: "),
+    ("new", ("--split-by", "scaffold"), "4 of the 4 samples of this test split"),
+    ("old", ("--limit", "20", "--split", "val"), "2 of the 2 samples of this val split"),
+    ("new", ("--limit", "5", "--split", "val"), "the val split of this polarity build is "
+                                                "empty (5 samples in all)"),
+    ("new", ("--split", "train", "--limit", "0", "--seed", "9"), None),   # asked for: scored
+    ("new", (), None),
+    ("old", (), None),
+])
+def test_evaluate_never_scores_training_samples_as_held_out(synthetic_checkpoints,
+                                                            monkeypatch, capfd, which, flags,
+                                                            message):
+    monkeypatch.setattr("deq_petsc.app._load_data", synthetic_build)
+    monkeypatch.setattr("deq_petsc.inference.require_current_images", lambda *a: None)
+    checkpoint = synthetic_checkpoints[which]
+    code, text = cli_in_process(capfd, "evaluate", "--checkpoint", checkpoint, *flags)
+    assert "Traceback" not in text, text
+    if message is None:
+        assert code == 0, text
+        assert f"{checkpoint} on the " in text
+        return
+    assert code == 1 and final_line(text).startswith("deq-petsc evaluate: error: "), text
+    assert message in final_line(text)
+    if "empty" not in message:
+        assert final_line(text).endswith(f"were training samples of {checkpoint}: another "
+                                          f"--limit, --seed, --split-by or --csv than training "
+                                          f"draws another split; drop them to evaluate on the "
+                                          f"checkpoint's own")
+
+
+def test_evaluate_uses_the_csv_the_model_was_trained_on(tmp_path, monkeypatch, capfd):
+    """evaluate of a --csv model scores that CSV's test split (not the default source), and
+    refuses in one line when the CSV is gone or its content changed."""
+    monkeypatch.setenv("DEQ_PETSC_CRYSTALS_CSV", str(tmp_path / "no-default-source.csv"))
+    csv = rock_salts_csv(tmp_path / "salts.csv")
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    code, text = cli_in_process(capfd, "train", "--task", "crystals", "--csv", csv, "--limit",
+                                "0", "--epochs", "1", "--width", "4", "--cell", "contractive",
+                                "--out", out, "--cache-dir", cache, "--no-progress")
+    assert code == 0, text
+    checkpoint = out / "checkpoint.pt"
+    assert load_checkpoint(checkpoint)["train_config"]["csv"] == str(csv.resolve())
+    evaluate = ("evaluate", "--checkpoint", checkpoint, "--cache-dir", cache)
+    code, text = cli_in_process(capfd, *evaluate)
+    assert code == 0 and "on the test split of crystals (1 samples)" in text, text
+    csv.write_text(csv.read_text().replace("x-0", "x-00"))
+    code, text = cli_in_process(capfd, *evaluate)
+    assert code == 1 and final_line(text) == (
+        f"deq-petsc evaluate: error: {csv.resolve()} changed since {checkpoint} was trained "
+        f"on it (its content digest differs): give --csv with the training data")
+    csv.unlink()
+    code, text = cli_in_process(capfd, *evaluate)
+    assert code == 1 and final_line(text) == (
+        f"deq-petsc evaluate: error: {checkpoint} was trained on {csv.resolve()}, which is "
+        f"gone: give --csv with that data")
+
+
 # -- PETSc options -----------------------------------------------------------------------
 @pytest.mark.parametrize("options, message", [
     ({"snes_type": "foo"}, "rejected by PETSc: Unable to find requested SNES type foo"),
@@ -317,3 +398,40 @@ def test_any_input_list_reads_or_is_a_named_error(tmp_path_factory, content):
         except DEQInputError:
             continue
         assert items and all(isinstance(i.payload, str) for i in items)
+
+
+# -- our flags and PETSc's options, told apart before PETSc starts ------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--task", "polarity", "-epochs", "2"], "-epochs: did you mean --epochs?"),
+    (["train", "--task", "polarity", "-batch", "4"], "-batch: did you mean --batch-size?"),
+    (["train", "--task", "polarity", "-batch_size=4"], "did you mean --batch-size?"),
+    (["demo", "-limit", "100"], "-limit: did you mean --limit?"),
+    (["train", "--task", "polarity", "--snes_type", "anderson"],
+     "unrecognised arguments: --snes_type (PETSc options take one dash: -snes_type)"),
+    (["train", "--task", "polarity", "-options_file"], "-options_file: give the file"),
+    (["train", "--task", "polarity", "-options_file", "{tmp}/missing.txt"],
+     "-options_file {tmp}/missing.txt: no such file"),
+    (["train", "--task", "polarity", "-options_file", "{tmp}"], "not a regular file"),
+    (["train", "--task", "polarity", "-options_file", "{tmp}/nodash.txt"],
+     "-options_file {tmp}/nodash.txt, line 2: 'snes_type anderson' is not an option"),
+    (["train", "--task", "polarity", "-options_file", "{tmp}/binary.txt"], "not an options file"),
+])
+def test_flags_and_petsc_options_mixed_up(tmp_path, capsys, argv, message):
+    (tmp_path / "nodash.txt").write_text("# solver\nsnes_type anderson\n")
+    (tmp_path / "binary.txt").write_bytes(b"-snes_type\0\x01\x02")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        split_petsc_args(build_parser(), argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message.format(tmp=tmp_path) in err[-1], err
+
+
+def test_petsc_options_and_good_options_files_pass(tmp_path):
+    good = tmp_path / "solver.opts"
+    good.write_text("# the forward solver\n-snes_type anderson  # Anderson(m)\n\n"
+                    "-snes_anderson_m 3\nalias -m -snes_anderson_m\n")
+    argv = ["train", "--task", "polarity", "-help", "-snes_type", "anderson", "-log_view",
+            "-options_file", str(good), "-snes_monitor"]
+    args, petsc = split_petsc_args(build_parser(), argv)
+    assert args.task == "polarity" and petsc == argv[3:]

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from deq_petsc import DEQ, DEQConvergenceError
+from deq_petsc.errors import DEQError, DEQInputError, DEQOptionsError
 from deq_petsc.diagnostics import SavedTensorBytes
 from deq_petsc.models import TanhCell
 
@@ -153,6 +154,85 @@ def test_phantom_gradient_interpolates_between_jfb_and_exact(small):
     damped, _ = _layer_grads({"adjoint_deq_method": "phantom", "adjoint_deq_phantom_steps": 5,
                               "adjoint_deq_phantom_damping": 0.8}, *small)
     assert err(damped) < err(jfb)
+
+
+@double_scalars
+def test_our_adjoint_options_given_in_code_are_honoured_under_the_command_line(
+        small, petsc_options):
+    cell, x, target = small
+    exact, _ = _layer_grads({}, *small)
+
+    def backward(adjoint_options):
+        layer = DEQ(cell, options=TIGHT, adjoint_options=adjoint_options,
+                    z_shape=lambda x: (x.shape[0], 8))
+        out = grads(((layer(x) - target) ** 2).sum(), [cell.W, cell.U, cell.b, x])
+        stats = layer.last_stats.backward
+        layer.destroy()
+        return out, stats
+
+    many, stats = backward({"deq_method": "phantom", "deq_phantom_steps": 150})
+    assert (stats.method, stats.iterations, stats.vjp_count) == ("phantom", 150, 150)
+    for a, b in zip(many, exact):
+        assert_close(a, b, 1e-8, "phantom(150) from adjoint_options")
+    _, stats = backward({"snes_type": "anderson"})         # implies deq_method snes
+    assert stats.method == "snes/anderson" and stats.converged
+    petsc_options({"adjoint_deq_method": "jfb"})           # the command line wins
+    _, stats = backward({"deq_method": "phantom"})
+    assert stats.method == "jfb"
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"deq_methd": "phantom"}, "'deq_methd' is not an option of ours.*deq_method"),
+    ({"deq_phantom_steps": 0}, "-adjoint_deq_phantom_steps 0: must be in"),
+    ({"deq_method": "newton"}, "-adjoint_deq_method newton: must be one of"),
+    ({"-ksp_rtol": 1e-3}, "without the leading dash"),
+])
+def test_adjoint_options_that_cannot_be_honoured_are_refused(options, message):
+    with pytest.raises(DEQOptionsError, match=message):
+        DEQ(TanhCell(8, 5, seed=5), adjoint_options=options)
+
+
+def test_layer_options_given_in_code_are_honoured_or_refused():
+    layer = DEQ(TanhCell(8, 5, seed=5), options={"deq_warm_start": True})
+    assert layer.warm_start
+    layer.destroy()
+    with pytest.raises(DEQOptionsError, match="'deq_warmstart' is not an option"):
+        DEQ(TanhCell(8, 5, seed=5), options={"deq_warmstart": True})
+
+
+@pytest.mark.parametrize("cell, message", [
+    (TanhCell(8, 5, seed=5),                                  # W z fails on a 5-wide z
+     r"first evaluation, with the state shaped like x \(4, 5\).*mat1 and mat2.*pass z_shape="),
+    (lambda z, x: torch.tanh(x @ torch.ones(5, 8, dtype=x.dtype)),   # returns (4, 8)
+     r"shaped like z \(4, 5\) .*got \(4, 8\); pass z_shape=\(4, 8\)"),
+])
+def test_a_state_not_shaped_like_x_asks_for_z_shape(cell, message):
+    x = torch.randn(4, 5, dtype=torch.float64)
+    layer = DEQ(cell)
+    with pytest.raises(DEQInputError, match=message):
+        layer(x)
+    layer.destroy()
+    fixed = DEQ(cell, z_shape=lambda x: (x.shape[0], 8))
+    z = fixed(x)
+    assert z.shape == (4, 8) and fixed.last_stats.forward.converged
+    fixed.destroy()
+
+
+@double_scalars
+def test_use_after_destroy_is_a_clear_error(small):
+    cell, x, target = small
+    layer = DEQ(cell, z_shape=lambda x: (x.shape[0], 8))
+    loss = ((layer(x) - target) ** 2).sum()
+    problem, z_star = layer._last_problem, layer._last_z
+    layer.destroy()
+    layer.destroy()                                   # a second call does nothing
+    with pytest.raises(DEQError, match=r"adjoint solver \(prefix adjoint_\).*after destroy"):
+        loss.backward()
+    with pytest.raises(DEQError, match="DEQ layer .*after destroy"):
+        layer(x)
+    with pytest.raises(DEQError, match="DEQ layer .*after destroy"):
+        layer.tangent(z_star, problem, torch.ones_like(z_star))
+    assert 0 < layer.spectral_radius(iters=20) < 1     # the torch side is intact
 
 
 @double_scalars

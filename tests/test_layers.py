@@ -18,7 +18,7 @@ LAYERS = {
     2: ["layer", "integrations"],
     3: ["models"],
     4: ["data"],
-    5: ["config", "objectives", "metrics", "checkpoint", "parallel", "plots"],
+    5: ["config", "objectives", "metrics", "checkpoint", "parallel", "plots", "run_record"],
     6: ["inference", "batch_predict", "baseline"],
     7: ["train", "compare", "demo"],
     8: ["cli", "app"],

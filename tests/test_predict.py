@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("rdkit")
 pytest.importorskip("pymatgen")
 
-from helpers import run_cli  # noqa: E402
+from helpers import cli_in_process, final_line, run_cli  # noqa: E402
 
 
 def rows_of(path):
@@ -127,3 +127,81 @@ def test_a_checkpoint_of_an_older_representation_is_refused_in_one_line(trained,
         f"deq-petsc predict: error: {old} was trained on 5-channel images (bonds, topology, "
         f"polarity, element, charge); this version draws polarity inputs with 7 (bonds, "
         f"topology, polarity, element, charge, distance, dipole): train the model again")
+
+
+def test_a_solve_stopped_at_its_cap_is_said_on_every_path(trained, tmp_path):
+    """A loaded model uses a capped solve's last iterate; single and batch answers say so."""
+    capped = ["-snes_max_it", "1", "-snes_rtol", "1e-12"]
+    single = run_cli("predict", "--checkpoint", trained["polarity"], "--smiles", "CCO", *capped)
+    assert single.returncode == 0, single.stdout + single.stderr
+    assert "WARNING: the forward solve stopped at the iteration limit: " in single.stdout
+    assert "DIVERGED_MAX_IT after 1 its" in single.stdout
+    inputs = tmp_path / "two.smi"
+    inputs.write_text("CCO\nc1ccccc1O\n")
+    out = tmp_path / "p.csv"
+    batch = run_cli("predict", "--checkpoint", trained["polarity"], "--input", inputs,
+                    "--output", out, "--no-progress", *capped)
+    assert batch.returncode == 0, batch.stdout + batch.stderr
+    assert "WARNING: 2 predictions come from solves stopped at the iteration limit" \
+        in batch.stdout
+    assert [row["inexact"] for row in rows_of(out)] == ["True", "True"]
+    # the library says it too, as a warning a caller can catch or silence
+    import torch
+    from deq_petsc import init
+    init()
+    from deq_petsc.errors import DEQCappedSolveWarning
+    from deq_petsc.inference import load_model, predict
+    model, _ = load_model(trained["polarity"], solver_options={"snes_max_it": 1,
+                                                               "snes_rtol": 1e-12})
+    try:
+        from deq_petsc.data import smiles_image
+        from deq_petsc.data.tasks import stored_image
+        images = torch.stack([torch.from_numpy(stored_image(smiles_image(s)))
+                              for s in ("CCO", "CC(=O)O", "c1ccccc1O")])
+        with pytest.warns(DEQCappedSolveWarning, match="1 of 1 forward solves stopped"):
+            _, (_, _, _, inexact) = predict(model, images)
+        assert inexact == 1
+    finally:
+        model.destroy()
+
+
+def _same_file_cases(tmp_path):
+    """(--input, --output) pairs where writing the output would destroy an input."""
+    import os
+    inputs = tmp_path / "screen.csv"
+    inputs.write_text("smiles,assay_ic50\nCCO,1.5\n")
+    os.symlink(inputs, tmp_path / "link.csv")
+    os.link(inputs, tmp_path / "hard.csv")
+    cifs = tmp_path / "cifs"
+    cifs.mkdir()
+    (cifs / "a.cif").write_text("data_a\n")
+    return {"same": (inputs, inputs), "spelled": (inputs, cifs / ".." / "screen.csv"),
+            "symlink": (inputs, tmp_path / "link.csv"), "hardlink": (inputs, tmp_path / "hard.csv"),
+            "cif": (cifs, cifs / "a.cif")}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("same", "is the --input file: writing the predictions would replace the inputs"),
+    ("spelled", "is the --input file"),
+    ("symlink", "is the --input file"),
+    ("hardlink", "is the --input file"),
+    ("cif", "is a CIF in the --input folder"),
+])
+def test_output_that_would_destroy_the_input_is_refused_before_any_work(tmp_path, capfd, case,
+                                                                        message):
+    inputs, output = _same_file_cases(tmp_path)[case]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, text = cli_in_process(capfd, "predict", "--checkpoint", tmp_path / "none.pt",
+                                "--input", inputs, "--output", output)
+    assert code == 2 and final_line(text).startswith(
+        f"deq-petsc predict: error: --output {output}: {message}")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("what", [("--smiles", "CCO"), ("--cif", "x.cif")])
+def test_output_without_input_is_refused_not_ignored(tmp_path, capfd, what):
+    code, text = cli_in_process(capfd, "predict", "--checkpoint", tmp_path / "none.pt", *what,
+                                "--output", tmp_path / "p.csv")
+    assert code == 2 and final_line(text).startswith(
+        f"deq-petsc predict: error: --output {tmp_path / 'p.csv'}: only --input writes a CSV")
+    assert not (tmp_path / "p.csv").exists()

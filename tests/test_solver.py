@@ -7,6 +7,7 @@ import torch
 from petsc4py import PETSc
 
 from deq_petsc import DEQConvergenceError, DEQNonFiniteError, DEQSolver, FixedPointProblem
+from deq_petsc.errors import DEQError, DEQOptionsError
 from deq_petsc.models import TanhCell
 from deq_petsc.reference import torch_anderson
 
@@ -149,6 +150,28 @@ def test_float32_model_converges_to_single_precision():
     assert_close(z, reference, 1e-5, "float32 cell")
 
 
+@pytest.mark.parametrize("name", ["anderson", "picard", "newtonls"])
+def test_float32_default_tolerance_is_one_single_precision_reaches(name, petsc_options):
+    # At PETSc's 1e-8 float32 rounding stalled these at relative residuals ~3e-8: Anderson
+    # ended on the step tolerance, Picard and Newton at -snes_max_it (an error).
+    cell = TanhCell(64, 16, contraction=0.95, seed=1, dtype=torch.float32)
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(2))
+    problem = FixedPointProblem(cell, x, z_shape=(32, 64))
+    with DEQSolver(options=CONFIGS[name]) as solver:
+        _, stats = solver.solve(problem)
+        rtol = solver.snes.getTolerances()[0]
+    assert rtol == pytest.approx(100 * torch.finfo(torch.float32).eps)
+    assert stats.reason_name == "CONVERGED_FNORM_RELATIVE", stats.summary()
+    assert stats.relative_residual <= rtol
+    with DEQSolver(options=CONFIGS[name]) as solver:          # float64 keeps PETSc's 1e-8
+        solver.solve(FixedPointProblem(cell.double(), x.double(), z_shape=(32, 64)))
+        assert solver.snes.getTolerances()[0] == pytest.approx(1e-8)
+    petsc_options(snes_rtol=1e-6)                             # the user's choice wins
+    with DEQSolver(options=CONFIGS[name]) as solver:
+        solver.solve(FixedPointProblem(cell.float(), x, z_shape=(32, 64)))
+        assert solver.snes.getTolerances()[0] == pytest.approx(1e-6)
+
+
 def test_solution_tensors_are_independent_between_solves():
     cell, x, problem = tanh_problem()
     with DEQSolver() as solver:
@@ -229,6 +252,29 @@ def test_nan_from_the_cell_is_reported_as_such(name):
         with pytest.raises(DEQNonFiniteError, match="NaN/Inf") as info:
             solver.solve(problem)
     assert info.value.stats.nonfinite_evals >= 1
+
+
+def test_our_options_given_in_code_are_honoured_or_refused():
+    problem = FixedPointProblem(lambda z, x: z * float("nan"), torch.ones(2, 3))
+    counted = {}
+    for check in (True, False):
+        with DEQSolver(options={"deq_check_finite": check}) as solver:
+            with pytest.raises(DEQNonFiniteError):         # the NaN norm still stops it
+                solver.solve(problem)
+            counted[check] = solver.last_stats.nonfinite_evals
+    assert counted[True] >= 1 and counted[False] == 0, counted
+    with pytest.raises(DEQOptionsError, match="'deq_chek_finite' is not an option of ours"):
+        DEQSolver(options={"deq_chek_finite": False})
+
+
+def test_a_solve_after_destroy_is_a_clear_error():
+    _, _, problem = tanh_problem()
+    with DEQSolver(prefix="gone_") as solver:
+        _, stats = solver.solve(problem)
+    solver.destroy()                                  # again: nothing to do
+    assert solver.destroyed and solver.last_stats is stats
+    with pytest.raises(DEQError, match=r"prefix gone_\) was used after destroy\(\)"):
+        solver.solve(problem)
 
 
 def test_stats_summary_and_dict():

@@ -204,7 +204,9 @@ def test_each_tao_type_reaches_the_least_squares_optimum(tao_type, extra, petsc_
                    **{k: v for k, v in extra.items() if k != "train_hessian"}})
     result = train_tao(model, Regression(None, 0.0, 1.0, "y"), X, y,
                        hessian=extra.get("train_hessian", "gauss-newton"), chunk=25)
-    assert result.reason > 0, result.reason_name
+    # converged, or a line search that ran out of progress at the optimum (where one
+    # stops depends on the BLAS kernel's rounding): the optimum is what is checked
+    assert result.converged, result.summary()
     got = np.concatenate([model.weight.detach().numpy().ravel(), model.bias.detach().numpy()])
     assert np.allclose(got, coef, rtol=1e-6, atol=1e-7), (got, coef)
 
@@ -230,11 +232,30 @@ def test_tao_reaches_the_logistic_regression_optimum(tao_type, petsc_options):
     petsc_options({"tao_type": tao_type, "tao_gatol": 1e-11, "tao_grtol": 0,
                    "tao_max_it": 300})
     result = train_tao(model, Classification(("0", "1")), X, labels)
-    assert result.reason > 0, result.reason_name
+    assert result.converged, result.summary()
     assert result.objective == pytest.approx(ref.fun, rel=1e-8)
     w = (model.weight[1] - model.weight[0]).detach().numpy()
     b = float((model.bias[1] - model.bias[0]).detach())
     assert np.allclose(np.append(w, b), ref.x, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("reason,f,g,expected", [
+    ("DIVERGED_LS_FAILURE", 0.0108259, 1.5e-10, True),    # an AVX-512 OpenBLAS's blmvm end
+    ("DIVERGED_LS_FAILURE", 0.0108259, 1e-12, True),
+    ("DIVERGED_TR_REDUCTION", 0.0108259, 1.5e-10, True),
+    ("DIVERGED_LS_FAILURE", 0.0108259, 1e-6, False),      # short of the optimum: a failure
+    ("DIVERGED_LS_FAILURE", 0.5, 1.5e-10, False),         # no decrease since the start
+    ("DIVERGED_LS_FAILURE", 0.0108259, float("nan"), False),
+    ("DIVERGED_MAXITS", 0.0108259, 1e-12, False),         # the cap is the caller's policy
+    ("DIVERGED_NAN", 0.0108259, 1e-12, False),
+])
+def test_a_line_search_out_of_progress_at_a_stationary_point_is_an_optimum(reason, f, g,
+                                                                           expected):
+    from deq_petsc.train.tao import at_stationary_point
+    history = [(0, 0.5, 1.0, 0.0), (22, f, g, 0.1)]     # (its, f, ||g||, seconds)
+    assert at_stationary_point(reason, f, g, history) is expected
+    # a gradient within TAO's own tolerances is stationary whatever the floor
+    assert at_stationary_point("DIVERGED_LS_FAILURE", 0.5, 1e-3, history, (1e-2, 0, 0))
 
 
 def test_a_failing_tao_solve_names_its_reason(petsc_options, tmp_path):

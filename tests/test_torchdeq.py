@@ -83,6 +83,46 @@ def test_training_step_gradients_equal_torchdeqs(petsc_solver):
         assert_close(a, b, 1e-6, "implicit gradient")
 
 
+def _unrolled_gradients(iters=300):
+    """The same loss differentiated by plain autograd through ``iters`` steps of the cell."""
+    cell, x = Cell(), _data()
+    z = torch.zeros(5, 8, dtype=torch.float64)
+    for _ in range(iters):
+        z = cell(z, x)
+    target = torch.linspace(-1, 1, 40, dtype=torch.float64).view(5, 8)
+    ((z - target) ** 2).sum().backward()
+    return [p.grad.clone() for p in cell.parameters()]
+
+
+@double_scalars
+def test_newton_in_torchdeqs_backward_gives_the_unrolled_gradient(petsc_options):
+    # TorchDEQ's backward hands the solver u -> J^T u + g computed by autograd.grad without
+    # a graph: Newton's products J v come from differences, exact for that affine map.
+    petsc_options({"newton_snes_type": "newtonls", "newton_ksp_type": "gmres"})
+    solver = petsc_torchdeq.register("newton")
+    try:
+        ours, info = _train_step("newton", "newton", 1e-12)
+    finally:
+        solver.destroy()
+    backward = solver.last_stats
+    assert backward.snes_type == "newtonls" and backward.converged, backward.summary()
+    assert backward.iterations <= 6 and backward.jvp_count > 0, backward.summary()
+    assert float(info["abs_lowest"].max()) < 1e-12
+    for a, b in zip(ours, _unrolled_gradients()):
+        assert_close(a, b, 1e-8, "Newton's implicit gradient vs unrolled autograd")
+
+
+def test_a_method_needing_transposes_is_refused_in_torchdeqs_backward(petsc_options):
+    petsc_options({"tr_snes_type": "newtontr", "tr_ksp_type": "gmres"})
+    solver = petsc_torchdeq.register("tr")
+    try:
+        with pytest.raises(DEQOptionsError, match="-tr_snes_type newtontr needs transpose "
+                                                  "products.*newtonls"):
+            _train_step("tr", "tr", 1e-10)
+    finally:
+        solver.destroy()
+
+
 def test_bad_options_and_divergence_are_clear_errors(petsc_solver, petsc_options):
     x = torch.zeros(2, 4, dtype=torch.float64)
     petsc_options({"petsc_snes_type": "nosuchsolver"})

@@ -141,6 +141,9 @@ def test_train_cli_passes_petsc_options_and_predicts(cache_dir, tmp_path):
     assert re.search(r"accuracy [0-9.]+ on \d+ samples \(standard error 0\.\d+\); "
                      r"majority-class baseline", r.stdout)
     ckpt = out / "checkpoint.pt"
+    # the run folder records the options the run trained with
+    record = json.loads((out / "run.json").read_text())
+    assert record["petsc_options"]["snes_type"] == "ngmres" and record["settings"]["limit"] == 120
 
     ok = run_cli("predict", "--checkpoint", ckpt, "--smiles", "CC(=O)O")
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -149,9 +152,26 @@ def test_train_cli_passes_petsc_options_and_predicts(cache_dir, tmp_path):
     assert bad.returncode == 1 and "unparsable SMILES 'C1CC'" in bad.stdout + bad.stderr
 
     ev = run_cli("evaluate", "--checkpoint", ckpt, "--cache-dir", cache_dir,
+                 "--out", tmp_path / "evaluation.json",
                  "-snes_type", "nrichardson", "-snes_linesearch_type", "basic")
     assert ev.returncode == 0, ev.stdout + ev.stderr
     assert "forward solver: nrichardson" in ev.stdout
+    # evaluate --out: the report as JSON, with the options used and the record
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    assert f"accuracy {evaluation['accuracy']:.3f}" in ev.stdout
+    assert evaluation["options"] == {"snes_type": "nrichardson", "snes_linesearch_type": "basic"}
+    assert evaluation["forward_solver"]["snes_type"] == "nrichardson"
+    assert evaluation["record"]["settings"]["split"] == "test"
+
+    # --resume trains on with the run's solvers, but for one typed anew
+    res = run_cli("train", "--epochs", "2", "--out", out, "--cache-dir", cache_dir,
+                  "--no-progress", "--resume", "--task", "polarity", "-adjoint_ksp_type", "gmres")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert ("new solver options: -adjoint_ksp_type gmres (the run had -adjoint_ksp_type "
+            "bcgs); restored the run's solver options: -snes_type ngmres") in res.stdout
+    assert "forward solver: ngmres" in res.stdout
+    options = json.loads((out / "run.json").read_text())["petsc_options"]
+    assert options["snes_type"] == "ngmres" and options["adjoint_ksp_type"] == "gmres"
 
     again = run_cli("train", "--task", "polarity", "--limit", "120", "--epochs", "1",
                     "--out", out, "--cache-dir", cache_dir, "--no-progress")
@@ -162,14 +182,15 @@ SUMMARY_FIELDS = {"options", "test_accuracy", "train_seconds", "seconds_to_targe
                   "forward_converged_fraction", "adjoint_converged_fraction",
                   "forward_iterations_mean", "forward_function_evals_mean",
                   "spectral_radius_final", "inference_function_evals_mean",
-                  "inference_ms_per_sample", "inference_converged_fraction"}
+                  "inference_ms_per_sample", "inference_converged_fraction", "set_options",
+                  "forward_solver"}
 
 
 def test_quick_demo_writes_a_summary_with_every_field(cache_dir, tmp_path):
     out = tmp_path / "demo"
     r = run_cli("demo", "--quick", "--out", out, "--cache-dir", cache_dir, "--no-progress",
                 "--solvers", "picard,anderson", "--target-accuracy", "0.0",
-                "-picard_adjoint_snes_max_it", "3")
+                "-picard_adjoint_snes_max_it", "3", "-anderson_snes_anderson_m", "3")
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r"^picard\s+0\.\d+", r.stdout, re.M)
     assert re.search(r"^anderson\s+0\.\d+", r.stdout, re.M)
@@ -190,6 +211,15 @@ def test_quick_demo_writes_a_summary_with_every_field(cache_dir, tmp_path):
     assert summary["solvers"]["picard"]["adjoint_converged_fraction"] == 0.0
     assert summary["solvers"]["anderson"]["adjoint_converged_fraction"] == 1.0
     assert "-snes_type nrichardson" in summary["solvers"]["picard"]["options"]
+    # each set's options as applied (the user's over the set's), read back in training
+    from deq_petsc.solver_sets import parse_options
+    anderson = summary["solvers"]["anderson"]
+    assert parse_options(anderson["options"])["snes_anderson_m"] == "3"
+    assert parse_options(anderson["set_options"])["snes_anderson_m"] == "5"
+    assert parse_options(summary["solvers"]["picard"]["options"])["adjoint_snes_max_it"] == "3"
+    assert anderson["forward_solver"]["snes_type"] == "anderson"
+    assert anderson["forward_solver"]["max_it"] == 25                  # the demo's cap
+    assert summary["record"]["petsc_options"]["anderson_snes_anderson_m"] == "3"
     assert set(summary["inference_on_one_model"]["solves"]) == {"picard", "anderson"}
     # the descriptor baseline on the same split, beside the DEQs
     assert 0.0 <= summary["baseline"]["test_accuracy"] <= 1.0

@@ -13,7 +13,17 @@ the same over ``||f(z_b)|| + 1e-9``, every sample ``b`` below ``tol``) become a
 SNES convergence test (:class:`~deq_petsc.convergence.PerSampleTest`); the
 returned ``info`` is TorchDEQ's ``SolverStat`` (``abs_lowest``, ``rel_lowest``,
 ``abs_trace``, ``rel_trace``, ``nstep``, per sample), so TorchDEQ's logging and
-corrections keep working. Reaching ``max_iter`` returns the last iterate, as
+corrections keep working.
+
+Newton-type methods work in both directions. TorchDEQ's backward hands the solver
+``u -> J^T u + g`` computed by ``autograd.grad`` without ``create_graph``: a map
+autograd cannot differentiate again. It is affine, so its Jacobian-vector products
+come from differences (:meth:`~deq_petsc.problem.Linearization.has_graph`), exact up
+to rounding, and Newton converges on it as with exact products. What no
+difference gives is a transpose product (its transpose is ``J`` itself, whose
+graph TorchDEQ keeps to itself): a method that asks for one (``newtontr``, whose
+trust region needs the gradient ``J^T F`` of ``||F||^2``) is refused in one line,
+naming the type, at its first such product. Reaching ``max_iter`` returns the last iterate, as
 TorchDEQ's solvers return their best one; NaN/Inf and PETSc divergence raise
 named errors; options PETSc rejects raise :class:`~deq_petsc.errors.DEQOptionsError`.
 
@@ -28,7 +38,7 @@ from petsc4py import PETSc
 
 from ..convergence import PerSampleTest
 from ..errors import DEQConvergenceError, DEQNonFiniteError, DEQOptionsError
-from ..problem import FixedPointProblem
+from ..problem import FixedPointProblem, NoGraphError
 from ..solver import DEQSolver
 
 #: The SNES may run as long as TorchDEQ's ``max_iter`` asks; the per-sample test stops it.
@@ -74,6 +84,12 @@ class TorchDEQSolver:
                 f"PETSc could not run the TorchDEQ solver with the options under prefix "
                 f"{self.prefix!r} (PETSc error {err.ierr}; e.g. an unknown -{self.prefix}snes_type)"
             ) from None
+        except NoGraphError:
+            raise DEQOptionsError(
+                f"-{self.prefix}snes_type {solver.snes.getType()} needs transpose products "
+                f"J^T v, which TorchDEQ's backward map u -> J^T u + g cannot give (it is "
+                f"computed by autograd.grad without a graph); for b_solver use a type that "
+                f"needs none: newtonls, anderson, ngmres, nrichardson") from None
         self.last_stats = stats
         if stats.nonfinite_evals:
             raise DEQNonFiniteError.of(

@@ -20,6 +20,9 @@ Gauss-Newton for least squares (``brgn``) -- are training algorithms too.
   ``-tao_max_it`` is the epoch's budget; any other negative converged reason
   raises :class:`~deq_petsc.errors.DEQConvergenceError` naming it, leaving the
   last checkpoint as it was (``-train_accept_failure`` keeps the iterate instead).
+* A line search or trust region that can make no more progress at a stationary
+  point (:func:`at_stationary_point`) has found an optimum, not failed: such a
+  solve counts as converged, whichever BLAS kernel's rounding ended it there.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from petsc4py import PETSc
 
@@ -66,9 +70,17 @@ class TaoResult(SolveOutcome):
     counts: dict = field(default_factory=dict)     # callback name -> calls
     history: list = field(default_factory=list)    # (its, objective, |g|, seconds) per monitor
 
+    #: a line search or trust region that stopped at a stationary point (an optimum
+    #: found to the objective's precision, :func:`at_stationary_point`)
+    stationary: bool = False
+
     RESIDUAL = "||g||"
     KIND = "TAO "
     DERIVED = SolveOutcome.DERIVED + ("tao_type",)
+
+    @property
+    def converged(self) -> bool:
+        return self.reason > 0 or self.stationary
 
     @property
     def tao_type(self) -> str:
@@ -77,7 +89,41 @@ class TaoResult(SolveOutcome):
 
     def _cost_summary(self) -> str:
         calls = ", ".join(f"{n} {name}" for name, n in self.counts.items() if n)
-        return f", objective {self.objective:.6g}" + (f" ({calls})" if calls else "")
+        where = " at a stationary point" if self.stationary else ""
+        return f"{where}, objective {self.objective:.6g}" + (f" ({calls})" if calls else "")
+
+
+#: TAO's reasons for "no step lowers the objective any more": at a stationary point
+#: that is an optimum found to the objective's precision, elsewhere a failure.
+NO_PROGRESS = ("DIVERGED_LS_FAILURE", "DIVERGED_TR_REDUCTION")
+
+
+def at_stationary_point(reason_name: str, objective: float, gradient_norm: float,
+                        history: list, tolerances=(0.0, 0.0, 0.0), eps: float | None = None) -> bool:
+    """Whether a TAO solve that ended for want of progress (:data:`NO_PROGRESS`) ended
+    at a stationary point rather than short of one.
+
+    Near a minimiser ``x*`` a step can lower ``f`` by at most about
+    ``||g||^2 / (2 L)`` (``L`` the curvature), and a line search cannot see a
+    decrease below the objective's rounding, ``eps |f|``: it fails once
+    ``||g|| < sqrt(2 L eps |f|)``, where the iterate is an optimum to working
+    precision. ``L`` is read off the first monitored iterate (``f0``, ``g0`` in
+    ``history``): for a quadratic ``f0 - f* = ||g0||^2 / (2 L)`` along the
+    gradient, so the floor is ``||g0|| sqrt(eps |f| / (f0 - f))``, with a factor of
+    10 for curvature that is not uniform. Where exactly a line search gives up
+    there depends on the BLAS kernel's rounding (an AVX-512 OpenBLAS and a
+    Haswell one end the same solve one way and the other), so this test, not the
+    reason, says whether the optimum was found. ``tolerances`` are TAO's
+    ``(gatol, grtol, gttol)``: a gradient within them is stationary too.
+    """
+    if reason_name not in NO_PROGRESS or not history or not math.isfinite(gradient_norm):
+        return False
+    eps = float(np.finfo(np.float64).eps) if eps is None else eps
+    _, f0, g0, *_ = history[0]
+    gatol, grtol, gttol = tolerances
+    drop = f0 - objective
+    floor = 10 * g0 * math.sqrt(eps * abs(objective) / drop) if drop > 0 else 0.0
+    return gradient_norm <= max(gatol, grtol * abs(objective), gttol * g0, floor)
 
 
 @contextmanager
@@ -131,7 +177,8 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
     try:
         tao.setOptionsPrefix(prefix)
         tao_type = PETSc.Options(prefix).getString("tao_type", defaults.pop("tao_type"))
-        tao.setType(tao_type)
+        with options_checked(tao, "the TAO trainer"):      # -tao_type foo: one line
+            tao.setType(tao_type)
         n = params.layout.numel
         if tao_type == PETSc.TAO.Type.BRGN:
             if not hasattr(objective, "residual"):
@@ -175,10 +222,14 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
         params.bind(params.vec)        # the solution (the last evaluation may be a trial)
         its, f, gnorm, *_ = tao.getSolutionStatus()
         reason = int(tao.getConvergedReason())
-        result = TaoResult(tao.getType(), reason, tao_reason_name(reason), int(its),
+        name = tao_reason_name(reason)
+        stationary = at_stationary_point(name, float(f), float(gnorm), problem.history,
+                                         tao.getTolerances(),
+                                         float(np.finfo(PETSc.RealType).eps))
+        result = TaoResult(tao.getType(), reason, name, int(its),
                            [h[2] for h in problem.history], elapsed, objective=float(f),
                            gradient_norm=float(gnorm), counts=dict(problem.counts),
-                           history=problem.history)
+                           history=problem.history, stationary=stationary)
     finally:
         params.release()
         tao.destroy()
@@ -186,7 +237,8 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
             obj.destroy()
         params.destroy()
     finite = math.isfinite(result.objective)
-    if not (accept_failure or solve_accepted(result.reason >= 0, result.reason_name,
+    if not (accept_failure or solve_accepted(result.reason >= 0 or result.stationary,
+                                             result.reason_name,
                                              accept_max_it, finite)):
         raise DEQConvergenceError.of(
             f"TAO {result.tao_type} did not converge: {result.reason_name} after "
@@ -263,7 +315,9 @@ class TaoTrainer(Trainer):
         y = y.cpu()
         sums.update(loss=float(self.objective.loss(out, y)) * len(y),
                     metric=self.objective.metric_sum(out, y), samples=len(y), tao_type=result.tao_type,
-                    tao_its=result.iterations, tao_reason=result.reason_name,
+                    tao_its=result.iterations,
+                    tao_reason=result.reason_name + (" (stationary)" if result.stationary
+                                                     else ""),
                     gradient_norm=result.gradient_norm,
                     **{f"{k}_evals": v for k, v in result.counts.items()})
         return sums

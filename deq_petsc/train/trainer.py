@@ -1,8 +1,10 @@
 """Training with a torch optimizer (Adam), and the run folder it writes.
 
 A run folder holds ``checkpoint.pt`` (after every epoch, atomically),
-``metrics.csv`` / ``metrics.json`` (one row per epoch), ``curves.png``, and at
-the end ``report.json`` and ``confusion.png`` for the test split. Everything
+``metrics.csv`` / ``metrics.json`` (one row per epoch), ``curves.png``, ``run.json``
+(the run's record: PETSc options in force, code, machine, settings; also in the
+checkpoint and the report), and at the end ``report.json`` and ``confusion.png``
+for the test split. Everything
 random is seeded (initial weights by ``seed``, the shuffle of epoch ``e`` by
 ``(seed, e)``), so ``--resume`` from the checkpoint of epoch ``k`` gives the
 same numbers as a run that was never interrupted.
@@ -29,6 +31,7 @@ from ..objectives import make_objective, shard_loss
 from ..parallel import DataParallel
 from ..progress import progress
 from ..plots import plot_confusion, plot_curves, plot_parity, plot_reliability
+from ..run_record import run_record
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -101,9 +104,16 @@ class Trainer:
                 "objective": self.objective.state(), "history": self.history,
                 "train_config": asdict(self.cfg), "model_config": self.model.config.as_dict(),
                 "domain": {"elements": self.training_elements},
+                # what evaluate must never score as held out (another split of the data)
+                "train_ids": [self.data.ids[i] for i in self.data.indices("train")],
                 "task": {"name": self.data.task, "classes": list(self.data.classes),
                          "channels": list(self.data.channels), "params": self.data.params},
-                "prefix": self.prefix}
+                "prefix": self.prefix, "record": self.record()}
+
+    def record(self) -> dict:
+        """The run's record (:mod:`deq_petsc.run_record`): the PETSc options in force now,
+        the code, the machine and every setting; what ``--resume`` restores solvers from."""
+        return run_record(settings=asdict(self.cfg), prefix=self.prefix, comm=self.dp.comm)
 
     def resume(self, path=None) -> int:
         state = load_checkpoint(path or self.checkpoint_path)
@@ -176,7 +186,9 @@ class Trainer:
                      + self._epoch_note(row) + f" | {train_time:.1f} s")
             if self.dp.is_root:
                 self._write_metrics()
-                save_checkpoint(self.state(epoch + 1), self.checkpoint_path)
+                state = self.state(epoch + 1)
+                save_checkpoint(state, self.checkpoint_path)
+                write_json(self.out / "run.json", state["record"])
                 plot_curves(self.history, self.out / "curves.png",
                             title=f"{self.cfg.task} {self.objective.name} ({self.cfg.kind}, "
                             f"{self.name})", metric=m, metric_label=self.objective.metric_label,
@@ -284,7 +296,9 @@ class Trainer:
             plot_parity(report["true"], report["predicted"], self.out / "parity.png",
                         label=self.objective.target_name,
                         title=f"{self.cfg.task}: test split, MAE {report['mae']:.3f}")
+        report["record"] = self.record()
         write_json(self.out / "report.json", report)
+        write_json(self.out / "run.json", report["record"])
         return report
 
     def _write_metrics(self):
