@@ -1,11 +1,13 @@
 # Two commands do everything on a fresh machine:
 #   make demo    set up the environment if needed, then run the main job
 #   make test    set up the environment if needed, then run the test suite
+#   make docs    rerun every command whose output the docs show and rewrite those blocks
+#                (ARGS="--quick": only the few the tests rerun; --only TEXT, --check)
 # Pass extra arguments with ARGS, e.g.  make demo ARGS="--epochs 2 -anderson_snes_anderson_m 3"
 
 ARGS ?=
 
-.PHONY: env test demo bench-forward clean-env
+.PHONY: env test demo docs bench-forward clean-env
 
 env:
 	bash ci/setup-env.sh
@@ -15,6 +17,11 @@ test:
 
 demo:
 	bash ci/demo.sh $(ARGS)
+
+docs: env
+	.venv/bin/python -m deq_petsc.options_spec > docs/options.md.tmp
+	mv docs/options.md.tmp docs/options.md
+	.venv/bin/python docs/regenerate.py $(ARGS)
 
 bench-forward: env
 	.venv/bin/python benchmarks/bench_forward.py $(ARGS)

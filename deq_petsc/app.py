@@ -78,22 +78,43 @@ def _write_evaluation(args, report: dict, model) -> None:
 
 # -- data ---------------------------------------------------------------------------------
 def run_data(args) -> int:
-    from .data.graph_image import GraphImage, render_png
+    from .data.graph_image import graph_from_image, render_png
+    from .data.tasks import TASKS
 
     data = _args_data(args, limit=args.limit, seed=args.seed)
     say(data.summary())
     if args.png and PETSc.COMM_WORLD.getRank() == 0:      # rank 0 writes files
         out = Path(args.png)
         out.mkdir(parents=True, exist_ok=True)
+        taken: set = set()
         for k in range(min(args.png_count, len(data.ids))):
-            image = data.images[k].numpy()
-            used = int((image.any(axis=(0, 1)) | image.any(axis=(0, 2))).sum())
-            graph = GraphImage(image, [str(i) for i in range(used)], data.channels)
+            graph = graph_from_image(data.images[k].numpy(), data.channels)
             label = data.classes[int(data.labels[k])]
-            path = render_png(graph, out / f"{args.task}-{data.ids[k]}.png",
-                              title=f"{args.task} {data.ids[k]}: {label} ({data.targets[k]:.3f})")
+            target = f"DFT {TASKS[args.task].target_name}: {data.targets[k]:.3f}"
+            path = render_png(graph, _png_path(out, args.task, data.ids[k], taken),
+                              title=f"{args.task} {data.ids[k]}: {label}; {target}")
             say(f"  wrote {path}")
     return 0
+
+
+def _png_path(folder: Path, task: str, record_id, taken: set) -> Path:
+    """Where one record's PNG goes. An id is data (a --csv's material_id can hold '/' or
+    '../'), so the name keeps only ``[A-Za-z0-9._-]`` of it, is made unique when two ids
+    read alike after that, and must lead to a file inside ``folder`` (not through a link
+    out of it)."""
+    import re
+
+    stem = f"{task}-{re.sub(r'[^A-Za-z0-9._-]', '_', str(record_id))}"
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    taken.add(name)
+    path = folder / f"{name}.png"
+    if path.resolve().parent != folder.resolve():
+        raise DEQInputError(f"--png {folder}: {path.name} there leads outside the folder "
+                            f"(a link?); remove it or choose another --png")
+    return path
 
 
 # -- the reference ------------------------------------------------------------------------
@@ -172,11 +193,34 @@ def _check_run_options(trainer) -> None:
         check_accepted("tao", trainer.prefix, dict(TAO_DEFAULTS), "the TAO trainer")
 
 
+def _check_trainable(cfg, data) -> None:
+    """Refuse, before any training, a build that cannot be trained on: a training split of
+    fewer than 2 samples (the injection standardises over it), an empty validation or test
+    split (every epoch validates, the run ends on the test split), or a batch of states
+    that cannot fit in memory (6 state-sized tensors, x, z, f(z), F and the adjoint's u
+    and g, are a lower bound of a step's)."""
+    from .devices import memory_problem
+
+    counts = {split: len(data.indices(split)) for split in ("train", "val", "test")}
+    if counts["train"] < 2 or counts["val"] == 0 or counts["test"] == 0:
+        raise DEQInputError(
+            f"this {data.task} build is too small to train on: {counts['train']} training, "
+            f"{counts['val']} validation and {counts['test']} test samples of "
+            f"{len(data.ids)} (--limit {cfg.limit}); training needs 2 training samples and "
+            f"one each to validate and test: raise --limit")
+    batch = min(cfg.batch_size, counts["train"])
+    side = "x".join(str(n) for n in data.images.shape[-2:])
+    state = batch * cfg.width * data.images[0, 0].numel() * getattr(torch, cfg.dtype).itemsize
+    if problem := memory_problem(6 * state, f"--width {cfg.width}: a batch of {batch} "
+                                            f"{cfg.width}x{side} {cfg.dtype} states"):
+        raise DEQInputError(problem + " (lower --width or --batch-size)")
+
+
 def run_train(args) -> int:
     from contextlib import ExitStack
 
     from .train import TaoTrainer, Trainer
-    from .checkpoint import load_checkpoint
+    from .checkpoint import MODEL_KEYS, load_checkpoint
     from .petsc_options import inserted_defaults
     from .train.run_folder import RunFolder, resumed_config, resumed_solver_options
 
@@ -190,13 +234,14 @@ def run_train(args) -> int:
     with folder, ExitStack() as run_options:  # the lock; a killed run's leftovers settled
         PETSc.COMM_WORLD.barrier()
         if args.resume:              # the checkpoint's settings, but for what the user typed
-            saved = load_checkpoint(out / "checkpoint.pt")
+            saved = load_checkpoint(out / "checkpoint.pt", MODEL_KEYS)
             cfg, notes = resumed_config(cfg, saved["train_config"], args.explicit, str(out))
             # and its solver options, under the command line's, until the run ends
             restored, solver_note = resumed_solver_options(saved, PETSc.Options().getAll())
             run_options.enter_context(inserted_defaults("", restored))
         data = _args_data(args, limit=cfg.limit, seed=cfg.seed, split_by=cfg.split_by,
                           csv=cfg.csv)
+        _check_trainable(cfg, data)          # before any training: nothing is touched yet
         say(versions(), data.summary())
         size = PETSc.COMM_WORLD.getSize()
         if size > 1:
@@ -236,8 +281,7 @@ def run_evaluate(args) -> int:
         require_current_images(state, args.checkpoint)
         cfg = state["train_config"]
         task = args.task or cfg["task"]
-        if task != cfg["task"]:
-            raise DEQInputError(f"{args.checkpoint} was trained on {cfg['task']!r}, not {task!r}")
+        _require_task(state, args.checkpoint, task)
         data = _evaluation_data(args, state, task)
         objective = objective_of(state, data)
         report = evaluate(model, data, args.split, args.batch_size, objective, DataParallel())
@@ -315,8 +359,8 @@ def _check_recorded_csv(state: dict, checkpoint) -> None:
 
 
 def run_predict(args) -> int:
-    from .batch_predict import unseen_elements
     from .data import cif_image, smiles_image
+    from .data.graph_image import read_cif
     from .data.tasks import stored_image
     from .inference import load_model, model_dtype, objective_of, require_current_images
 
@@ -336,11 +380,8 @@ def run_predict(args) -> int:
             graph = smiles_image(args.smiles, size)
             what = f"SMILES {args.smiles}"
         else:
-            path = Path(args.cif)
-            if not path.is_file():
-                raise DEQInputError(f"no such CIF file: {path}")
-            graph = cif_image(path.read_text(errors="replace"), size)
-            what = f"{path.name} ({graph.info['formula']})"
+            graph = cif_image(read_cif(args.cif), size)
+            what = f"{Path(args.cif).name} ({graph.info['formula']})"
         image = torch.from_numpy(stored_image(graph))      # as a batch or training sees it
         with torch.no_grad():
             out = model(image[None].to(model_dtype(model)))
@@ -351,13 +392,27 @@ def run_predict(args) -> int:
             say(f"WARNING: the forward solve stopped at the iteration limit: "
                 f"{forward.summary()}; this answer is not the model's equilibrium (raise "
                 f"-snes_max_it or loosen -snes_rtol)")
-        unseen = unseen_elements(graph.image, state.get("domain", {}).get("elements"))
-        if unseen:
-            say(f"WARNING: {unseen}: no training sample had this element; the answer is "
-                f"outside the model's domain")
+        for line in _domain_warnings(graph, state):
+            say(line)
     finally:
         model.destroy()
     return 0
+
+
+def _domain_warnings(graph, state) -> list[str]:
+    """WARNING lines for one input unlike the training samples: elements none had, and a
+    molecule charged, radical or in several pieces where QM9's are none of these."""
+    from .batch_predict import QM9_DOMAIN, unseen_elements
+
+    lines = []
+    unseen = unseen_elements(graph.image, state.get("domain", {}).get("elements"))
+    if unseen:
+        lines.append(f"WARNING: {unseen}: no training sample had this element; the answer "
+                     f"is outside the model's domain")
+    if outside := graph.info.get("outside_domain"):
+        lines.append(f"WARNING: {outside}: {QM9_DOMAIN}; the answer is outside the model's "
+                     f"domain")
+    return lines
 
 
 def _predict_many(args, model, state, molecular: bool) -> int:
@@ -399,15 +454,41 @@ def run_demo(args) -> int:
     if args.quick:
         cfg.limit, cfg.epochs, cfg.width, cfg.inference_max_it = 100, 1, 4, 100
         cfg.time_budget = None
+    if args.seeds:
+        return _demo_seeds(cfg, args.seeds)
     data = _load_data(cfg.task, cfg.limit, cfg.seed, cache_dir=cfg.cache_dir,
                       progress=cfg.progress)
-    say(versions(), data.summary(),
-        f"training the {cfg.task} DEQ ({cfg.cell} cell, width {cfg.width}) once per solver set, "
-        f"{cfg.epochs} epochs, forward and adjoint to rtol {cfg.train_rtol:g} with at most "
-        f"{cfg.train_max_it} iterations: {', '.join(cfg.solvers)}")
+    say(versions(), data.summary(), _demo_plan(cfg))
     summary = demo(cfg, data, log=say)
     say(format_summary(summary),
         f"wrote {cfg.out}/summary.json, comparison.png, residuals.png and a run folder per set")
+    return 0
+
+
+def _demo_plan(cfg) -> str:
+    return (f"training the {cfg.task} DEQ ({cfg.cell} cell, width {cfg.width}) once per solver "
+            f"set, {cfg.epochs} epochs, forward and adjoint to rtol {cfg.train_rtol:g} with at "
+            f"most {cfg.train_max_it} iterations: {', '.join(cfg.solvers)}")
+
+
+def _demo_seeds(cfg, text: str) -> int:
+    """demo --seeds: the demo once per seed, then every number's mean and spread."""
+    from .demo_seeds import format_seeds, parse_seeds, run_demo_seeds
+
+    try:
+        seeds = parse_seeds(text)
+    except ValueError as err:
+        raise DEQInputError(str(err)) from None
+
+    def load(seed):
+        data = _load_data(cfg.task, cfg.limit, seed, cache_dir=cfg.cache_dir,
+                          progress=cfg.progress)
+        say(data.summary())
+        return data
+
+    say(versions(), _demo_plan(cfg) + f"; seeds {', '.join(map(str, seeds))}")
+    agg = run_demo_seeds(cfg, seeds, load, log=say)
+    say("", format_seeds(agg), f"wrote {cfg.out}/seeds.json and a demo folder per seed")
     return 0
 
 
@@ -416,7 +497,9 @@ def _refuse_earlier_demo(out: Path, overwrite: bool) -> None:
     refused before any work unless --overwrite."""
     from .checkpoint import DEQCheckpointError
 
-    found = [p.relative_to(out) for p in [out / "summary.json", *out.glob("*/checkpoint.pt")]
+    found = [p.relative_to(out) for p in [out / "summary.json", out / "seeds.json",
+                                          *out.glob("*/checkpoint.pt"),
+                                          *out.glob("seed-*/summary.json")]
              if p.is_file()] if out.is_dir() else []
     if found and not overwrite:
         raise DEQCheckpointError(
@@ -431,8 +514,7 @@ def _cell_problem(args, comm):
     from .problem import FixedPointProblem
 
     rank, size = comm.getRank(), comm.getSize()
-    if args.batch < size:
-        raise DEQInputError(f"--batch {args.batch} is smaller than the {size} MPI ranks")
+    _require_one_per_rank(args.batch, size, f"--batch {args.batch}")
     dtype = getattr(torch, args.dtype)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -486,13 +568,33 @@ def run_solve(args) -> int:
 
 
 
+def _require_one_per_rank(n: int, size: int, what: str, remedy: str = "raise it") -> None:
+    """A batch split over ``size`` ranks leaves none empty: a rank without a sample fails
+    in its backward (no graph) or solves nothing, and the others wait on it."""
+    if n < size:
+        raise DEQInputError(f"{what} is smaller than the {size} MPI ranks: every rank "
+                            f"needs a sample ({remedy}, or run fewer ranks)")
+
+
+def _require_task(state: dict, checkpoint, task: str) -> None:
+    """A checkpoint's model reads the images of the task it was trained on only."""
+    trained = state["train_config"]["task"]
+    if task != trained:
+        raise DEQInputError(f"{checkpoint} was trained on {trained!r}, not {task!r}: give "
+                            f"--task {trained}")
+
+
 def _task_problem(args, comm):
     """A batch of a task's test images through a model's injection, and the model's cell."""
+    from .checkpoint import MODEL_KEYS, load_checkpoint
     from .config import TrainConfig
     from .inference import build_model, load_model, model_dtype
     from .parallel import DataParallel
 
     device = torch.device(args.device)
+    _require_one_per_rank(args.batch, comm.getSize(), f"--batch {args.batch}")
+    if args.checkpoint:                  # refused before the data is built
+        _require_task(load_checkpoint(args.checkpoint, MODEL_KEYS), args.checkpoint, args.task)
     data = _load_data(args.task, args.limit, args.seed, cache_dir=args.cache_dir)
     if args.checkpoint:
         model, _ = load_model(args.checkpoint, device=device)
@@ -502,6 +604,8 @@ def _task_problem(args, comm):
                                         device=str(device)), data, len(data.classes))
         what = f"an untrained model (seed {args.seed}, width {args.width})"
     images = data.images[data.indices("test")][:args.batch]
+    _require_one_per_rank(len(images), comm.getSize(), f"the test split of this {args.task} "
+                          f"build ({len(images)} images; --limit {args.limit})", "raise --limit")
     mine = DataParallel(comm).shard(images).to(device=device, dtype=model_dtype(model))
     with torch.no_grad():
         x = model.inject(mine)
@@ -518,10 +622,10 @@ def run_compare(args) -> int:
     from .compare import (compare_solves, default_option_sets, markdown_table, plot_residuals,
                           read_option_sets)
 
+    from .cli import option_set_lines       # checked there before PETSc started
+
     comm = PETSc.COMM_WORLD
-    lines = list(args.set or [])
-    if args.sets_file:
-        lines += Path(args.sets_file).read_text().splitlines()
+    lines = option_set_lines(args)
     sets = read_option_sets(lines) if lines else default_option_sets()
     if args.train:
         if not args.task:
@@ -562,6 +666,7 @@ def _compare_training(args, sets) -> int:
                       progress=not args.no_progress)
     cfg = _train_config(args, args.task)
     cfg.dtype = "float64" if args.trainer == "tao" else "float32"
+    _check_trainable(cfg, data)
     out = Path(args.out)
     say(versions(), data.summary(), f"training once per option set ({args.trainer}, "
         f"{args.epochs} epochs): " + ", ".join(s.name for s in sets))

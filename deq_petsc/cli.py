@@ -10,7 +10,9 @@ before anything imports ``petsc4py.PETSc``, which is why the commands
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
 import sys
 
 TASKS = ["polarity", "mof-pore", "crystals"]
@@ -91,6 +93,7 @@ def _device_argument(p):
 
 def build_parser() -> argparse.ArgumentParser:
     from .demo import TASK_EPOCHS, DemoConfig   # PETSc-free: its defaults are the demo's flags
+    from .solver_sets import compare_defaults   # PETSc-free: compare's help lists its sets
     DEMO = DemoConfig()
     parser = argparse.ArgumentParser(
         prog="deq-petsc", allow_abbrev=False, add_help=False,
@@ -115,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=DEMO.limit,
                    help="samples of the task's source, 0 for all (default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEMO.seed)
+    p.add_argument("--seeds", metavar="S1,S2,...",
+                   help="run the demo once per seed (its own subset, split and weights) into "
+                        "OUT/seed-<k> and report every number as mean and spread over them "
+                        "(OUT/seeds.json): what the README's numbers come from")
     p.add_argument("--out", default=DEMO.out, help="output folder (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier demo in OUT (its summary and checkpoints)")
@@ -243,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "(iterations, f evaluations, time, final residual, converged reason), a CSV "
                  "and residual-vs-iteration / residual-vs-time plots. Sets come from --set "
                  "'name: -snes_type ...' (repeatable) and --sets-file (one per line); default: "
-                 "picard, anderson5, ngmres, jfnk, anderson+npc. The problem is the conv cell "
+                 f"{', '.join(compare_defaults())}. The problem is the conv cell "
                  "of 'solve', or with --task a batch of test images through a model "
                  "(--checkpoint for a trained one). An invalid set is reported in its row.")
     p.add_argument("--set", action="append", metavar="'NAME: OPTIONS'",
@@ -368,23 +375,44 @@ def options_file_problem(petsc_args: list[str]) -> str | None:
         if i + 1 >= len(petsc_args) or petsc_args[i + 1].startswith("-"):
             return "-options_file: give the file to read (-options_file FILE)"
         path = Path(petsc_args[i + 1])
-        if not path.exists():
-            return f"-options_file {path}: no such file"
-        if not path.is_file():
-            return f"-options_file {path}: not a regular file"
         try:
-            with path.open("rb") as fh:
-                text = fh.read((1 << 20) + 1)
-        except OSError as err:
-            return f"-options_file {path}: cannot read it ({err.strerror or err})"
-        if len(text) > 1 << 20 or b"\0" in text:
-            return f"-options_file {path}: not an options file (binary, or over 1 MiB)"
-        for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
+            text = _options_text(path, "-options_file")
+        except ValueError as err:
+            return str(err)
+        for number, line in enumerate(text.splitlines(), 1):
             words = line.split("#", 1)[0].split()
             if words and not (words[0].startswith("-") or words[0] == "alias"):
                 return (f"-options_file {path}, line {number}: {line.strip()!r} is not an "
                         f"option (each line: -name [value], e.g. -snes_type anderson)")
     return None
+
+
+def _options_text(path, flag: str) -> str:
+    """The text of a small file of options the user named (``-options_file``,
+    ``--sets-file``), or a one-line ValueError: missing, a folder or FIFO, unreadable,
+    binary or over 1 MiB (read whole, a 3 GB file or a FIFO would stall the run)."""
+    if not path.exists():
+        raise ValueError(f"{flag} {path}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{flag} {path}: not a regular file")
+    try:
+        with path.open("rb") as fh:
+            text = fh.read((1 << 20) + 1)
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot read it ({err.strerror or err})") from None
+    if len(text) > 1 << 20 or b"\0" in text:
+        raise ValueError(f"{flag} {path}: not an options file (binary, or over 1 MiB)")
+    return text.decode("utf-8", "replace")
+
+
+def option_set_lines(args) -> list[str]:
+    """``compare``'s option sets as lines: every ``--set``, then the ``--sets-file``'s."""
+    from pathlib import Path
+
+    lines = list(getattr(args, "set", None) or [])
+    if getattr(args, "sets_file", None):
+        lines += _options_text(Path(args.sets_file), "--sets-file").splitlines()
+    return lines
 
 
 #: Our flags' valid ranges, checked before any work starts (a typo must not build all of
@@ -397,9 +425,12 @@ _RANGES = {
     "width": (lambda v: v >= 4 and v % 4 == 0, "a positive multiple of 4 (4 GroupNorm groups)"),
     "depth": (lambda v: v >= 1, "at least 1"),
     "lr": (lambda v: 0 < v < float("inf"), "a positive number"),
-    "seed": (lambda v: v >= 0, "a non-negative integer"),
+    # numpy's legacy and scikit-learn's generators (the baseline) take seeds below 2**32
+    "seed": (lambda v: 0 <= v < 2**32, "a non-negative integer below 2**32"),
     "jac_reg": (lambda v: v >= 0, "non-negative"),
-    "weight_decay": (lambda v: 0 <= v < float("inf"), "non-negative"),
+    # above 1 Adam's L2 term outweighs any loss: the weights shrink to 0, a constant model
+    "weight_decay": (lambda v: 0 <= v <= 1, "non-negative and at most 1 (above, the decay "
+                     "outweighs the loss and every weight shrinks to 0; 1e-5 to 1e-2 is usual)"),
     "spectral_reg": (lambda v: v >= 0, "non-negative"),
     "spectral_target": (lambda v: v > 0, "positive"),
     "spectral_steps": (lambda v: v >= 1, "at least 1"),
@@ -430,7 +461,8 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]
 
 
 def invalid_argument(args) -> str | None:
-    """The first of our flags outside its range, as one line (None when all are fine)."""
+    """The first of our flags outside its range, or of flags whose work cannot be done
+    (a size that cannot fit, a malformed option set), as one line; None when all are fine."""
     import math
     from pathlib import Path
 
@@ -440,11 +472,12 @@ def invalid_argument(args) -> str | None:
             continue
         if isinstance(value, float) and math.isnan(value) or not ok(value):
             return f"--{name.replace('_', '-')} {value}: must be {what}"
-    out = getattr(args, "out", None)
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        return f"--out {out}: is a file, not a folder"
-    if out is not None and (problem := _unwritable(Path(out))):
-        return f"--out {out}: {problem}"
+    for flag in ("out", "png"):                   # folders written into: --out, data --png
+        folder = getattr(args, flag, None)
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            return f"--{flag} {folder}: is a file, not a folder"
+        if folder is not None and (problem := _unwritable(Path(folder))):
+            return f"--{flag} {folder}: {problem}"
     # a resumed run takes its cell from its checkpoint unless --cell is typed (resumed_config)
     cell_from_checkpoint = getattr(args, "resume", False) and \
         "cell" not in getattr(args, "explicit", set())
@@ -465,7 +498,86 @@ def invalid_argument(args) -> str | None:
     elif "output" in getattr(args, "explicit", set()):
         return (f"--output {output}: only --input writes a CSV; --smiles and --cif answer on "
                 f"the screen (drop --output, or give the inputs with --input)")
+    return next(filter(None, (check(args) for check in _WORK_CHECKS)), None)
+
+
+def _csv_problem(args) -> str | None:
+    """``--csv`` is the crystals task's source; another task would fail inside its
+    constructor (``PolarityTask`` takes no ``csv``) after the command started."""
+    task = getattr(args, "task", None)
+    if getattr(args, "csv", None) is not None and task not in (None, "crystals"):
+        return (f"--csv: only --task crystals reads a CSV (material_id, band_gap, cif); "
+                f"{task} builds from its packaged source")
     return None
+
+
+def _cache_dir_problem(args) -> str | None:
+    """A ``--cache-dir`` that is a file fails deep inside the first build that writes a
+    source there (mof-pore unpacks its archive into it)."""
+    from pathlib import Path
+
+    cache = getattr(args, "cache_dir", None)
+    if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
+        return f"--cache-dir {cache}: is a file, not a folder"
+    return None
+
+
+def _solvers_problem(args) -> str | None:
+    """``demo --solvers``: every name a set of the registry, each once, found before the
+    demo builds its 2,000 molecules."""
+    from .solver_sets import SOLVER_SETS
+
+    text = getattr(args, "solvers", None)
+    if text is None:
+        return None
+    names = text.split(",")
+    bad = next((n for n in names if n not in SOLVER_SETS), None)
+    if bad is not None:
+        return (f"--solvers {text}: {'an empty name' if not bad else repr(bad)} is not a "
+                f"solver set; known: {', '.join(SOLVER_SETS)}")
+    twice = next((n for k, n in enumerate(names) if n in names[:k]), None)
+    if twice is not None:
+        return f"--solvers {text}: {twice} is named twice"
+    return None
+
+
+def _compare_problem(args) -> str | None:
+    """``compare``: what it cannot honour (a checkpoint or training without a task) and
+    malformed option sets, before the problem is built."""
+    from .solver_sets import read_option_sets
+
+    if getattr(args, "command_name", None) != "compare":
+        return None
+    if args.task is None and args.checkpoint:
+        return (f"--checkpoint {args.checkpoint} needs --task (the task it was trained on): "
+                f"without one compare solves the random conv-cell problem")
+    if args.task is None and args.train:
+        return "--train needs --task: the task to train on once per option set"
+    try:
+        read_option_sets(option_set_lines(args))
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _state_size_problem(args) -> str | None:
+    """``solve`` / ``compare`` without --task: a conv-cell state that cannot fit in this
+    machine's memory, refused before torch tries to allocate it. Four copies of the state
+    (x, z, f(z), F) are a lower bound of what a solve holds, so only clearly impossible
+    sizes are refused."""
+    from .devices import memory_problem
+
+    if getattr(args, "size", None) is None or getattr(args, "task", None) is not None:
+        return None
+    shape = f"{args.batch}x{args.channels}x{args.size}x{args.size}"
+    state = args.batch * args.channels * args.size ** 2 * (8 if args.dtype == "float64" else 4)
+    return memory_problem(4 * state, f"--size {args.size}: the {shape} {args.dtype} state "
+                                     f"(4 copies: x, z, f(z), F)")
+
+
+#: checks of flags that fit together only in some ways, or whose work cannot be done
+_WORK_CHECKS = (_csv_problem, _cache_dir_problem, _solvers_problem, _compare_problem,
+                _state_size_problem)
 
 
 def _output_over_input(inputs, output) -> str | None:
@@ -501,6 +613,7 @@ def _unwritable(folder) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _pin_kernels()                  # before torch, NumPy or PETSc loads a kernel library
     parser = build_parser()
     args, petsc_args = split_petsc_args(parser, argv)
     args.explicit = explicit_flags(getattr(args, "parser", parser), argv)
@@ -545,30 +658,70 @@ def main(argv: list[str] | None = None) -> int:
             if PETSc.COMM_WORLD.getSize() > 1:
                 raise                      # the others may be inside a collective: abort
             if interrupted or isinstance(err, KeyboardInterrupt):
-                # Ctrl-C, wherever it landed: in our code, or in a PETSc callback, where
-                # PETSc turned it into an error code that reached us as another error
+                # Ctrl-C or kill, wherever it landed: in our code, or in a PETSc callback,
+                # where PETSc turned it into an error code that reached us as another error
                 out = getattr(args, "out", None)
                 kept = (f"; checkpoints written so far are intact in {out}" if out and
                         args.command_name in ("train", "demo", "compare") else "")
-                print(f"{what}: interrupted{kept}", file=sys.stderr, flush=True)
-                return 130
+                signum = interrupted[0] if interrupted else signal.SIGINT
+                by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+                print(f"{what}: interrupted{by}{kept}", file=sys.stderr, flush=True)
+                return 128 + signum               # the shell's status for that signal
             if isinstance(err, PETSc.Error):
                 raise
             PETSc.Sys.syncPrint(f"{what}: error: {err}", flush=True)
             return 1
+        except OSError as err:
+            if err.errno is None or PETSc.COMM_WORLD.getSize() > 1:
+                raise              # not the system's answer (a bug), or the others must abort
+            PETSc.Sys.syncPrint(f"{what}: error: {os_error_line(err)}", flush=True)
+            return 1
+
+
+def os_error_line(err: OSError) -> str:
+    """The system's refusal (a full disk, a permission, a read-only file system) as one
+    line naming the file, with what is known to be kept (an atomic write's notes)."""
+    line = (err.strerror or str(err)).lower()
+    if err.filename:
+        line += f" writing {err.filename}" if err.errno in _WRITE_ERRORS else f": {err.filename}"
+    return "; ".join([line, *getattr(err, "__notes__", [])])
+
+
+#: errno values only a write can give
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _pin_kernels() -> None:
+    """The same numbers from the same seed on any x86 machine (:mod:`deq_petsc.kernels`),
+    unless ``DEQ_PETSC_KERNELS=native``; a bad value is one line before any work."""
+    from .kernels import pin
+
+    try:
+        pin()
+    except ValueError as err:
+        print(f"deq-petsc: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+#: signals that end a command as Ctrl-C does: SIGTERM is what kill, timeout and batch
+#: schedulers send, SIGHUP a closed terminal
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 def _watch_interrupts() -> list:
-    """A list that gets an entry when SIGINT arrives (then KeyboardInterrupt, as usual)."""
-    import signal
-
+    """A list that gets the signal's number when one of :data:`STOP_SIGNALS` arrives, then
+    KeyboardInterrupt, as Ctrl-C gives: the run unwinds (run folder's lock removed, last
+    checkpoint kept) and ends in one line. PETSc installed its own handlers for these at
+    initialisation, which answer with a "Caught signal ... crash" banner and MPI_Abort;
+    Python's handler replaces PETSc's (both are sigaction)."""
     seen: list = []
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         seen.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_sigint)
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), on_signal)
     return seen
 
 

@@ -25,41 +25,11 @@ from petsc4py import PETSc
 from .errors import DEQError
 from .problem import FixedPointProblem
 from .solver import DEQSolver, SolveStats
-from .solver_sets import forward_solvers, parse_options
+from .solver_sets import OptionSet, compare_defaults, read_option_sets
 
 #: Used when no set is given: the forward solvers of the named sets
 #: (:mod:`deq_petsc.solver_sets`; picard and anderson are the Deep AndersoNN comparison).
-DEFAULT_SETS = {"anderson5" if name == "anderson" else name: forward
-                for name, forward in forward_solvers().items()}
-
-
-@dataclass
-class OptionSet:
-    name: str
-    options: dict            # option name (no dash) -> value (None for a flag)
-    text: str
-
-    @classmethod
-    def parse(cls, line: str) -> "OptionSet":
-        """``"name: -opt value -flag ..."``; a bare option list gets its text as name."""
-        name, sep, rest = line.partition(":")
-        if not sep or name.strip().startswith("-"):
-            name, rest = line.strip(), line
-        try:
-            options = parse_options(rest)
-        except ValueError as err:
-            raise ValueError(f"option set {name.strip()!r}: {err}") from None
-        return cls(name.strip(), options, rest.strip())
-
-
-def read_option_sets(lines) -> list[OptionSet]:
-    """Option sets from lines (a file's: blank lines and ``#`` comments skipped)."""
-    sets = [OptionSet.parse(line) for line in lines
-            if line.strip() and not line.lstrip().startswith("#")]
-    names = [s.name for s in sets]
-    if len(set(names)) != len(names):
-        raise ValueError(f"option sets need distinct names, got {names}")
-    return sets
+DEFAULT_SETS = compare_defaults()
 
 
 def default_option_sets() -> list[OptionSet]:

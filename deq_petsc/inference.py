@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from petsc4py import PETSc
 
-from .checkpoint import DEQCheckpointError, load_checkpoint
+from .checkpoint import MODEL_KEYS, DEQCheckpointError, load_checkpoint
 from .config import TrainConfig
 from .data.graph_image import ELEMENT_SCALE
 from .data.tasks import TaskData
@@ -136,7 +136,7 @@ def load_model(checkpoint, prefix: str = "", solver_options: dict | None = None,
     applies as typed, whatever prefix the training run used, e.g. the demo's
     ``anderson_``). ``objective_of(state)`` gives what it was trained to predict.
     """
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint, MODEL_KEYS)
     cfg = ClassifierConfig(**state["model_config"])
     model = GraphImageClassifier(cfg, prefix=prefix,
                                  comm=comm,

@@ -26,6 +26,14 @@ class OwnOption:
     minimum: float | None = None   # inclusive
     maximum: float | None = None   # inclusive
 
+    def within_range(self, value) -> bool:
+        """``value`` inside [minimum, maximum]; a NaN is inside no range (every comparison
+        with it is false, so a plain ``value < minimum`` test would let it through)."""
+        if self.minimum is None and self.maximum is None:
+            return True
+        return (self.minimum is None or value >= self.minimum) and \
+            (self.maximum is None or value <= self.maximum)
+
     def shown_default(self, value=None) -> str:
         value = self.default if value is None else value
         return str(value).lower() if isinstance(value, bool) else str(value)
@@ -67,8 +75,7 @@ class OptionGroup:
             if o.choices and value not in o.choices:
                 raise DEQOptionsError(f"-{prefix}{o.name} {value}: must be one of "
                                       f"{', '.join(o.choices)}")
-            if o.minimum is not None and value < o.minimum or \
-                    o.maximum is not None and value > o.maximum:
+            if not o.within_range(value):
                 raise DEQOptionsError(f"-{prefix}{o.name} {value}: must be in "
                                       f"[{o.minimum}, {o.maximum if o.maximum is not None else 'inf'}]")
             values[o.name] = value

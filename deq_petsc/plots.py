@@ -39,7 +39,24 @@ def plot_curves(history: list[dict], path, title: str = "", metric: str = "acc",
     ax3.plot(epochs, [h["forward_its"] for h in history], "o-", label="forward")
     ax3.plot(epochs, [h["backward_its"] for h in history], "s-", label="backward")
     ax3.set(xlabel="epoch", ylabel="mean iterations per batch", title="solver iterations")
+    integer_ticks((ax1, ax2, ax3), epochs)
     return finish_figure(fig, (ax1, ax2, ax3), path, title)
+
+
+def integer_ticks(axes, epochs) -> None:
+    """Whole-number x ticks: epochs are counted, and an axis reading 1.5 (or 0.99 with a
+    single epoch, where matplotlib pads the limits by fractions) suggests epochs that never
+    ran. Every epoch is a tick up to a dozen; beyond, integer ticks at matplotlib's spacing."""
+    from matplotlib.ticker import MaxNLocator
+    epochs = sorted(set(int(e) for e in epochs))
+    for ax in axes:
+        if not epochs:
+            continue
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
 
 
 def plot_confusion(cm: np.ndarray, classes, path, title: str = "") -> str:
@@ -60,18 +77,30 @@ def plot_confusion(cm: np.ndarray, classes, path, title: str = "") -> str:
 
 def plot_reliability(calibration: dict, path, title: str = "") -> str:
     """Accuracy against confidence per bin (a calibrated model sits on the diagonal)."""
-    fig, ax = subplots(figsize=(4.6, 4.4), constrained_layout=True)
+    reliability_figure(calibration, title).savefig(path, dpi=110)
+    return str(path)
+
+
+def reliability_figure(calibration: dict, title: str = ""):
+    """The reliability diagram as a ``Figure``. Each bar carries its number of samples (a
+    bin of 5 is noise, one of 100 is not); the legend sits below the axes, where it cannot
+    hide a bar."""
+    fig, ax = subplots(figsize=(4.8, 5.2), constrained_layout=True)
     bins = calibration["bins"]
-    ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins],
-           width=[0.9 * (b["high"] - b["low"]) for b in bins], alpha=0.7,
-           label="accuracy in bin")
+    bars = ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins],
+                  width=[0.9 * (b["high"] - b["low"]) for b in bins], alpha=0.7,
+                  label="accuracy in bin (number: samples in bin)")
+    ax.bar_label(bars, labels=[str(b["n"]) for b in bins], fontsize=7, padding=1)
     ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "ko", ms=3,
             label="(mean confidence, accuracy)")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
     lo = bins[0]["low"] if bins else 0.0
-    ax.set(xlim=(lo, 1), ylim=(0, 1), xlabel="confidence (top-class probability)",
+    ax.set(xlim=(lo, 1), ylim=(0, 1.08), xlabel="confidence (top-class probability)",
            ylabel="accuracy", title=title or f"reliability (ECE {calibration['ece']:.3f})")
-    return finish_figure(fig, (ax,), path, "")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", fontsize=8, title_fontsize=8,
+               title=f"{sum(b['n'] for b in bins)} samples in {len(bins)} bins")
+    return fig
 
 
 def plot_parity(true, predicted, path, label: str = "target", title: str = "") -> str:

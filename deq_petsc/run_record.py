@@ -30,8 +30,8 @@ from petsc4py import PETSc
 #: the CPU kernels of OpenBLAS, oneDNN and ATen, PETSc's own options and build).
 ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "OPENBLAS_CORETYPE", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
-               "ATEN_CPU_CAPABILITY", "PETSC_OPTIONS", "PETSC_DIR", "PETSC_ARCH",
-               "CUDA_VISIBLE_DEVICES", "DEQ_PETSC_MALLOC")
+               "ATEN_CPU_CAPABILITY", "MKL_CBWR", "PETSC_OPTIONS", "PETSC_DIR", "PETSC_ARCH",
+               "CUDA_VISIBLE_DEVICES", "DEQ_PETSC_MALLOC", "DEQ_PETSC_KERNELS")
 
 #: Option families that choose a run's solvers (under the run's prefix): what a resume
 #: restores. ``npc_`` and ``tangent_`` are the nonlinear preconditioner and the tangent

@@ -334,6 +334,10 @@ class DEQSolver:
                              "(estimate the spectral radius of J_f)",
             "DIVERGED_LINE_SEARCH": "try -snes_linesearch_type basic or a damped Anderson",
         }.get(stats.reason_name, "see -snes_monitor and -snes_converged_reason")
+        if _never_moved(stats):
+            hint = ("the iterate never moved (||F|| the same at every iteration): the steps "
+                    "are zero; check -snes_anderson_beta or the line search's damping "
+                    "(-snes_linesearch_damping)")
         raise DEQConvergenceError.of(
             f"fixed-point solve did not converge: {stats.reason_name}{detail} after "
             f"{stats.iterations} iterations ({stats.function_evals} f evals), ||F|| "
@@ -382,3 +386,12 @@ class DEQSolver:
     def view(self, viewer=None):
         self.require_alive()
         self.snes.view(viewer)
+
+
+def _never_moved(stats: SolveStats) -> bool:
+    """A failed solve whose residual norm did not change over its iterations: its steps
+    were zero (``-snes_anderson_beta 0``, a damping of 0), so no faster method or higher
+    ``-snes_max_it`` would help."""
+    norms = stats.residual_norms
+    return stats.iterations > 0 and len(norms) > 1 and math.isfinite(norms[0]) and \
+        max(norms) - min(norms) <= 1e-12 * max(norms)

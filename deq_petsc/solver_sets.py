@@ -15,6 +15,7 @@ both ways.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -56,6 +57,55 @@ def parse_options(text: str) -> dict:
         options[key[1:]] = value
         i += 1
     return options
+
+
+@dataclass
+class OptionSet:
+    """A user's named option set (``compare --set``, ``--sets-file``): parsed here, without
+    PETSc, so the command line refuses a malformed one before any work."""
+
+    name: str
+    options: dict            # option name (no dash) -> value (None for a flag)
+    text: str
+
+    @classmethod
+    def parse(cls, line: str) -> "OptionSet":
+        """``"name: -opt value -flag ..."``; a bare option list gets its text as name. The
+        name ends at the first colon before an option (or the end), so a name may hold
+        colons of its own (``http://x``); a one-line ValueError says what is wrong."""
+        text = line.strip()
+        name, rest = text, text
+        if not text.startswith("-"):
+            end = _NAME_END.search(text)
+            start = end.start() if end else text.find(":")
+            if start < 0:
+                raise ValueError(f"option set {text!r}: no 'name:' before its options "
+                                 f"(write 'name: -snes_type anderson')")
+            name, rest = text[:start].strip(), text[start + 1:]
+            if not name:
+                raise ValueError(f"option set {text!r}: the name before ':' is empty")
+        try:
+            options = parse_options(rest)
+        except ValueError as err:
+            raise ValueError(f"option set {name!r}: {err}") from None
+        return cls(name, options, rest.strip())
+
+
+#: where a set's name ends: the first colon followed by an option or by nothing
+_NAME_END = re.compile(r":(?=\s*(?:-|$))")
+
+
+def read_option_sets(lines) -> list[OptionSet]:
+    """Option sets from lines (a file's: blank lines and ``#`` comments skipped); each
+    name once, since it names the set's row and its options prefix."""
+    sets = [OptionSet.parse(line) for line in lines
+            if line.strip() and not line.lstrip().startswith("#")]
+    names = [s.name for s in sets]
+    twice = [n for k, n in enumerate(names) if n in names[:k]]
+    if twice:
+        raise ValueError(f"option sets need distinct names: {twice[0]!r} is given twice (a "
+                         f"name labels the set's row and its options prefix)")
+    return sets
 
 
 def is_option(token: str) -> bool:
@@ -108,6 +158,14 @@ def forward_solvers() -> dict:
     ``deq-petsc compare`` and ``bench_regime.py`` run; a set that differs from another
     only in its backward solve says ``new_forward=False``)."""
     return {s.name: s.forward for s in SOLVER_SETS.values() if s.new_forward}
+
+
+def compare_defaults() -> dict:
+    """``name -> forward options`` that ``deq-petsc compare`` runs when given no set: the
+    forward solvers, Anderson named by its window (``anderson5``) beside others' windows.
+    Its help text is generated from this, so it cannot list other sets than it runs."""
+    return {"anderson5" if name == "anderson" else name: forward
+            for name, forward in forward_solvers().items()}
 
 
 def get(name: str) -> SolverSet:

@@ -11,9 +11,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
-# one intra-op thread per pytest-xdist worker (the workers are the parallelism), else two
+# one intra-op thread per pytest-xdist worker (the workers are the parallelism), else two;
+# the command lines the tests start inherit the same count, or each would start a thread
+# per core beside the other workers' and the cores would be oversubscribed
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
 @pytest.fixture

@@ -131,3 +131,24 @@ def cli_in_process(capfd, *argv):
 
 def final_line(text: str) -> str:
     return text.strip().splitlines()[-1] if text.strip() else ""
+
+
+#: rock salt as a P1 CIF of two sites: what the CIF tables vary line by line
+NACL_CIF = """data_NaCl
+_cell_length_a 5.64
+_cell_length_b 5.64
+_cell_length_c 5.64
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'P 1'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+Na1 Na 0 0 0 1
+Cl1 Cl 0.5 0.5 0.5 1
+"""

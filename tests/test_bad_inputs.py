@@ -6,6 +6,7 @@ errors is tested in test_cli.py, test_predict.py and test_run_folder.py.
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -20,26 +21,8 @@ from deq_petsc.cli import build_parser, invalid_argument, split_petsc_args  # no
 from deq_petsc.data import PERIODIC_CHANNELS, cif_image, smiles_image  # noqa: E402
 from deq_petsc.data.cache import DatasetCache  # noqa: E402
 from deq_petsc.errors import DEQCacheError, DEQInputError, DEQOptionsError  # noqa: E402
-from helpers import cli_in_process, final_line, rock_salts_csv, synthetic_build  # noqa: E402
-
-NACL = """data_NaCl
-_cell_length_a 5.64
-_cell_length_b 5.64
-_cell_length_c 5.64
-_cell_angle_alpha 90
-_cell_angle_beta 90
-_cell_angle_gamma 90
-_symmetry_space_group_name_H-M 'P 1'
-loop_
-_atom_site_label
-_atom_site_type_symbol
-_atom_site_fract_x
-_atom_site_fract_y
-_atom_site_fract_z
-_atom_site_occupancy
-Na1 Na 0 0 0 1
-Cl1 Cl 0.5 0.5 0.5 1
-"""
+from helpers import (NACL_CIF as NACL, cli_in_process, final_line, rock_salts_csv,  # noqa: E402
+                     synthetic_build)
 
 
 # -- SMILES ------------------------------------------------------------------------------
@@ -57,10 +40,33 @@ Cl1 Cl 0.5 0.5 0.5 1
     ("C==C", "unparsable SMILES"),
     ("C" * 12, "does not fit a 32x32 graph image"),          # 38 atoms with hydrogens
     (".".join(["[Na+].[Cl-]"] * 20), "molecule with 40 atoms does not fit"),
+    # RDKit reads up to the first blank or unknown character and answers for that prefix
+    ("C C(=O)O", "whitespace ' ' at position 2; a SMILES is one word of printable ASCII "
+                 "(RDKit would read only 'C')"),
+    ("CCÖ☃", "a non-ASCII character 'Ö' at position 3"),
+    ("C\tC", "whitespace '\\t' at position 2"),
+    ("  CC\nO", "whitespace '\\n' at position 5"),
+    ("CC\x00O", "a control character '\\x00' at position 3"),
+    ("C*C", "SMILES 'C*C': atom 2 is a dummy atom ('*'), not an element"),
+    ("[*:1]CO", "atom 1 is a dummy atom"),
 ])
 def test_bad_smiles(smiles, message):
-    with pytest.raises(DEQInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(DEQInputError, match=re.escape(message)):
         smiles_image(smiles)
+
+
+@pytest.mark.parametrize("smiles, outside", [
+    ("CCO", ""),
+    (" CCO\n", ""),                         # blanks around a SMILES are not part of it
+    ("C[N+](C)(C)C", "net charge +1"),
+    ("CC(=O)[O-]", "net charge -1"),
+    ("[CH3]", "a radical (1 unpaired electron)"),
+    ("CCO.O", "2 separate molecules"),
+    ("[Na+].[Cl-]", "2 separate molecules"),
+    ("[NH3+]CC(=O)[O-]", ""),                # a zwitterion is neutral, as QM9's are
+])
+def test_molecules_unlike_qm9_are_answered_but_flagged(smiles, outside):
+    assert smiles_image(smiles).info["outside_domain"] == outside
 
 
 # -- CIF ---------------------------------------------------------------------------------
@@ -77,10 +83,74 @@ def test_bad_smiles(smiles, message):
      "invalid cell: _cell_length_a -5.64 \\(a length must be positive"),
     (NACL.replace("_cell_angle_beta 90", "_cell_angle_beta 190"), "invalid cell: _cell_angle_b"),
     (NACL.replace("_cell_length_b 5.64", "_cell_length_b ?"), "invalid cell: _cell_length_b ?"),
+    (NACL.replace("Cl1 Cl", "Xx1 Xx"), "unknown species Xx: not an element"),
+    (NACL.replace("_cell_length_b 5.64\n", ""),
+     "unreadable CIF: no _cell_length_b \\(a cell needs all of a, b, c, alpha, beta and"),
+    (NACL.replace("Na1 Na 0 0 0 1", "Na1 Na 0 0 0 1\nNa2 Na 0 0 0 1"),
+     "the occupancies of one site sum to 2.0, above 1 \\(two atoms on the same site\\?\\)"),
+    (NACL + NACL.replace("data_NaCl", "data_Fe").replace("Na1 Na 0 0 0 1\n", ""),
+     "2 structures in one CIF \\(data_NaCl, data_Fe\\): give each its own file"),
+    # two atoms 2.8 A apart in a 1000 A cell: pair counts over a uniform gas's overflow float16
+    (NACL.replace("5.64", "1000").replace("Cl1 Cl 0.5 0.5 0.5", "Cl1 Cl 0.0028 0 0"),
+     "cell too large: 2 atoms in 1e\\+09 A\\^3 \\(5e\\+08 A\\^3 per atom\\): an entry of its "
+     "image \\(3.14e\\+06\\) overflows the float16"),
+    (NACL + "#" * (16 << 20), "CIF of 16,777,"),
 ])
 def test_bad_cifs(text, message):
     with pytest.raises(DEQInputError, match=message):
         cif_image(text)
+
+
+def test_periodic_structures_beyond_the_atom_bound_are_refused_before_rendering(monkeypatch):
+    from deq_petsc.data import graph_image
+    monkeypatch.setattr(graph_image, "MAX_ATOMS", 1)
+    with pytest.raises(DEQInputError, match="structure with 2 atoms: over the 1 a periodic "):
+        cif_image(NACL)
+
+
+def _never_blocks(call, seconds=10):
+    """``call()``'s exception or result, failing the test if it does not return within
+    ``seconds`` (opening a FIFO without a writer blocks for ever)."""
+    import threading
+    box = {}
+
+    def run():
+        try:
+            box["result"] = call()
+        except Exception as err:   # noqa: BLE001 - handed to the test
+            box["error"] = err
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"blocked for {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+def _special_files(tmp_path):
+    """A folder, a FIFO, a sparse file over the CIF size bound and a missing name."""
+    import os
+    from deq_petsc.data.graph_image import MAX_CIF_BYTES
+    (tmp_path / "folder.cif").mkdir()
+    os.mkfifo(tmp_path / "fifo.cif")
+    with open(tmp_path / "huge.cif", "wb") as fh:
+        fh.truncate(MAX_CIF_BYTES + 1)          # sparse: no disk, no time
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, message", [
+    ("folder.cif", "{p}: a folder, not a file"),
+    ("fifo.cif", "{p}: a FIFO (named pipe), not a file"),
+    ("huge.cif", "{p}: a CIF of 16,777,217 bytes, over the 16,777,216 this reads"),
+    ("missing.cif", "no such CIF file: {p}"),
+])
+def test_cif_files_that_are_not_read(tmp_path, name, message):
+    from deq_petsc.data.graph_image import read_cif
+    path = _special_files(tmp_path) / name
+    with pytest.raises(DEQInputError) as err:
+        _never_blocks(lambda: read_cif(path))
+    assert str(err.value) == message.format(p=path)
 
 
 # -- input lists for predict --input ---------------------------------------------------------
@@ -102,15 +172,124 @@ def _write(path, content):
     ("folder", "dir", True, "a folder; molecules come in a CSV"),
     ("nocifs", "dir", False, "a folder without \\*.cif files"),
     ("empty.txt", "", False, "no inputs in it"),
+    ("twice.csv", "smiles,name,SMILES\nCCO,x,c1ccccc1\n", True,
+     "2 smiles columns \\(smiles, SMILES\\): keep one"),
+    ("screen.csv", "smiles,name\nCCO,ethanol\n", False, "a CSV file, but this model reads "
+                                                        "structures from CIFs: give a folder"),
+    ("screen.smi", "CCO ethanol\n", False, "a SMI file, but this model reads structures"),
+    ("nacl.cif", NACL, True, "a CIF, but this model classifies molecules: give SMILES"),
+    ("fifo.csv", "fifo", True, "fifo.csv: a FIFO \\(named pipe\\), not a file"),
+    ("fifo.txt", "fifo", False, "fifo.txt: a FIFO \\(named pipe\\), not a file"),
 ])
 def test_bad_input_lists(tmp_path, name, content, molecular, message):
+    import os
     path = tmp_path / name
     if content == "dir":
         path.mkdir()
+    elif content == "fifo":
+        os.mkfifo(path)
     elif content is not None:
         _write(path, content)
     with pytest.raises(DEQInputError, match=message):
-        read_inputs(path, molecular)
+        _never_blocks(lambda: read_inputs(path, molecular))
+
+
+@pytest.mark.parametrize("name, content, molecular, items", [
+    # a byte-order mark, as Excel writes it, is not part of the first column's name
+    ("bom.csv", "\ufeffsmiles,name\nCCO,ethanol\n".encode("utf-8"), True, [("ethanol", "CCO")]),
+    ("bom.smi", "\ufeffCCO ethanol\n".encode("utf-8"), True, [("ethanol", "CCO")]),
+    # a .smi name is everything after the first blank, tabs and spaces kept
+    ("names.smi", "CCO\tethanol with tab\nN#N  di nitrogen \nO\n", True,
+     [("ethanol with tab", "CCO"), ("di nitrogen", "N#N"), ("line 3", "O")]),
+    # a CIF list's line is one path, blanks and all, relative to the list's folder
+    ("list.txt", "with space.cif\n# a comment\n/abs/x.cif\n", False,
+     [("with space.cif", "{tmp}/with space.cif"), ("/abs/x.cif", "/abs/x.cif")]),
+])
+def test_input_lists_are_read_exactly(tmp_path, name, content, molecular, items):
+    path = _write(tmp_path / name, content)
+    got = [(item.name, item.payload) for item in read_inputs(path, molecular)]
+    assert got == [(n, p.format(tmp=tmp_path)) for n, p in items]
+
+
+def test_a_batch_whose_solve_fails_is_solved_one_input_at_a_time(monkeypatch):
+    """One input the model cannot solve (here: any entry above 1 'diverges') costs its row,
+    not the batch's answers."""
+    from types import SimpleNamespace
+
+    from deq_petsc.batch_predict import _solve
+    from deq_petsc.errors import DEQNonFiniteError
+
+    def predict(model, images, batch_size):
+        if (images.flatten(1).amax(1) > 1).any():
+            raise DEQNonFiniteError("the fixed-point solve produced NaN/Inf")
+        return torch.zeros(len(images), 2), (1.0, 1, 0.0, 0)
+    monkeypatch.setattr("deq_petsc.inference.predict", predict)
+    images = torch.zeros(4, 1, 2, 2)
+    images[2] += 5
+    rows = _solve(None, SimpleNamespace(name="classify", classes=("low", "high")), images, 256)
+    assert [row.get("error", "") for row in rows] == [
+        "", "", "the solve failed: the fixed-point solve produced NaN/Inf", ""]
+    assert [row.get("label") for row in rows] == ["low", "low", None, "low"]
+    assert rows[0]["inexact"] is False
+
+
+# -- outputs safe to open ----------------------------------------------------------------
+@pytest.mark.parametrize("value, written", [
+    ("=HYPERLINK(\"http://evil\")", "'=HYPERLINK(\"http://evil\")"),
+    ("=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0"),
+    ("+SUM(1+1)", "'+SUM(1+1)"),
+    ("-2+3+cmd|' /C calc'!A0", "'-2+3+cmd|' /C calc'!A0"),
+    ("@SUM(1)", "'@SUM(1)"),
+    ("\t=1", "'\t=1"),
+    ("\r=1", "'\r=1"),
+    ("-snes_type anderson", "'-snes_type anderson"),   # a spreadsheet reads it as a formula
+    ("-0.5", "-0.5"),                  # text that is a number stays a number
+    ("+1e-3", "+1e-3"),
+    (-0.5, "-0.5"),
+    (True, "True"),
+    ("CCO", "CCO"),
+    ("a=b", "a=b"),
+])
+def test_csv_cells_that_would_run_as_formulas_are_escaped(tmp_path, value, written):
+    import csv
+    from deq_petsc.atomic import write_csv
+    write_csv(tmp_path / "out.csv", [{"name": value, "=col": 1}])
+    with open(tmp_path / "out.csv", newline="") as fh:
+        header, row = list(csv.reader(fh))
+    assert header == ["name", "'=col"] and row == [written, "1"]
+
+
+@pytest.mark.parametrize("ids, names", [
+    (["mp-1", "ok_2.x"], ["polarity-mp-1.png", "polarity-ok_2.x.png"]),
+    (["/../../../../../..W/ESCAPED0"], ["polarity-_.._.._.._.._.._..W_ESCAPED0.png"]),
+    (["a/b", "a b", "a\nb"], ["polarity-a_b.png", "polarity-a_b-2.png", "polarity-a_b-3.png"]),
+    (["..", "é"], ["polarity-...png", "polarity-_.png"]),
+])
+def test_png_names_from_record_ids_stay_inside_their_folder(tmp_path, ids, names):
+    from deq_petsc.app import _png_path
+    taken: set = set()
+    paths = [_png_path(tmp_path, "polarity", i, taken) for i in ids]
+    assert [p.name for p in paths] == names
+    assert all(p.parent == tmp_path for p in paths)
+
+
+def test_a_png_name_that_leads_out_through_a_link_is_refused(tmp_path):
+    import os
+    from deq_petsc.app import _png_path
+    (tmp_path / "png").mkdir()
+    os.symlink(tmp_path / "victim.png", tmp_path / "png" / "polarity-x.png")
+    with pytest.raises(DEQInputError, match="polarity-x.png there leads outside the folder"):
+        _png_path(tmp_path / "png", "polarity", "x", set())
+
+
+def test_png_onto_a_file_is_refused_before_the_build(tmp_path):
+    file = _write(tmp_path / "nacl.cif", NACL)
+    args, _ = split_petsc_args(build_parser(), ["data", "--task", "polarity", "--png",
+                                                str(file)])
+    assert invalid_argument(args) == f"--png {file}: is a file, not a folder"
+    args, _ = split_petsc_args(build_parser(), ["data", "--task", "polarity", "--png",
+                                                f"{file}/png"])
+    assert invalid_argument(args) == f"--png {file}/png: {file} is a file, not a folder"
 
 
 # -- checkpoints -------------------------------------------------------------------------
@@ -380,15 +559,33 @@ def test_any_smiles_gives_an_image_or_a_named_error(text):
     _image_or_named_error(smiles_image, text, (7, 32, 32))
 
 
+#: characters RDKit stops at (then answers for the prefix): blanks, non-ASCII, controls
+FOREIGN = st.characters(whitelist_categories=("Zs", "Cc", "Zl", "Zp")) | \
+    st.characters(min_codepoint=128)
+
+
+@FUZZ
+@given(st.sampled_from(["CCO", "c1ccccc1O", "CC(=O)O", "N#CC[NH3+]", "OCC(O)CO"]),
+       st.integers(min_value=1), FOREIGN)
+def test_a_smiles_with_a_foreign_character_inside_is_never_read_as_its_prefix(smiles, at,
+                                                                              char):
+    at = 1 + at % (len(smiles) - 1)          # strictly inside: blanks around are trimmed
+    text = smiles[:at] + char + smiles[at:]
+    with pytest.raises(DEQInputError, match=f"{re.escape(repr(char))} at position {at + 1};"):
+        smiles_image(text)
+
+
 @FUZZ
 @given(st.lists(st.sampled_from(NACL.splitlines()), max_size=20).map("\n".join)
-       | st.text(max_size=200))
+       | st.text(max_size=200)
+       | st.tuples(st.integers(0, len(NACL)), st.text(FOREIGN, min_size=1, max_size=3)).map(
+           lambda cut: NACL[:cut[0]] + cut[1] + NACL[cut[0]:]))
 def test_any_cif_text_gives_an_image_or_a_named_error(text):
     _image_or_named_error(cif_image, text, (len(PERIODIC_CHANNELS), 16, 16))
 
 
 @FUZZ
-@given(st.binary(max_size=300) | st.text(alphabet="smile,name\n\"'C1O=# ", max_size=120))
+@given(st.binary(max_size=300) | st.text(alphabet="smile,name\n\"'C1O=# \t\ufeffÖ", max_size=120))
 def test_any_input_list_reads_or_is_a_named_error(tmp_path_factory, content):
     path = tmp_path_factory.mktemp("fuzz") / "inputs.csv"
     _write(path, content)

@@ -57,7 +57,7 @@ def test_bad_inputs_give_a_reason_not_an_exception():
     vector, reason = describe("cif", "data_x\n_cell_length_a 3\n")
     assert vector is None and "CIF" in reason
     vector, reason = describe("cif_file", "/nonexistent/x.cif")
-    assert vector is None and "not found" in reason
+    assert vector is None and "no such CIF file" in reason
 
 
 def test_baseline_command_on_the_same_split_as_the_deq(cache_dir, tmp_path):

@@ -146,23 +146,92 @@ def test_out_naming_a_file_is_refused(tmp_path):
     assert target.read_text() == "not a folder"
 
 
-def test_ctrl_c_is_one_line(tmp_path):
+def test_ctrl_c_and_kill_are_one_line(tmp_path):
+    """SIGINT and SIGTERM (kill, timeout, a batch scheduler) end a run alike: one line and
+    the shell's status for the signal, not PETSc's "Caught signal ... crash" banner. The
+    two runs share the wait."""
     import signal
     import subprocess
     import time
 
     from helpers import cli_path
-    proc = subprocess.Popen([cli_path(), "solve", "--batch", "64", "--channels", "16", "--size",
-                             "32", "--contraction", "0.999", "-snes_type", "nrichardson",
-                             "-snes_linesearch_type", "basic", "-snes_max_it", "100000",
-                             "-snes_rtol", "1e-300", "-snes_atol", "0", "-snes_monitor_cancel"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    endless = [cli_path(), "solve", "--batch", "64", "--channels", "16", "--size", "32",
+               "--contraction", "0.999", "-snes_type", "nrichardson", "-snes_linesearch_type",
+               "basic", "-snes_max_it", "100000", "-snes_rtol", "1e-300", "-snes_atol", "0",
+               "-snes_monitor_cancel"]
+    procs = {sig: subprocess.Popen(endless, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True) for sig in (signal.SIGINT, signal.SIGTERM)}
     time.sleep(6)                            # inside the solve by now
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out + err
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "deq-petsc solve: interrupted"
+    for sig, proc in procs.items():
+        proc.send_signal(sig)
+    for sig, (status, last) in {signal.SIGINT: (130, "deq-petsc solve: interrupted"),
+                                signal.SIGTERM: (143, "deq-petsc solve: interrupted by "
+                                                      "SIGTERM")}.items():
+        out, err = procs[sig].communicate(timeout=60)
+        assert procs[sig].returncode == status, out + err
+        assert "Traceback" not in err and "Caught signal" not in out + err
+        assert err.strip().splitlines()[-1] == last
+
+
+def _children(pid: int) -> set[int]:
+    """The live (not zombie) processes whose parent is ``pid``, from /proc."""
+    from pathlib import Path
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines()
+                          if ":\t" in line)
+        except OSError:
+            continue                                      # gone meanwhile
+        if fields.get("PPid", "").strip() == str(pid) and not fields["State"].startswith("Z"):
+            found.add(int(status.parent.name))
+    return found
+
+
+def _alive(pids) -> set[int]:
+    from pathlib import Path
+    alive = set()
+    for pid in pids:
+        try:
+            state = (Path("/proc") / str(pid) / "status").read_text().split("State:\t")[1]
+        except (OSError, IndexError):
+            continue
+        if not state.startswith("Z"):
+            alive.add(pid)
+    return alive
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="Linux's prctl")
+def test_image_workers_die_with_their_parent():
+    """kill -9 of a data build tells its forked workers nothing: they must not wait on its
+    queue for ever (PR_SET_PDEATHSIG)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import time\nfrom deq_petsc.data.workers import map_in_workers\n"
+              "map_in_workers(time.sleep, [(60,)] * 64, desc='x', n_jobs=2, progress=False)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline, workers = time.time() + 30, set()
+        while len(workers) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+            workers = _children(parent.pid)
+        assert len(workers) == 2, "the pool did not start"
+        time.sleep(0.5)                           # past the workers' initializer
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.time() + 5
+        while _alive(workers) and time.time() < deadline:
+            time.sleep(0.1)
+        left = _alive(workers)
+        for pid in left:                          # do not leave them behind either way
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"workers {sorted(left)} outlived their parent"
+    finally:
+        parent.kill()
 
 
 @double_scalars

@@ -84,3 +84,35 @@ def test_compare_training_runs_each_set_and_plots_against_time(tmp_path):
     assert 0 <= float(rows[0]["test accuracy"]) <= 1 and float(rows[1]["train s"]) > 0
     assert (out / "training.png").stat().st_size > 0
     assert (out / "picard" / "checkpoint.pt").exists()
+
+
+def test_demo_seeds_aggregates_every_number_with_its_spread():
+    """Two seeds' summaries -> mean, sample sd, range per set and metric; one-model ratios
+    only where both solves converged; the table shows mean ± sd."""
+    from deq_petsc.demo_seeds import METRICS, aggregate, format_seeds, parse_seeds
+
+    def summary(acc, secs, picard_evals, anderson_converged=True):
+        row = {m: 0.5 for m in METRICS}
+        rows = {"picard": {**row, "test_accuracy": acc}, "anderson": {**row, "test_accuracy":
+                                                                      acc + 0.02}}
+        return {"task": "polarity", "solvers": rows, "baseline": {"test_accuracy": 0.79},
+                "inference_on_one_model": {"solves": {
+                    "picard": {"converged": True, "function_evals": picard_evals,
+                               "seconds": secs},
+                    "anderson": {"converged": anderson_converged, "function_evals": 40,
+                                 "seconds": 1.0}}}}
+
+    agg = aggregate({0: summary(0.88, 0.8, 80), 1: summary(0.90, 1.2, 120, False)})
+    acc = agg["sets"]["picard"]["test_accuracy"]
+    assert acc["mean"] == pytest.approx(0.89) and acc["sd"] == pytest.approx(0.02 ** 0.5 / 10 * 1)
+    assert (acc["min"], acc["max"], acc["values"]) == (0.88, 0.90, [0.88, 0.90])
+    ratio = agg["sets"]["anderson"]["one_model_f_evals_ratio"]
+    assert ratio["values"] == [2.0, None] and ratio["missing"] == 1 and ratio["mean"] == 2.0
+    assert agg["sets"]["anderson"]["one_model_time_ratio"]["values"] == [0.8, None]
+    assert agg["baseline_test_accuracy"]["mean"] == pytest.approx(0.79)
+    table = format_seeds(agg)
+    assert "| picard | 0.890 ± 0.014 |" in table and "2.00 (1 n/a)" in table
+    assert parse_seeds("0, 1,2") == [0, 1, 2]
+    for bad in ("0", "0,0", "a,b", "-1,2"):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)

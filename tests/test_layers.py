@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deq_petsc"
 #: layer -> modules (relative to deq_petsc; a package name covers its submodules)
 LAYERS = {
     1: ["allocator", "atomic", "blas_threads", "c_output", "callbacks", "convergence", "devices",
-        "diagnostics", "errors", "interop", "operators", "options_spec", "outcome",
+        "kernels", "diagnostics", "errors", "interop", "operators", "options_spec", "outcome",
         "petsc_options", "problem", "progress", "reference", "solver", "adjoint",
         "solver_sets"],
     2: ["layer", "integrations"],
@@ -20,7 +20,7 @@ LAYERS = {
     4: ["data"],
     5: ["config", "objectives", "metrics", "checkpoint", "parallel", "plots", "run_record"],
     6: ["inference", "batch_predict", "baseline"],
-    7: ["train", "compare", "demo"],
+    7: ["train", "compare", "demo", "demo_seeds"],
     8: ["cli", "app"],
 }
 LAYER_NAMES = {1: "PETSc core", 2: "the layer", 3: "models", 4: "data",

@@ -147,8 +147,6 @@ def test_a_solve_stopped_at_its_cap_is_said_on_every_path(trained, tmp_path):
     assert [row["inexact"] for row in rows_of(out)] == ["True", "True"]
     # the library says it too, as a warning a caller can catch or silence
     import torch
-    from deq_petsc import init
-    init()
     from deq_petsc.errors import DEQCappedSolveWarning
     from deq_petsc.inference import load_model, predict
     model, _ = load_model(trained["polarity"], solver_options={"snes_max_it": 1,
@@ -205,3 +203,104 @@ def test_output_without_input_is_refused_not_ignored(tmp_path, capfd, what):
     assert code == 2 and final_line(text).startswith(
         f"deq-petsc predict: error: --output {tmp_path / 'p.csv'}: only --input writes a CSV")
     assert not (tmp_path / "p.csv").exists()
+
+
+# -- inputs parsed exactly or refused, each bad input one row -------------------------------
+def _crystal_files(tmp_path):
+    """CIFs a crystals model must answer or name: a good one (under a name a spreadsheet
+    would run), a 1000 A cell, an unknown species, two structures, a FIFO, a folder."""
+    import os
+    from helpers import NACL_CIF
+    files = {"=1+2 with space.cif": NACL_CIF,
+             "huge_cell.cif": NACL_CIF.replace("5.64", "1000").replace(
+                 "Cl1 Cl 0.5 0.5 0.5", "Cl1 Cl 0.0028 0 0"),
+             "unknown.cif": NACL_CIF.replace("Cl1 Cl", "Xx1 Xx"),
+             "two_blocks.cif": NACL_CIF + NACL_CIF.replace("data_NaCl", "data_Fe")}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    os.mkfifo(tmp_path / "fifo.cif")
+    (tmp_path / "folder.cif").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("what, code, line", [
+    (("--smiles", "CC(=O)[O-]"), 0, "WARNING: net charge -1: QM9, which polarity models "
+     "learn from, holds neutral closed-shell single molecules; the answer is outside the "
+     "model's domain"),
+    (("--smiles", "[CH3]"), 0, "WARNING: a radical (1 unpaired electron): QM9, which"),
+    (("--smiles", "CCO.O"), 0, "WARNING: 2 separate molecules: QM9, which"),
+    (("--smiles", "C C(=O)O"), 1, "deq-petsc predict: error: SMILES 'C C(=O)O': whitespace ' ' "
+     "at position 2; a SMILES is one word of printable ASCII (RDKit would read only 'C')"),
+    (("--smiles", "CCÖ☃"), 1, "deq-petsc predict: error: SMILES 'CCÖ☃': a non-ASCII "
+     "character 'Ö' at position 3"),
+    (("--smiles", "C*C"), 1, "deq-petsc predict: error: SMILES 'C*C': atom 2 is a dummy atom"),
+    (("--cif", "{tmp}/folder.cif"), 1, "deq-petsc predict: error: {tmp}/folder.cif: a folder, "
+     "not a file"),
+    (("--cif", "{tmp}/fifo.cif"), 1, "deq-petsc predict: error: {tmp}/fifo.cif: a FIFO (named "
+     "pipe), not a file"),
+    (("--cif", "{tmp}/huge_cell.cif"), 1, "deq-petsc predict: error: cell too large: 2 atoms "
+     "in 1e+09 A^3"),
+    (("--cif", "{tmp}/unknown.cif"), 1, "deq-petsc predict: error: unknown species Xx: not an "
+     "element"),
+    (("--cif", "{tmp}/two_blocks.cif"), 1, "deq-petsc predict: error: 2 structures in one CIF "
+     "(data_NaCl, data_Fe): give each its own file"),
+    (("--input", "{tmp}/screen.csv"), 1, "deq-petsc predict: error: --input {tmp}/screen.csv: "
+     "a CSV file, but this model reads structures from CIFs"),
+])
+def test_one_input_is_read_exactly_refused_or_flagged(trained, tmp_path, capfd, what, code,
+                                                      line):
+    model = "polarity" if what[0] == "--smiles" else "crystals"
+    if model not in trained:
+        pytest.skip("no crystal data set beside the project")
+    _crystal_files(tmp_path)
+    (tmp_path / "screen.csv").write_text("smiles,name\nCCO,ethanol\n")
+    what = [w.format(tmp=tmp_path) for w in what]
+    got, text = cli_in_process(capfd, "predict", "--checkpoint", trained[model], *what,
+                               "--no-progress")
+    assert got == code and "Traceback" not in text, text
+    assert final_line(text).startswith(line.format(tmp=tmp_path)), text
+
+
+def test_a_batch_answers_every_input_it_can_and_names_the_others(trained, tmp_path, capfd):
+    """A 1000 A cell, an unknown species, two structures, a FIFO: one row each, the good
+    CIF (named by a list line with blanks) answered; no cell a spreadsheet would run."""
+    if "crystals" not in trained:
+        pytest.skip("no crystal data set beside the project")
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    _crystal_files(folder)
+    listing = folder / "list.txt"
+    listing.write_text("".join(f"{name}\n" for name in (
+        "=1+2 with space.cif", "huge_cell.cif", "unknown.cif", "two_blocks.cif", "fifo.cif")))
+    out = tmp_path / "p.csv"
+    code, text = cli_in_process(capfd, "predict", "--checkpoint", trained["crystals"], "--input",
+                                listing, "--output", out, "--no-progress")
+    assert code == 0 and "5 inputs: 1 predicted, 4 could not be read" in text, text
+    rows = rows_of(out)
+    assert rows[0]["name"] == "'=1+2 with space.cif" and rows[0]["error"] == ""
+    assert rows[0]["label"] in ("metal", "semiconductor", "insulator")
+    assert [row["error"].split(":")[0] for row in rows[1:]] == [
+        "cell too large", "unknown species Xx", "2 structures in one CIF (data_NaCl, data_Fe)",
+        f"{folder}/fifo.cif"]
+
+
+def test_a_smiles_batch_flags_molecules_unlike_qm9_and_escapes_formulas(trained, tmp_path,
+                                                                        capfd):
+    inputs = tmp_path / "screen.csv"                   # as Excel saves it: a byte-order mark
+    inputs.write_text('\ufeffsmiles,name\nCCO,"=HYPERLINK(""http://evil"")"\nCC(=O)[O-],'
+                      'acetate\n[CH3],methyl\nC C(=O)O,stray space\n+SUM(1+1),@SUM(1)\n',
+                      encoding="utf-8")
+    out = tmp_path / "p.csv"
+    code, text = cli_in_process(capfd, "predict", "--checkpoint", trained["polarity"],
+                                "--input", inputs, "--output", out, "--no-progress")
+    assert code == 0 and "5 inputs: 3 predicted, 2 could not be read" in text, text
+    assert ("WARNING: 2 inputs are unlike the training molecules (first: acetate: net charge "
+            "-1; column 'outside_domain')") in text
+    rows = rows_of(out)
+    assert [row["name"] for row in rows] == ["'=HYPERLINK(\"http://evil\")", "acetate",
+                                             "methyl", "stray space", "'@SUM(1)"]
+    assert [row["outside_domain"] for row in rows] == [
+        "", "net charge -1", "a radical (1 unpaired electron)", "", ""]
+    assert rows[3]["error"].startswith("SMILES 'C C(=O)O': whitespace ' ' at position 2")
+    assert rows[4]["input"] == "'+SUM(1+1)" and rows[4]["label"] == ""
+    assert float(rows[0]["p(weakly polar)"]) >= 0             # numbers stay numbers

@@ -1,6 +1,7 @@
 """Training, resuming, checkpoints and the train/evaluate/predict commands on tiny subsets."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -144,6 +145,14 @@ def test_train_cli_passes_petsc_options_and_predicts(cache_dir, tmp_path):
     # the run folder records the options the run trained with
     record = json.loads((out / "run.json").read_text())
     assert record["petsc_options"]["snes_type"] == "ngmres" and record["settings"]["limit"] == 120
+    # and the kernels it computed with: the portable ones unless the test's caller chose
+    from deq_petsc.kernels import PORTABLE, cpu_flags
+    if "DEQ_PETSC_KERNELS" not in os.environ and {"avx2", "fma"} <= (cpu_flags() or set()):
+        environment = record["machine"]["environment"]
+        assert {k: environment[k] for k in PORTABLE} == \
+            {k: os.environ.get(k, v) for k, v in PORTABLE.items()}
+        assert record["software"]["torch_cpu_capability"] in ("AVX2", "DEFAULT") or \
+            "ATEN_CPU_CAPABILITY" in os.environ
 
     ok = run_cli("predict", "--checkpoint", ckpt, "--smiles", "CC(=O)O")
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -68,9 +68,10 @@ def _digest(path: Path) -> str:
 class DatasetCache:
     """Arrays plus JSON metadata under ``root/<name>/<key>/``."""
 
-    def __init__(self, root=None, required=()):
+    def __init__(self, root=None, required=(), arrays=()):
         self.root = Path(root) if root is not None else default_cache_dir()
         self.required = tuple(required)        # metadata keys an entry must have
+        self.arrays = tuple(arrays)            # and the arrays it must hold
 
     def path(self, name: str, key: str) -> Path:
         return self.root / name / key
@@ -90,6 +91,10 @@ class DatasetCache:
                     any(k not in meta for k in self.required):
                 raise DEQCacheError(f"{meta_file} is not a cache record (a "
                                     f"{type(meta).__name__} without the expected fields)")
+            # an entry without one of its arrays is as stale as one with a damaged array
+            missing = [a for a in self.arrays if a not in meta["digests"]]
+            if missing:
+                raise DEQCacheError(f"{meta_file} records no {missing[0]!r} array")
             arrays = {}
             for array_name, digest in meta["digests"].items():
                 file = entry / f"{array_name}.npy"

@@ -26,7 +26,8 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import DEQInputError
-from .graph_image import covalent_radius, electronegativity, mol_from_smiles, structure_from_cif
+from .graph_image import (covalent_radius, electronegativity, mol_from_smiles, read_cif,
+                          structure_from_cif)
 
 DESCRIPTOR_VERSION = 1
 MORGAN_BINS = 1024
@@ -128,16 +129,10 @@ def structure_descriptors(structure) -> np.ndarray:
 # -- one input, in a worker --------------------------------------------------------------
 def describe(payload_kind: str, payload: str):
     """``(descriptor vector float64, None)`` or ``(None, reason)``; never raises."""
-    from pathlib import Path
     try:
         if payload_kind == "smiles":
             return molecule_descriptors(payload), None
-        text = payload
-        if payload_kind == "cif_file":
-            path = Path(payload)
-            if not path.is_file():
-                raise DEQInputError(f"CIF file not found: {payload}")
-            text = path.read_text(errors="replace")
+        text = read_cif(payload) if payload_kind == "cif_file" else payload
         return structure_descriptors(structure_from_cif(text)), None
     except DEQInputError as err:
         return None, str(err)

@@ -107,6 +107,36 @@ DEBYE_PER_E_A = 4.80320           # 1 e * Angstrom in debye
 SHELLS = ((0.0, 2.0), *((float(r), float(r + 1)) for r in range(2, 12)), (12.0, 14.0))
 PERIODIC_CHANNELS = ("bonds", "bond length", "polarity", "element", "density",
                      *(f"shell {lo:g}-{hi:g} A" for lo, hi in SHELLS))
+#: a CIF's size bound: 25 times the largest CIF of the CoRE MOF set (0.6 MB); pymatgen
+#: reads a CIF whole, in memory, and slowly
+MAX_CIF_BYTES = 16 << 20
+#: an atom-count bound of periodic structures: twice the largest CoRE MOF (10,560 atoms);
+#: the 14 A neighbour list behind the radial channels grows with it
+MAX_ATOMS = 20_000
+CELL_TAGS = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha",
+             "_cell_angle_beta", "_cell_angle_gamma")
+#: what each channel holds and in what unit, for a person reading a drawn image: the
+#: tables above, one (meaning, unit) per channel, keyed by the channel names of each kind
+CHANNEL_MEANINGS = {
+    MOLECULE_CHANNELS: (
+        ("bond order (aromatic 1.5)", "bond order"),
+        ("1 / shortest-path length, all pairs", "1/bonds"),
+        ("diagonal: electronegativity; bonded: difference", "Pauling units"),
+        ("diagonal: atomic number / 10", "Z/10"),
+        ("diagonal: MMFF94 partial charge", "e"),
+        ("1 / interatomic distance, all pairs", "1/Å"),
+        ("diagonal: atom's share of the charges' dipole", "e·Å"),
+    ),
+    PERIODIC_CHANNELS: (
+        ("bonds per atom of the cell", "bonds/atom"),
+        ("1 / mean bond length", "1/Å"),
+        ("diagonal: electronegativity; bonded: difference", "Pauling units"),
+        ("diagonal: atomic number / 10", "Z/10"),
+        ("diagonal: atoms of the species per 10 Å³", "atoms/10 Å³"),
+        *((f"pairs {lo:g}-{hi:g} Å apart per atom, over a gas's", "g (uniform gas = 1)")
+          for lo, hi in SHELLS),
+    ),
+}
 
 
 @dataclass
@@ -164,15 +194,61 @@ def mol_from_smiles(smiles: str):
 
     if not isinstance(smiles, str) or not smiles.strip():
         raise DEQInputError(f"empty SMILES {smiles!r}")
+    _check_smiles_characters(smiles)
     with _rdkit_quiet():
-        mol = Chem.MolFromSmiles(smiles, sanitize=False)
+        mol = Chem.MolFromSmiles(smiles.strip(), sanitize=False)
         if mol is None:
             raise DEQInputError(f"unparsable SMILES {smiles!r}")
         problems = Chem.DetectChemistryProblems(mol)
         if problems:
             raise DEQInputError(f"invalid SMILES {smiles!r}: {problems[0].Message()}")
         Chem.SanitizeMol(mol)
+    dummies = [a.GetIdx() + 1 for a in mol.GetAtoms() if a.GetAtomicNum() == 0]
+    if dummies:                  # '*' and R-groups: placeholders, not atoms of a molecule
+        raise DEQInputError(f"SMILES {smiles!r}: atom {dummies[0]} is a dummy atom ('*'), "
+                            f"not an element")
     return Chem.AddHs(mol)
+
+
+def _check_smiles_characters(smiles: str) -> None:
+    """RDKit stops reading at the first whitespace (what follows is a name to it) and at
+    characters it does not know, and answers for the prefix: ``"C C(=O)O"`` is methane,
+    ``"CCÖ"`` ethane. A SMILES is printable ASCII without blanks, so anything else inside
+    it (surrounding blanks aside) is refused, naming the character and its position."""
+    text = smiles.strip()
+    start = smiles.index(text[0])
+    for k, char in enumerate(text):
+        if char.isspace():
+            what = "whitespace"
+        elif not char.isascii():
+            what = "a non-ASCII character"
+        elif not char.isprintable():
+            what = "a control character"
+        else:
+            continue
+        raise DEQInputError(f"SMILES {smiles!r}: {what} {char!r} at position {start + k + 1}; "
+                            f"a SMILES is one word of printable ASCII (RDKit would read only "
+                            f"{text[:k]!r})")
+
+
+def outside_qm9(mol) -> str:
+    """What puts a molecule outside QM9's chemistry, which polarity models learn from:
+    QM9 holds neutral, closed-shell molecules, one per record. A model still answers for a
+    salt, an ion or a radical, but from images unlike any it was trained on, so predict
+    says so ('' when the molecule is like QM9's)."""
+    from rdkit import Chem
+
+    notes = []
+    charge = Chem.GetFormalCharge(mol)
+    if charge:
+        notes.append(f"net charge {charge:+d}")
+    radicals = sum(atom.GetNumRadicalElectrons() for atom in mol.GetAtoms())
+    if radicals:
+        notes.append(f"a radical ({radicals} unpaired electron{'s' * (radicals > 1)})")
+    fragments = len(Chem.GetMolFrags(mol))
+    if fragments > 1:
+        notes.append(f"{fragments} separate molecules")
+    return "; ".join(notes)
 
 
 def mol_from_xyz(elements, coordinates):
@@ -330,7 +406,8 @@ def molecule_image(mol, size: int = MOLECULE_SIZE) -> GraphImage:
     return GraphImage(img, nodes, MOLECULE_CHANNELS,
                       info={"smiles": Chem.MolToSmiles(Chem.RemoveHs(mol)), "atoms": n,
                             "geometry": geometry, "charges": charges,
-                            "charge_dipole_debye": norm * DEBYE_PER_E_A})
+                            "charge_dipole_debye": norm * DEBYE_PER_E_A,
+                            "outside_domain": outside_qm9(mol)})
 
 
 def smiles_image(smiles: str, size: int = MOLECULE_SIZE) -> GraphImage:
@@ -346,13 +423,18 @@ def xyz_image(elements, coordinates, size: int = MOLECULE_SIZE) -> GraphImage:
 
 # -- periodic structures -------------------------------------------------------------
 def structure_from_cif(text: str):
-    """pymatgen ``Structure`` from CIF text; :class:`DEQInputError` if it cannot be read."""
+    """pymatgen ``Structure`` from CIF text; :class:`DEQInputError` if it cannot be read, or
+    holds more than one structure, or a species that is not an element."""
     _require("pymatgen")
     import warnings
 
     from pymatgen.core import Structure
     if not isinstance(text, str) or "_cell_length_a" not in text:
         raise DEQInputError("not a CIF (no _cell_length_a)")
+    if len(text) > MAX_CIF_BYTES:
+        raise DEQInputError(f"CIF of {len(text):,} characters: over the {MAX_CIF_BYTES:,} "
+                            f"this reads (the largest CoRE MOF's CIF has 0.6 MB)")
+    _check_one_block(text)
     for tag, value in re.findall(r"^\s*(_cell_length_[abc]|_cell_angle_\w+)\s+(\S+)", text, re.M):
         number = re.match(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", value)   # "5.64(2)": 5.64
         low, high = (0, math.inf) if "length" in tag else (0, 180)
@@ -360,14 +442,88 @@ def structure_from_cif(text: str):
             raise DEQInputError(f"invalid cell: {tag} {value} (a length must be positive, an "
                                 f"angle in (0, 180) degrees)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             structure = Structure.from_str(text, fmt="cif")
     except Exception as err:  # pymatgen raises ValueError, KeyError, IndexError, ...
-        raise DEQInputError(f"unreadable CIF: {type(err).__name__}: {err}") from None
+        raise DEQInputError("unreadable CIF: " + (_why_unreadable(text, caught) or
+                                                  f"{type(err).__name__}: {err}")) from None
     if len(structure) == 0:
         raise DEQInputError("CIF without atoms")
+    _check_elements(structure)
     return structure
+
+
+def _check_one_block(text: str) -> None:
+    """pymatgen reads the first data block of a CIF and drops the others without a word:
+    a CIF of several structures is refused, naming them, rather than half-read."""
+    blocks = re.findall(r"^[ \t]*data_(\S*)", text, re.M)
+    if len(blocks) > 1:
+        names = ", ".join(f"data_{b}" for b in blocks[:3]) + (", ..." if len(blocks) > 3 else "")
+        raise DEQInputError(f"{len(blocks)} structures in one CIF ({names}): give each its "
+                            f"own file")
+
+
+def _why_unreadable(text: str, caught) -> str:
+    """What pymatgen's 'Invalid CIF file with no structures!' hides, from the cell's tags
+    and the warnings it gave while it failed ('' when neither says)."""
+    missing = [tag for tag in CELL_TAGS if not re.search(rf"^\s*{tag}(\s|$)", text, re.M)]
+    if missing:
+        return (f"no {', '.join(missing)} (a cell needs all of a, b, c, alpha, beta and "
+                f"gamma)")
+    for warning in caught:
+        over = re.search(r"occupancies \(\[(.*?)\]\) sum to > 1", str(warning.message))
+        if over:
+            return (f"the occupancies of one site sum to {over.group(1)}, above 1 (two atoms "
+                    f"on the same site?)")
+    return ""
+
+
+def _check_elements(structure) -> None:
+    """A species pymatgen does not know becomes a placeholder without an atomic number
+    (its ``Z`` is garbage, and RDKit's radius of it overflows): refused by name."""
+    from pymatgen.core.periodic_table import DummySpecies
+
+    unknown = sorted({sp.symbol for sp in structure.composition.elements
+                      if isinstance(sp, DummySpecies)})
+    if unknown:
+        raise DEQInputError(f"unknown species {', '.join(unknown)}: not an element")
+
+
+def read_cif(path) -> str:
+    """The text of a CIF file, read only when it is a regular file within
+    :data:`MAX_CIF_BYTES`: a folder or a FIFO is called what it is (opening a FIFO with no
+    writer blocks for ever) and a 3 GB file is refused before it fills the memory."""
+    from pathlib import Path
+
+    path = Path(path)
+    if problem := not_a_regular_file(path):
+        raise DEQInputError(f"{path}: {problem}" if path.exists() else
+                            f"no such CIF file: {path}")
+    size = path.stat().st_size
+    if size > MAX_CIF_BYTES:
+        raise DEQInputError(f"{path}: a CIF of {size:,} bytes, over the {MAX_CIF_BYTES:,} "
+                            f"this reads")
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def not_a_regular_file(path) -> str | None:
+    """Why ``path`` is not a file to read (None when it is): what it is instead, found by
+    ``stat`` alone, which never blocks as opening a FIFO does."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        return f"cannot read it ({err.strerror or err})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO (named pipe)",
+             stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
+             stat.S_ISBLK: "a block device"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+    return f"{kind}, not a file"
 
 
 def structure_image(structure, size: int = PERIODIC_SIZE,
@@ -375,6 +531,9 @@ def structure_image(structure, size: int = PERIODIC_SIZE,
     """The species graph image of a periodic structure (see the module docstring)."""
     if not structure.is_ordered:
         raise DEQInputError("disordered structure (partial occupancies): order it first")
+    if len(structure) > MAX_ATOMS:
+        raise DEQInputError(f"structure with {len(structure):,} atoms: over the "
+                            f"{MAX_ATOMS:,} a periodic image is drawn for")
     z_site = np.array([site.specie.Z for site in structure])
     species, counts = np.unique(z_site, return_counts=True)
     truncated = 0
@@ -422,6 +581,7 @@ def structure_image(structure, size: int = PERIODIC_SIZE,
     for c, (lo, hi) in enumerate(SHELLS):
         uniform = n_atoms / volume * 4.0 / 3.0 * math.pi * (hi ** 3 - lo ** 3)
         img[first + c, :k, :k] = in_shell[c] / (n_atoms * uniform)
+    _check_storable(img, n_atoms, volume)
     from pymatgen.core import Element
     nodes = [Element.from_Z(int(z)).symbol for z in species]
     coordination = np.bincount(centers[bonded], minlength=n_atoms)
@@ -429,6 +589,19 @@ def structure_image(structure, size: int = PERIODIC_SIZE,
                       info={"formula": structure.composition.reduced_formula,
                             "atoms": n_atoms, "volume": volume,
                             "mean_coordination": float(coordination.mean())})
+
+
+def _check_storable(img: np.ndarray, n_atoms: int, volume: float) -> None:
+    """Images are stored and solved in float16 (at most 65504): the radial channels, pair
+    counts over a uniform gas's, grow with the volume per atom, and two atoms in a cell of
+    1000 A overflow them to Inf, which the solve would report as its own NaN. Such a cell
+    is named as the cause here, one input's error."""
+    largest = float(np.abs(img).max())
+    if not largest <= float(np.finfo(np.float16).max):
+        raise DEQInputError(f"cell too large: {n_atoms} atoms in {volume:.4g} A^3 "
+                            f"({volume / n_atoms:.4g} A^3 per atom): an "
+                            f"entry of its image ({largest:.3g}) overflows the float16 "
+                            f"images are stored in")
 
 
 def cif_image(text: str, size: int = PERIODIC_SIZE) -> GraphImage:
@@ -463,26 +636,64 @@ def element_symbols(numbers) -> str:
 
 
 # -- looking at one ------------------------------------------------------------------
+def graph_from_image(image, channels) -> GraphImage:
+    """A stored image ``[C, N, N]`` as a :class:`GraphImage` whose nodes are named by
+    element (decoded from the element channel), so a drawing of a cached image reads
+    like one of a freshly built molecule or crystal; padding nodes are left out."""
+    image = np.asarray(image)
+    z = node_atomic_numbers(image, list(channels).index("element"))[0]
+    used = int(np.count_nonzero(z))
+    return GraphImage(image, [_symbol(int(v)) for v in z[:used]], tuple(channels))
+
+
+def _symbol(z: int) -> str:
+    from rdkit import Chem
+    return Chem.GetPeriodicTable().GetElementSymbol(z)
+
+
+#: panels per row of :func:`render_png`: 17 channels in one row were 6,000 pixels wide
+PANELS_PER_ROW = 4
+
+
 def render_png(graph: GraphImage, path, title: str | None = None) -> str:
-    """Write the channels of a graph image side by side as a PNG; returns the path."""
+    """Write a graph image as one readable PNG: a grid of panels, :data:`PANELS_PER_ROW`
+    per row, one per channel, titled with what the channel holds and coloured on a bar
+    in its unit, both axes naming the nodes by element. Returns the path."""
     from matplotlib.figure import Figure      # drawn by Agg at savefig, without pyplot
 
-    img = graph.image
-    n_used = max(len(graph.nodes), 1)
-    fig = Figure(figsize=(3.2 * img.shape[0], 3.6), layout="constrained")
-    axes = fig.subplots(1, img.shape[0])
-    for c, ax in enumerate(np.atleast_1d(axes)):
-        data = img[c, :n_used, :n_used]
-        vmax = float(np.abs(data).max()) or 1.0
-        cmap = "RdBu_r" if data.min() < 0 else "viridis"
-        im = ax.imshow(data, cmap=cmap, vmin=-vmax if cmap == "RdBu_r" else 0, vmax=vmax)
-        ax.set_title(graph.channels[c])
-        ticks = range(n_used)
-        if n_used <= 32:
-            ax.set_xticks(ticks, graph.nodes, fontsize=6, rotation=90)
-            ax.set_yticks(ticks, graph.nodes, fontsize=6)
-        fig.colorbar(im, ax=ax, shrink=0.7)
+    n_channels = graph.image.shape[0]
+    cols = min(PANELS_PER_ROW, n_channels)
+    rows = -(-n_channels // cols)
+    fig = Figure(figsize=(4.0 * cols, 3.7 * rows + (0.4 if title else 0)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for c, ax in enumerate(axes):
+        if c < n_channels:
+            _draw_channel(fig, ax, graph, c)
+        else:
+            ax.set_axis_off()                 # the grid's empty corner
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     return str(path)
+
+
+def _draw_channel(fig, ax, graph: GraphImage, c: int) -> None:
+    """One channel: signed values on a diverging map centred on 0 (so a sign reads at a
+    glance), others from 0; the colour bar carries the unit."""
+    n_used = max(len(graph.nodes), 1)
+    data = graph.image[c, :n_used, :n_used]
+    vmax = float(np.abs(data).max()) or 1.0
+    signed = data.min() < 0
+    im = ax.imshow(data, cmap="RdBu_r" if signed else "viridis",
+                   vmin=-vmax if signed else 0, vmax=vmax)
+    name = graph.channels[c]
+    meanings = CHANNEL_MEANINGS.get(tuple(graph.channels))
+    meaning, unit = meanings[c] if meanings else ("", "")
+    ax.set_title(f"{c}: {name}" + (f"\n{meaning}" if meaning else ""), fontsize=9)
+    if n_used <= 32:
+        size = 7 if n_used <= 16 else 5.5
+        ax.set_xticks(range(n_used), graph.nodes, fontsize=size, rotation=90)
+        ax.set_yticks(range(n_used), graph.nodes, fontsize=size)
+    bar = fig.colorbar(im, ax=ax, shrink=0.8)
+    bar.set_label(unit, fontsize=8)
+    bar.ax.tick_params(labelsize=7)

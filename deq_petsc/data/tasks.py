@@ -42,7 +42,7 @@ import numpy as np
 from ..errors import DEQCacheError, DEQInputError
 from .cache import DatasetCache, cache_key, file_stamp, fingerprint
 from .graph_image import (MOLECULE_CHANNELS, MOLECULE_SIZE, PERIODIC_CHANNELS, PERIODIC_SIZE,
-                          cif_image, smiles_image, xyz_image)
+                          cif_image, read_cif, smiles_image, xyz_image)
 from .workers import map_in_workers
 
 # by kind of input; molecules 2: drawn in 3D (MMFF94 charges, distance and dipole channels);
@@ -51,6 +51,8 @@ REPRESENTATION_VERSION = {"molecule": 2, "periodic": 3}
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 SPLIT_KINDS = ("random", "scaffold")
+#: the arrays of a built data set (a cache entry without one of them is rebuilt)
+BUILD_ARRAYS = ("images", "labels", "targets", "ids", "split")
 
 
 # -- sources -----------------------------------------------------------------------------
@@ -259,11 +261,14 @@ def make_task(name: str, **options) -> Task:
 
 # -- building one image (runs in worker processes) ---------------------------------------
 def stored_image(graph) -> np.ndarray:
-    """A graph's image as data sets store it (float16), checked finite: what the model
-    sees in training, in a batch and for one input alone."""
-    if not np.all(np.isfinite(graph.image)):
-        raise DEQInputError("non-finite entries in the graph image")
-    return graph.image.astype(np.float16)
+    """A graph's image as data sets store it (float16), checked finite after the cast (an
+    entry beyond 65504 becomes Inf there): what the model sees in training, in a batch and
+    for one input alone."""
+    stored = graph.image.astype(np.float16)
+    if not np.all(np.isfinite(stored)):
+        raise DEQInputError("non-finite entries in the graph image (NaN, or beyond the "
+                            "range of the float16 images are stored in)")
+    return stored
 
 
 def qm9_geometry(text: str):
@@ -284,6 +289,13 @@ def render(payload_kind: str, payload: str, size: int, geometry: str = ""):
     """``(image float16, None)`` or ``(None, reason)``: bad inputs never raise out of here.
     A molecule with a ``geometry`` (QM9's DFT positions) is drawn at it; one without at an
     ETKDG + MMFF94 conformer of its SMILES."""
+    image, reason, _ = render_with_info(payload_kind, payload, size, geometry)
+    return image, reason
+
+
+def render_with_info(payload_kind: str, payload: str, size: int, geometry: str = ""):
+    """:func:`render`'s answer and the graph's ``info`` (``{}`` for a bad input): what
+    ``predict`` reports beside an image, such as a molecule outside QM9's chemistry."""
     try:
         if payload_kind == "smiles" and geometry:
             graph = xyz_image(*qm9_geometry(geometry), size)
@@ -292,15 +304,12 @@ def render(payload_kind: str, payload: str, size: int, geometry: str = ""):
         elif payload_kind == "cif":
             graph = cif_image(payload, size)
         else:
-            path = Path(payload)
-            if not path.is_file():
-                raise DEQInputError(f"CIF file not found: {payload}")
-            graph = cif_image(path.read_text(errors="replace"), size)
-        return stored_image(graph), None
+            graph = cif_image(read_cif(payload), size)
+        return stored_image(graph), None, graph.info
     except DEQInputError as err:
-        return None, str(err)
+        return None, str(err), {}
     except Exception as err:  # a library failing deep inside on odd input: report, go on
-        return None, f"{type(err).__name__}: {err}"
+        return None, f"{type(err).__name__}: {err}", {}
 
 
 # -- the data set ------------------------------------------------------------------------
@@ -368,7 +377,8 @@ def load_task(name: str, limit: int | None = None, seed: int = 0, cache_dir=None
     if split_by == "scaffold" and task.kind != "molecule":
         raise DEQInputError(f"a scaffold split needs molecules; {name} holds periodic "
                             f"structures (use the random split)")
-    cache = DatasetCache(cache_dir, required=("params", "attempted", "skipped"))
+    cache = DatasetCache(cache_dir, required=("params", "attempted", "skipped"),
+                         arrays=BUILD_ARRAYS)
     params = {"task": name, "representation": REPRESENTATION_VERSION[task.kind], "size": task.size,
               "limit": limit, "seed": seed, **task.params()}
     if split_by != "random":                 # the random split keeps its old cache keys

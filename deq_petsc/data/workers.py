@@ -12,12 +12,33 @@ import os
 import warnings
 
 
-def _worker_init():
+def _worker_init(parent: int):
     """Forked workers must not keep the parent's PETSc signal handlers (a SIGTERM would
-    be reported as a PETSc crash and answered with MPI_Abort)."""
+    be reported as a PETSc crash and answered with MPI_Abort; a SIGPIPE, once the parent
+    is gone, with PETSc's "Broken Pipe" banner), nor outlive the parent: killed with -9,
+    it never tells them to stop, and they would wait on its queue for ever."""
     import signal
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGSEGV, signal.SIGFPE, signal.SIGBUS):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGSEGV,
+                signal.SIGFPE, signal.SIGBUS):
         signal.signal(sig, signal.SIG_DFL)
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL to this process when ``parent`` dies (Linux's ``PR_SET_PDEATHSIG``); if it
+    died before this was set, leave now. Elsewhere nothing: no such call."""
+    import ctypes
+    import ctypes.util
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:                 # orphaned between fork and prctl
+        os._exit(1)
 
 
 def _call_quietly(job):
@@ -45,7 +66,8 @@ def map_in_workers(func, jobs: list[tuple], desc: str, n_jobs: int | None = None
         # fork, not spawn: spawn re-imports the caller's __main__, which breaks any
         # script without a main guard. The workers only run RDKit/pymatgen/numpy (no
         # torch, no MPI) and leave by os._exit, so no PETSc atexit handler runs there.
-        pool = multiprocessing.get_context("fork").Pool(n_jobs, initializer=_worker_init)
+        pool = multiprocessing.get_context("fork").Pool(n_jobs, initializer=_worker_init,
+                                                        initargs=(os.getpid(),))
         try:
             for res in pool.imap(_call_quietly, work, chunksize=16):
                 results.append(res)

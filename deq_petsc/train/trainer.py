@@ -25,7 +25,7 @@ from ..checkpoint import DEQCheckpointError, load_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..data.graph_image import elements_in
 from ..data.tasks import TaskData
-from ..errors import DEQOptionsError, DEQTrainingError
+from ..errors import DEQConvergenceError, DEQOptionsError, DEQTrainingError
 from ..inference import build_model, evaluate, model_device, model_dtype, solver_counts
 from ..objectives import make_objective, shard_loss
 from ..parallel import DataParallel
@@ -149,11 +149,16 @@ class Trainer:
             raise ValueError("no training samples")
         m = self.objective.metric
         elapsed = self.history[-1]["elapsed"] if self.history else 0.0
+        self._start_weight = self._largest_weight()
         for epoch in range(self.start_epoch, self.cfg.epochs):
             start = time.perf_counter()
             self.deadline = None if time_budget is None else start + time_budget - elapsed
             lr = self._set_epoch_lr(epoch)
-            sums = self._train_epoch(epoch, X, y)
+            try:
+                sums = self._train_epoch(epoch, X, y)
+            except DEQConvergenceError as err:
+                self._raise_if_blown_up(err, epoch)
+                raise
             train_time = time.perf_counter() - start
             elapsed += train_time
             val = evaluate(self.model, self.data, "val", self.cfg.eval_batch_size,
@@ -205,11 +210,37 @@ class Trainer:
         loss, chance = row["train_loss"], self.objective.chance_loss
         if math.isfinite(loss) and loss <= self.DIVERGED_FACTOR * chance:
             return
-        kept = (f"the checkpoint of epoch {self.history[-1]['epoch']} in {self.out} is kept"
-                if self.history else "no checkpoint was written")
         raise DEQTrainingError(
             f"training diverged: epoch {row['epoch']} ended with training loss {loss:.3g} "
-            f"(a constant guess scores {chance:.3g}); {kept}; lower --lr (now {self.cfg.lr:g})")
+            f"(a constant guess scores {chance:.3g}); {self._kept()}; lower --lr (now "
+            f"{self.cfg.lr:g})")
+
+    def _kept(self) -> str:
+        """What a diverged run leaves: its last good checkpoint, if any."""
+        return (f"the checkpoint of epoch {self.history[-1]['epoch']} in {self.out} is kept"
+                if self.history else "no checkpoint was written")
+
+    #: weights this many times their largest size at the start were blown up by the steps
+    BLOWN_UP_FACTOR = 1e3
+
+    def _largest_weight(self) -> float:
+        return max((float(p.detach().abs().max()) for p in self.model.parameters()
+                    if p.numel()), default=0.0)
+
+    def _raise_if_blown_up(self, err: DEQConvergenceError, epoch: int) -> None:
+        """A solve that fails after Adam's steps blew the weights up (``--lr 1e30``: the
+        cell is Inf at its first evaluation, or the adjoint NaN) fails because of the step
+        size, not the solver: say so, instead of the solver's hint."""
+        if self.opt is None:
+            return
+        now = self._largest_weight()
+        if math.isfinite(now) and now <= self.BLOWN_UP_FACTOR * max(self._start_weight, 1.0):
+            return
+        raise DEQTrainingError(
+            f"training diverged: in epoch {epoch + 1} Adam's steps blew the weights up "
+            f"(largest |weight| {self._start_weight:.3g} -> {now:.3g}), and then a solve "
+            f"failed ({err.reason_name}); {self._kept()}; lower --lr (now {self.cfg.lr:g})"
+        ) from err
 
     def _epoch_note(self, row: dict) -> str:
         return ""
