@@ -9,11 +9,16 @@ OpenBLAS) prints a digest of each result, in fresh processes:
 * ``haswell``: the probe unpinned under ``qemu-x86_64 -cpu Haswell`` (Debian's
   ``qemu-user``), an AVX2 CPU without AVX-512: what an AVX2 machine computes.
 
-``pinned == haswell`` on an AVX-512 machine is the claim of docs/training.md
-("The same numbers on every x86 machine"); ``native != pinned`` shows that the
-pins do something here. The emulated run takes about a minute.
+``pinned == haswell`` on an AVX-512 machine is the claim of docs/reproducibility.md;
+``native != pinned`` shows that the pins do something here. The emulated run
+takes about a minute.
 
-    .venv/bin/python benchmarks/bench_kernels.py
+``--time``: what the pins cost. One ``f`` evaluation of the demo's cell (the
+implicit-layers ResNet cell, width 16, a batch of 64 polarity images of 32 x 32,
+float32, 1 thread) timed natively and pinned, in alternating fresh processes,
+best of ``--rounds`` each (the machine's noise is one-sided).
+
+    .venv/bin/python benchmarks/bench_kernels.py [--time]
 """
 
 from __future__ import annotations
@@ -47,6 +52,43 @@ print(torch.backends.cpu.get_cpu_capability(), " ".join(
 """
 
 
+TIMING = r"""
+import time, torch
+torch.set_num_threads(1)
+from deq_petsc.models.graph_classifier import ResNetCell
+torch.manual_seed(0)
+cell = ResNetCell(16)
+x, z = torch.randn(64, 16, 32, 32), torch.zeros(64, 16, 32, 32)
+with torch.no_grad():
+    for _ in range(5):
+        z = cell(z, x)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(10):
+            z = cell(z, x)
+        best = min(best, (time.perf_counter() - start) / 10)
+print(best)
+"""
+
+
+def time_f(environ: dict) -> float:
+    done = subprocess.run([sys.executable, "-c", TIMING], capture_output=True, text=True,
+                          env=environ, timeout=600, check=True)
+    return float(done.stdout.split()[-1])
+
+
+def timing(base: dict, pinned_env: dict, rounds: int) -> None:
+    times = {"native": [], "pinned": []}
+    for _ in range(rounds):                       # alternate, so drifts hit both alike
+        times["native"].append(time_f(base))
+        times["pinned"].append(time_f(pinned_env))
+    native, pinned = min(times["native"]), min(times["pinned"])
+    print(f"one f of the demo's cell (64 x 16 x 32 x 32, float32, 1 thread), best of "
+          f"{rounds}: native {1e3 * native:.2f} ms, pinned {1e3 * pinned:.2f} ms; "
+          f"pinned / native {pinned / native:.2f}x")
+
+
 def run(environ: dict, emulate: str | None = None) -> tuple[str, dict]:
     cmd = [sys.executable, "-c", PROBE]
     if emulate:
@@ -62,6 +104,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--emulate", default="Haswell",
                         help="qemu CPU model of the reference AVX2 machine (default Haswell)")
+    parser.add_argument("--time", action="store_true",
+                        help="time one f of the demo's cell natively and pinned instead")
+    parser.add_argument("--rounds", type=int, default=7, help="with --time (default 7)")
     args = parser.parse_args()
     from deq_petsc.kernels import PORTABLE, pin
 
@@ -70,6 +115,9 @@ def main() -> int:
     pinned_env = dict(base)
     pinned = pin(pinned_env)
     print(f"pinned here: {pinned or 'nothing (no AVX2/FMA, or unknown CPU)'}")
+    if args.time:
+        timing(base, pinned_env, args.rounds)
+        return 0
     results = {"native": run(base), "pinned": run(pinned_env)}
     if shutil.which("qemu-x86_64"):
         results["haswell"] = run(base, emulate=args.emulate)

@@ -22,7 +22,8 @@ def versions() -> str:
     cuda = ", ".join(s["cuda_devices"]) or "no CUDA device"
     return (f"deq_petsc {__version__}; PETSc {s['petsc']} ({s['petsc_scalar']} scalars, "
             f"{'with' if s['petsc_device_memory'] else 'no'} device memory), petsc4py "
-            f"{s['petsc4py']}, torch {s['torch']} ({cuda}); malloc {s['malloc']}")
+            f"{s['petsc4py']}, torch {s['torch']} ({cuda}); malloc {s['malloc']}; kernels "
+            f"{s['kernels']}")
 
 
 def _load_data(task, limit, seed, cache_dir=None, jobs=None, csv=None, progress=True,

@@ -670,12 +670,20 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(err, PETSc.Error):
                 raise
             PETSc.Sys.syncPrint(f"{what}: error: {err}", flush=True)
-            return 1
+            return exit_status(err)
         except OSError as err:
             if err.errno is None or PETSc.COMM_WORLD.getSize() > 1:
                 raise              # not the system's answer (a bug), or the others must abort
             PETSc.Sys.syncPrint(f"{what}: error: {os_error_line(err)}", flush=True)
             return 1
+
+
+def exit_status(err: Exception) -> int:
+    """2 for input the command cannot use (an invalid SMILES or CIF, an option PETSc or we
+    reject: what argparse's own errors return), 1 for a run that failed (a solve that did
+    not converge, training that diverged, a file the system would not write)."""
+    from .errors import DEQInputError, DEQOptionsError
+    return 2 if isinstance(err, (DEQInputError, DEQOptionsError)) else 1
 
 
 def os_error_line(err: OSError) -> str:

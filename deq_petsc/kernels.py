@@ -79,3 +79,18 @@ def pin(environ=None, flags=None) -> dict[str, str]:
     pinned = {name: value for name, value in PORTABLE.items() if name not in environ}
     environ.update(pinned)
     return pinned
+
+
+def describe(environ=None) -> str:
+    """What the kernels are, as the version line says it: ``portable (AVX2 paths)``, or
+    ``native`` (this CPU's own choice), with the variables a user set beside."""
+    environ = os.environ if environ is None else environ
+    try:
+        chosen = mode(environ)
+    except ValueError:
+        chosen = environ.get(VARIABLE, "")
+    pinned = all(environ.get(name) == value for name, value in PORTABLE.items())
+    if chosen == "portable" and pinned:
+        return "portable (AVX2 paths)"
+    own = ", ".join(f"{n}={environ[n]}" for n in PORTABLE if n in environ)
+    return f"{chosen}" + (f" ({own})" if own else " (this CPU's own choice)")

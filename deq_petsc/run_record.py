@@ -129,7 +129,7 @@ def software() -> dict:
     import numpy
     import petsc4py
 
-    from . import allocator
+    from . import allocator, kernels
     from .devices import describe
     devices = describe()
     return {"python": platform.python_version(),
@@ -143,7 +143,8 @@ def software() -> dict:
             "petsc_device_memory": devices["petsc_device_memory"],
             "mpi4py": _version_of("mpi4py"),
             "cuda_devices": devices["cuda_devices"],
-            "malloc": allocator.status()}
+            "malloc": allocator.status(),
+            "kernels": kernels.describe()}
 
 
 def _cpu_capability() -> str | None:

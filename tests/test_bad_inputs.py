@@ -456,7 +456,7 @@ def test_evaluate_never_scores_training_samples_as_held_out(synthetic_checkpoint
         assert code == 0, text
         assert f"{checkpoint} on the " in text
         return
-    assert code == 1 and final_line(text).startswith("deq-petsc evaluate: error: "), text
+    assert code == 2 and final_line(text).startswith("deq-petsc evaluate: error: "), text
     assert message in final_line(text)
     if "empty" not in message:
         assert final_line(text).endswith(f"were training samples of {checkpoint}: another "
@@ -482,12 +482,12 @@ def test_evaluate_uses_the_csv_the_model_was_trained_on(tmp_path, monkeypatch, c
     assert code == 0 and "on the test split of crystals (1 samples)" in text, text
     csv.write_text(csv.read_text().replace("x-0", "x-00"))
     code, text = cli_in_process(capfd, *evaluate)
-    assert code == 1 and final_line(text) == (
+    assert code == 2 and final_line(text) == (
         f"deq-petsc evaluate: error: {csv.resolve()} changed since {checkpoint} was trained "
         f"on it (its content digest differs): give --csv with the training data")
     csv.unlink()
     code, text = cli_in_process(capfd, *evaluate)
-    assert code == 1 and final_line(text) == (
+    assert code == 2 and final_line(text) == (
         f"deq-petsc evaluate: error: {checkpoint} was trained on {csv.resolve()}, which is "
         f"gone: give --csv with that data")
 

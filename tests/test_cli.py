@@ -79,7 +79,7 @@ def test_a_missing_cuda_device_is_a_clear_error_before_any_work():
         pytest.skip("this machine has CUDA")
     for command in (["solve"], ["train", "--task", "polarity", "--limit", "10"], ["demo"]):
         r = run_cli(*command, "--device", "cuda")
-        assert r.returncode == 1, r.stdout + r.stderr
+        assert r.returncode == 2, r.stdout + r.stderr
         assert "--device cuda: torch sees no CUDA device on this machine" in r.stdout + r.stderr
         assert "graph images" not in r.stderr            # failed before building any data
 
@@ -94,7 +94,7 @@ def test_a_missing_cuda_device_is_a_clear_error_before_any_work():
 ])
 def test_options_petsc_rejects_are_one_line(options, message):
     r = run_cli("solve", *SMALL, *options)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     errors = [line for line in (r.stdout + r.stderr).splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith("deq-petsc solve: error: ") \

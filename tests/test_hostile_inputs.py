@@ -119,7 +119,7 @@ def test_train_refuses_a_build_it_cannot_train_on(tmp_path, capfd, monkeypatch, 
                         lambda: (100_000, "the address-space limit (ulimit -v)"))
     out = tmp_path / "run"
     code, text = cli_in_process(capfd, "train", *SYNTH, "--epochs", "1", "--out", out, *flags)
-    assert code == 1 and "Traceback" not in text, text
+    assert code == 2 and "Traceback" not in text, text
     assert final_line(text).startswith("deq-petsc train: error: ") and \
         message in final_line(text), text
     assert "epoch   1" not in text and not (out / "checkpoint.pt").exists()
@@ -140,7 +140,7 @@ def test_a_learning_rate_that_blows_the_weights_up_is_named(tmp_path, capfd, syn
 def test_an_unknown_device_is_one_line(capfd):
     """Row 73."""
     code, text = cli_in_process(capfd, "solve", "--device", "foo")
-    assert code == 1 and "Traceback" not in text, text
+    assert code == 2 and "Traceback" not in text, text
     assert final_line(text) == ("deq-petsc solve: error: --device foo: not a device; use cpu, "
                                 "cuda or cuda:N")
 
@@ -185,7 +185,7 @@ def test_compare_refuses_a_checkpoint_of_another_task(tmp_path, capfd):
     path = save_checkpoint({"model": {}, "model_config": {}, "task": {},
                             "train_config": {"task": "crystals"}}, tmp_path / "cry.pt")
     code, text = cli_in_process(capfd, "compare", "--task", "polarity", "--checkpoint", path)
-    assert code == 1 and "graph images" not in text, text
+    assert code == 2 and "graph images" not in text, text
     assert final_line(text) == (f"deq-petsc compare: error: {path} was trained on 'crystals', "
                                 f"not 'polarity': give --task crystals")
 

@@ -63,3 +63,12 @@ def test_the_pinned_kernels_are_the_ones_torch_computes_with():
     capability, digest = run(pinned)
     assert capability == "AVX2"
     assert run(pinned)[1] == digest               # deterministic, run to run
+
+
+def test_the_version_line_says_which_kernels():
+    from deq_petsc.kernels import describe
+    assert describe(dict(PORTABLE)) == "portable (AVX2 paths)"
+    assert describe({"DEQ_PETSC_KERNELS": "native"}) == "native (this CPU's own choice)"
+    assert describe({"DEQ_PETSC_KERNELS": "native", "OPENBLAS_CORETYPE": "Zen"}) == \
+        "native (OPENBLAS_CORETYPE=Zen)"
+    assert describe({**PORTABLE, "MKL_CBWR": "COMPATIBLE"}).startswith("portable (")

@@ -81,7 +81,7 @@ def test_a_smiles_list_and_inputs_that_cannot_be_read(trained, tmp_path):
     no_column = tmp_path / "x.csv"
     no_column.write_text("name,formula\na,H2O\n")
     bad = run_cli("predict", "--checkpoint", trained["polarity"], "--input", no_column)
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert (bad.stdout + bad.stderr).strip().splitlines()[-1] == (
         f"deq-petsc predict: error: --input {no_column}: no 'smiles' column (columns: name, "
         f"formula)")
@@ -113,7 +113,7 @@ def test_a_folder_of_cifs(trained, tmp_path):
     assert rows[1]["error"] == "not a CIF (no _cell_length_a)" and rows[1]["label"] == ""
     assert {rows[0]["label"], rows[2]["label"]} <= {"metal", "semiconductor", "insulator"}
     wrong = run_cli("predict", "--checkpoint", trained["crystals"], "--input", tmp_path / "no")
-    assert wrong.returncode == 1 and "no such file or folder" in wrong.stdout + wrong.stderr
+    assert wrong.returncode == 2 and "no such file or folder" in wrong.stdout + wrong.stderr
 
 
 def test_a_checkpoint_of_an_older_representation_is_refused_in_one_line(trained, tmp_path):
@@ -229,22 +229,22 @@ def _crystal_files(tmp_path):
      "model's domain"),
     (("--smiles", "[CH3]"), 0, "WARNING: a radical (1 unpaired electron): QM9, which"),
     (("--smiles", "CCO.O"), 0, "WARNING: 2 separate molecules: QM9, which"),
-    (("--smiles", "C C(=O)O"), 1, "deq-petsc predict: error: SMILES 'C C(=O)O': whitespace ' ' "
+    (("--smiles", "C C(=O)O"), 2, "deq-petsc predict: error: SMILES 'C C(=O)O': whitespace ' ' "
      "at position 2; a SMILES is one word of printable ASCII (RDKit would read only 'C')"),
-    (("--smiles", "CCÖ☃"), 1, "deq-petsc predict: error: SMILES 'CCÖ☃': a non-ASCII "
+    (("--smiles", "CCÖ☃"), 2, "deq-petsc predict: error: SMILES 'CCÖ☃': a non-ASCII "
      "character 'Ö' at position 3"),
-    (("--smiles", "C*C"), 1, "deq-petsc predict: error: SMILES 'C*C': atom 2 is a dummy atom"),
-    (("--cif", "{tmp}/folder.cif"), 1, "deq-petsc predict: error: {tmp}/folder.cif: a folder, "
+    (("--smiles", "C*C"), 2, "deq-petsc predict: error: SMILES 'C*C': atom 2 is a dummy atom"),
+    (("--cif", "{tmp}/folder.cif"), 2, "deq-petsc predict: error: {tmp}/folder.cif: a folder, "
      "not a file"),
-    (("--cif", "{tmp}/fifo.cif"), 1, "deq-petsc predict: error: {tmp}/fifo.cif: a FIFO (named "
+    (("--cif", "{tmp}/fifo.cif"), 2, "deq-petsc predict: error: {tmp}/fifo.cif: a FIFO (named "
      "pipe), not a file"),
-    (("--cif", "{tmp}/huge_cell.cif"), 1, "deq-petsc predict: error: cell too large: 2 atoms "
+    (("--cif", "{tmp}/huge_cell.cif"), 2, "deq-petsc predict: error: cell too large: 2 atoms "
      "in 1e+09 A^3"),
-    (("--cif", "{tmp}/unknown.cif"), 1, "deq-petsc predict: error: unknown species Xx: not an "
+    (("--cif", "{tmp}/unknown.cif"), 2, "deq-petsc predict: error: unknown species Xx: not an "
      "element"),
-    (("--cif", "{tmp}/two_blocks.cif"), 1, "deq-petsc predict: error: 2 structures in one CIF "
+    (("--cif", "{tmp}/two_blocks.cif"), 2, "deq-petsc predict: error: 2 structures in one CIF "
      "(data_NaCl, data_Fe): give each its own file"),
-    (("--input", "{tmp}/screen.csv"), 1, "deq-petsc predict: error: --input {tmp}/screen.csv: "
+    (("--input", "{tmp}/screen.csv"), 2, "deq-petsc predict: error: --input {tmp}/screen.csv: "
      "a CSV file, but this model reads structures from CIFs"),
 ])
 def test_one_input_is_read_exactly_refused_or_flagged(trained, tmp_path, capfd, what, code,

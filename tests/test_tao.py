@@ -320,7 +320,7 @@ def test_train_cli_with_tao(tmp_path):
     bad = run_cli("train", "--task", "polarity", "--limit", "60", "--epochs", "1",
                   "--trainer", "tao", "--out", tmp_path / "bad", "--cache-dir", cache,
                   "--no-progress", "-tao_type", "brgn")
-    assert bad.returncode == 1 and "train with --objective regress" in bad.stdout + bad.stderr
+    assert bad.returncode == 2 and "train with --objective regress" in bad.stdout + bad.stderr
 
 
 def test_an_exception_in_any_tao_callback_surfaces_as_itself(petsc_options, monkeypatch):

@@ -158,7 +158,7 @@ def test_train_cli_passes_petsc_options_and_predicts(cache_dir, tmp_path):
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert re.search(r"SMILES CC\(=O\)O: (weakly|strongly) polar \(p = 0\.\d+\)", ok.stdout)
     bad = run_cli("predict", "--checkpoint", ckpt, "--smiles", "C1CC")
-    assert bad.returncode == 1 and "unparsable SMILES 'C1CC'" in bad.stdout + bad.stderr
+    assert bad.returncode == 2 and "unparsable SMILES 'C1CC'" in bad.stdout + bad.stderr
 
     ev = run_cli("evaluate", "--checkpoint", ckpt, "--cache-dir", cache_dir,
                  "--out", tmp_path / "evaluation.json",
