@@ -366,7 +366,9 @@ def options_file_problem(petsc_args: list[str]) -> str | None:
     (None when every one can). PETSc reads these files while it initialises, where
     a missing or malformed file ends in its 25-line error and a traceback; checked
     here, it is one line before any work. The format is PETSc's: ``-name [value]``
-    per line, ``alias -new -old``, ``#`` comments (``PetscOptionsInsertFile``)."""
+    per line, ``alias -new -old``, ``#`` comments (``PetscOptionsInsertFile``); a
+    ``.yml``/``.yaml`` file is PETSc's YAML and only its existence is checked here, and a
+    path with ``$`` is left to PETSc's substitution."""
     from pathlib import Path
 
     for i, arg in enumerate(petsc_args):
@@ -374,11 +376,15 @@ def options_file_problem(petsc_args: list[str]) -> str | None:
             continue
         if i + 1 >= len(petsc_args) or petsc_args[i + 1].startswith("-"):
             return "-options_file: give the file to read (-options_file FILE)"
+        if "$" in petsc_args[i + 1]:
+            continue                   # ${PETSC_DIR}/...: PETSc substitutes, then reads
         path = Path(petsc_args[i + 1])
         try:
             text = _options_text(path, "-options_file")
         except ValueError as err:
             return str(err)
+        if path.suffix.lower() in (".yml", ".yaml"):
+            continue                   # PETSc reads these as YAML (snes_type: anderson)
         for number, line in enumerate(text.splitlines(), 1):
             words = line.split("#", 1)[0].split()
             if words and not (words[0].startswith("-") or words[0] == "alias"):

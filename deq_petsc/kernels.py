@@ -78,7 +78,14 @@ def pin(environ=None, flags=None) -> dict[str, str]:
         return {}
     pinned = {name: value for name, value in PORTABLE.items() if name not in environ}
     environ.update(pinned)
+    if environ is os.environ:
+        _pinned_here.append(True)
     return pinned
+
+
+#: Whether :func:`pin` ran in this process (on ``os.environ``): variables set after the
+#: libraries loaded (a library user's script, a test) do not choose their kernels.
+_pinned_here: list = []
 
 
 def describe(environ=None) -> str:
@@ -92,5 +99,7 @@ def describe(environ=None) -> str:
     pinned = all(environ.get(name) == value for name, value in PORTABLE.items())
     if chosen == "portable" and pinned:
         return "portable (AVX2 paths)"
+    if chosen == "portable" and environ is os.environ and not _pinned_here:
+        chosen = "not pinned"            # the library outside the command line
     own = ", ".join(f"{n}={environ[n]}" for n in PORTABLE if n in environ)
     return f"{chosen}" + (f" ({own})" if own else " (this CPU's own choice)")

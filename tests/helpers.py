@@ -119,12 +119,26 @@ def synthetic_build(task, limit=None, seed=0, split_by="random", **_):
 def cli_in_process(capfd, *argv):
     """``deq-petsc ARGV`` in this process: its exit status and everything it printed
     (PETSc prints through C's stdout, hence capfd)."""
+    import signal
+    import warnings
+
     from deq_petsc.cli import main
 
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
+    # main() sets up a process: kernel variables (too late to choose kernels here, so
+    # later records and subprocesses would inherit a claim), a warnings filter, signal
+    # handlers. The test process gets back what it had.
+    environ = dict(os.environ)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    with warnings.catch_warnings():
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit_:
+            code = exit_.code
+        finally:
+            os.environ.clear()
+            os.environ.update(environ)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
     out, err = capfd.readouterr()
     return code, out + err
 

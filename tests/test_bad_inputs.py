@@ -624,6 +624,26 @@ def test_flags_and_petsc_options_mixed_up(tmp_path, capsys, argv, message):
     assert message.format(tmp=tmp_path) in err[-1], err
 
 
+def test_yaml_options_files_and_petsc_paths_are_left_to_petsc(tmp_path):
+    """PETSc reads -options_file x.yaml as YAML and substitutes ${VAR} in paths: neither is
+    refused by the check for PETSc's plain format."""
+    yaml = tmp_path / "solver.yaml"
+    yaml.write_text("snes_type: anderson\nsnes_anderson_m: 3\n")
+    for path in (str(yaml), "${PETSC_DIR}/share/petsc/options"):
+        args, petsc = split_petsc_args(build_parser(), ["solve", "-options_file", path])
+        assert petsc == ["-options_file", path]
+
+
+def test_a_cif_with_a_block_of_citations_is_one_structure():
+    """A journal's data_global block (authors, no cell) is not a structure: the one
+    structure is read, as pymatgen reads it."""
+    from helpers import NACL_CIF
+    journal = "data_global\n_journal_name_full 'Acta Cryst.'\n\n" + NACL_CIF
+    assert cif_image(journal).info["formula"] == "NaCl"
+    with pytest.raises(DEQInputError, match="2 structures in one CIF"):
+        cif_image(NACL_CIF + "\n" + NACL_CIF.replace("data_NaCl", "data_NaCl2"))
+
+
 def test_petsc_options_and_good_options_files_pass(tmp_path):
     good = tmp_path / "solver.opts"
     good.write_text("# the forward solver\n-snes_type anderson  # Anderson(m)\n\n"

@@ -248,6 +248,31 @@ def test_a_folder_that_is_not_a_run_is_refused_without_overwrite(tmp_path, prese
             folder.check()
 
 
+@pytest.mark.parametrize("killed", [False, True])
+def test_a_failed_overwrite_of_a_foreign_folder_leaves_it_foreign(tmp_path, killed):
+    """--overwrite on someone's report.json, failing before its first checkpoint: the file
+    comes back and the folder is not marked as a run (or a later plain train would write
+    over it), whether the failure ends the process or kills it (settled at the next open)."""
+    (tmp_path / "report.json").write_text("mine")
+    folder = RunFolder(tmp_path, overwrite=True)
+    if killed:
+        folder.__enter__()
+        folder.start()
+        (tmp_path / "metrics.csv").write_text("the new run's first epoch")
+        folder.lock.unlink()                     # the process died; a new one opens the folder
+        with RunFolder(tmp_path):
+            pass
+    else:
+        with pytest.raises(RuntimeError, match="failed before a checkpoint"):
+            with folder:
+                folder.start()
+                raise RuntimeError("failed before a checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    assert (tmp_path / "report.json").read_text() == "mine"
+    with pytest.raises(DEQCheckpointError, match="is not a deq-petsc run folder"):
+        RunFolder(tmp_path).check()
+
+
 def test_train_into_a_folder_that_is_not_a_run_is_one_line_and_touches_nothing(
         tmp_path, fake_data, capfd):
     for name in ("report.json", "metrics.csv", "notes.txt"):

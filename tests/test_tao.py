@@ -245,6 +245,8 @@ def test_tao_reaches_the_logistic_regression_optimum(tao_type, petsc_options):
     ("DIVERGED_TR_REDUCTION", 0.0108259, 1.5e-10, True),
     ("DIVERGED_LS_FAILURE", 0.0108259, 1e-6, False),      # short of the optimum: a failure
     ("DIVERGED_LS_FAILURE", 0.5, 1.5e-10, False),         # no decrease since the start
+    ("DIVERGED_LS_FAILURE", 0.5 - 1e-14, 1.0, False),     # a stall: f barely moved, g not
+    ("DIVERGED_LS_FAILURE", 0.5 - 1e-14, 1e-7, False),    # g down 1e7 only, f stalled
     ("DIVERGED_LS_FAILURE", 0.0108259, float("nan"), False),
     ("DIVERGED_MAXITS", 0.0108259, 1e-12, False),         # the cap is the caller's policy
     ("DIVERGED_NAN", 0.0108259, 1e-12, False),

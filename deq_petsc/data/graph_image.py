@@ -454,10 +454,32 @@ def structure_from_cif(text: str):
     return structure
 
 
+def _structure_blocks(text: str) -> list[str]:
+    """The names of a CIF's data blocks that hold a structure (a cell), skipping
+    ``;``-delimited text fields (where a line may begin with ``data_`` as prose) and
+    blocks without a cell (a journal's ``data_global`` of authors and citations)."""
+    blocks, name, in_text = [], None, False
+    has_cell = {}
+    for line in text.splitlines():
+        if line.startswith(";"):
+            in_text = not in_text
+            continue
+        if in_text:
+            continue
+        stripped = line.strip()
+        if stripped.startswith("data_"):
+            name = stripped.split()[0][len("data_"):]
+            blocks.append(name)
+            has_cell.setdefault(name, False)
+        elif name is not None and stripped.startswith("_cell_length_a"):
+            has_cell[name] = True
+    return [b for b in blocks if has_cell.get(b)]
+
+
 def _check_one_block(text: str) -> None:
     """pymatgen reads the first data block of a CIF and drops the others without a word:
     a CIF of several structures is refused, naming them, rather than half-read."""
-    blocks = re.findall(r"^[ \t]*data_(\S*)", text, re.M)
+    blocks = _structure_blocks(text)
     if len(blocks) > 1:
         names = ", ".join(f"data_{b}" for b in blocks[:3]) + (", ..." if len(blocks) > 3 else "")
         raise DEQInputError(f"{len(blocks)} structures in one CIF ({names}): give each its "

@@ -125,8 +125,8 @@ class RunFolder:
         if not self.active:
             return
         try:
-            present = [name for name in OUTPUTS if (self.out / name).exists()]
-            if self.overwrite and present:
+            present = [name for name in OUTPUTS + (MARKER,) if (self.out / name).exists()]
+            if self.overwrite and set(present) - {MARKER}:
                 self.aside = self.out / f"{REPLACED}{os.getpid()}"
                 self.aside.mkdir(exist_ok=True)
                 for name in present:
@@ -151,8 +151,8 @@ class RunFolder:
         """The replaced run goes once its successor has a checkpoint; otherwise it comes
         back, over whatever the successor wrote before failing."""
         if not (self.out / "checkpoint.pt").exists():
-            for name in OUTPUTS:
-                if (aside / name).exists():
+            for name in OUTPUTS + (MARKER,):      # the marker too: a folder that was no
+                if (aside / name).exists():       # run's before must not become one
                     os.replace(aside / name, self.out / name)
                 else:
                     (self.out / name).unlink(missing_ok=True)
@@ -251,7 +251,7 @@ def resumed_solver_options(state: dict, typed: dict, prefix: str = ""):
     if new:
         had = {name: run[name] for name in new if name in run}
         parts.append(f"new solver options: {options_text(new, prefix)} (the run had "
-                     f"{options_text(had, prefix) or 'none of them'})")
+                     f"{options_text(had, prefix) or 'the program defaults for them'})")
     if restored:
         parts.append(f"restored the run's solver options: {options_text(restored, prefix)}")
     return restored, "; ".join(parts) or None
