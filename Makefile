@@ -3,17 +3,24 @@
 #   make test    set up the environment if needed, then run the test suite
 #   make docs    rerun every command whose output the docs show and rewrite those blocks
 #                (ARGS="--quick": only the few the tests rerun; --only TEXT, --check)
+#   make test-blas  the suite on another OpenBLAS kernel than this CPU's (AVX's
+#                Sandybridge, which neither AVX2 nor AVX-512 machines choose themselves):
+#                a test that holds on one kernel's rounding only fails here; run it before
+#                a submission (CI runs `make test` alone)
 # Pass extra arguments with ARGS, e.g.  make demo ARGS="--epochs 2 -anderson_snes_anderson_m 3"
 
 ARGS ?=
 
-.PHONY: env test demo docs bench-forward clean-env
+.PHONY: env test test-blas demo docs bench-forward clean-env
 
 env:
 	bash ci/setup-env.sh
 
 test:
 	bash ci/test.sh $(ARGS)
+
+test-blas:
+	OPENBLAS_CORETYPE=$${BLAS_CORETYPE:-Sandybridge} bash ci/test.sh $(ARGS)
 
 demo:
 	bash ci/demo.sh $(ARGS)

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import deq_petsc
 
@@ -41,36 +40,15 @@ deq_petsc.init([sys.argv[0]] + sys.argv[_PETSC_ARGS + 1:])
 import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
-from common import add_cell_arguments, child_json  # noqa: E402
+from common import add_cell_arguments, bare_f, child_json, conv_cell as problem  # noqa: E402
 from deq_petsc import DEQSolver, FixedPointProblem, allocator  # noqa: E402
 from deq_petsc.interop import petsc_torch_dtype  # noqa: E402
-from deq_petsc.models import ConvTanhCell  # noqa: E402
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 SOLVERS = {
     "Picard": {"snes_type": "nrichardson", "snes_linesearch_type": "basic"},
     "Anderson(5)": {"snes_type": "anderson", "snes_anderson_m": 5},
 }
-
-
-def problem(args, dtype):
-    cell = ConvTanhCell(args.channels, args.size, contraction=args.contraction, seed=0,
-                        dtype=dtype, symmetric=True)
-    x = 0.1 * torch.randn(args.batch, args.channels, args.size, args.size,
-                          generator=torch.Generator().manual_seed(1)).to(dtype)
-    return cell, x
-
-
-@torch.no_grad()
-def bare_f(cell, x, its):
-    """Seconds per ``f`` evaluation, each on the previous output (as in a Picard loop)."""
-    z = torch.zeros_like(x)
-    for _ in range(3):
-        z = cell(z, x)
-    start = time.perf_counter()
-    for _ in range(its):
-        z = cell(z, x)
-    return (time.perf_counter() - start) / its
 
 
 def bare_only(args):

@@ -21,6 +21,34 @@ def add_cell_arguments(parser):
     return parser
 
 
+def conv_cell(args, dtype):
+    """The benchmark conv cell ``tanh(conv3x3(z) + x)`` (self-adjoint, Lipschitz
+    ``args.contraction``) and an input ``x`` of ``args``' size, in ``dtype``."""
+    import torch
+
+    from deq_petsc.models import ConvTanhCell
+
+    cell = ConvTanhCell(args.channels, args.size, contraction=args.contraction, seed=0,
+                        dtype=dtype, symmetric=True)
+    x = 0.1 * torch.randn(args.batch, args.channels, args.size, args.size,
+                          generator=torch.Generator().manual_seed(1)).to(dtype)
+    return cell, x
+
+
+def bare_f(cell, x, its):
+    """Seconds per ``f`` evaluation, each on the previous output (as in a Picard loop)."""
+    import torch
+
+    with torch.no_grad():
+        z = torch.zeros_like(x)
+        for _ in range(3):
+            z = cell(z, x)
+        start = time.perf_counter()
+        for _ in range(its):
+            z = cell(z, x)
+    return (time.perf_counter() - start) / its
+
+
 def child_json(cmd: list, env=None) -> dict:
     """Run a benchmark's child process (another allocator setting, another PETSc build)
     and return the JSON object it prints last; its failure ends the benchmark, named."""
