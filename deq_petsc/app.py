@@ -194,6 +194,30 @@ def _check_run_options(trainer) -> None:
         check_accepted("tao", trainer.prefix, dict(TAO_DEFAULTS), "the TAO trainer")
 
 
+def _check_typed_options(args, prefix: str = "") -> None:
+    """The PETSc options typed for a training run, read on throwaway solvers with the
+    library's defaults before the data is built (a whole source can take minutes): a
+    value PETSc rejects (-snes_type foo, -tao_type foo) is one line at once. The
+    trainer's own solvers are checked again with their exact defaults
+    (:func:`_check_run_options`) before the run folder changes."""
+    from .adjoint import DEFAULT_KSP_OPTIONS
+    from .options_spec import ADJOINT, SOLVER
+    from .petsc_options import check_accepted
+    from .solver import DEFAULT_OPTIONS
+
+    if args.model == "deq":
+        SOLVER.read(prefix)
+        check_accepted("snes", prefix, DEFAULT_OPTIONS, "the forward SNES")
+        adjoint = prefix + "adjoint_"
+        method = ADJOINT.read(adjoint, deq_method="snes" if PETSc.Options(adjoint).hasName(
+            "snes_type") else "ksp")["deq_method"]
+        if method == "ksp":
+            check_accepted("ksp", adjoint, DEFAULT_KSP_OPTIONS, "the adjoint KSP")
+    if args.trainer == "tao":
+        from .train.tao import TAO_DEFAULTS
+        check_accepted("tao", prefix, dict(TAO_DEFAULTS), "the TAO trainer")
+
+
 def _check_trainable(cfg, data) -> None:
     """Refuse, before any training, a build that cannot be trained on: a training split of
     fewer than 2 samples (the injection standardises over it), an empty validation or test
@@ -228,6 +252,7 @@ def run_train(args) -> int:
     out = Path(args.out or f"runs/{args.task}")
     folder = RunFolder(out, overwrite=args.overwrite, active=PETSc.COMM_WORLD.getRank() == 0)
     folder.check(resume=args.resume)          # refused before any work, nothing touched
+    _check_typed_options(args)                # before the data is built
     cfg, notes = _train_config(args, args.task, args.model, args.depth), []
     # Nothing of an old run is moved before the data is loaded, the trainer (its model and
     # solvers) built and its options read: folder.start() moves the old outputs aside only

@@ -1,4 +1,4 @@
-"""The same numbers on every x86 machine: the CPU kernels a run computes with, pinned.
+"""The same numbers on every x86 machine with AVX2: the CPU kernels a run computes with, pinned.
 
 A float32 model trained from one seed is not the same model on an AVX2 and an
 AVX-512 machine: four libraries choose their kernels by the CPU they find, and
@@ -40,16 +40,23 @@ MODES = ("portable", "native")
 VARIABLE = "DEQ_PETSC_KERNELS"
 
 
-def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags (Linux's ``/proc/cpuinfo``), None where unknown."""
+def cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` in Linux's ``/proc/cpuinfo`` (``flags``, ``model
+    name``), None where there is none (another OS, a restricted container)."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return None
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags, None where unknown."""
+    flags = cpuinfo("flags")
+    return None if flags is None else set(flags.split())
 
 
 def mode(environ=None) -> str:

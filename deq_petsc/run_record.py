@@ -182,11 +182,5 @@ def machine(comm=None) -> dict:
 @lru_cache(maxsize=1)
 def _cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+    from .kernels import cpuinfo
+    return cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"

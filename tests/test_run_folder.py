@@ -248,6 +248,24 @@ def test_a_folder_that_is_not_a_run_is_refused_without_overwrite(tmp_path, prese
             folder.check()
 
 
+@pytest.mark.parametrize("flags, options, message", [
+    ((), {"snes_type": "foo"}, "Unable to find requested SNES type foo"),
+    ((), {"adjoint_ksp_type": "nonexistent"}, "the adjoint KSP (prefix adjoint_) were rejected"),
+    ((), {"deq_jvp": "sideways"}, "-deq_jvp sideways: must be one of"),
+    (("--trainer", "tao"), {"tao_type": "foo"}, "Unable to find requested Tao type foo"),
+])
+def test_options_petsc_rejects_end_the_run_before_its_data_is_built(
+        tmp_path, petsc_options, capfd, monkeypatch, flags, options, message):
+    """A source can take minutes to build: a typo in a PETSc option must not wait for it."""
+    def build(*args, **kwargs):
+        raise AssertionError("the data was built before the options were read")
+    monkeypatch.setattr("deq_petsc.app._load_data", build)
+    petsc_options(options)
+    code, text = cli_in_process(capfd, "train", *SYNTH, "--out", tmp_path / "run", *flags)
+    assert code == 2 and message in final_line(text), text
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("killed", [False, True])
 def test_a_failed_overwrite_of_a_foreign_folder_leaves_it_foreign(tmp_path, killed):
     """--overwrite on someone's report.json, failing before its first checkpoint: the file
