@@ -521,14 +521,14 @@ def _demo_seeds(cfg, text: str) -> int:
 def _refuse_earlier_demo(out: Path, overwrite: bool) -> None:
     """A second demo into one --out would replace the first's summary and checkpoints:
     refused before any work unless --overwrite."""
-    from .checkpoint import DEQCheckpointError
+    from .train.run_folder import RunFolderRefused
 
     found = [p.relative_to(out) for p in [out / "summary.json", out / "seeds.json",
                                           *out.glob("*/checkpoint.pt"),
                                           *out.glob("seed-*/summary.json")]
              if p.is_file()] if out.is_dir() else []
     if found and not overwrite:
-        raise DEQCheckpointError(
+        raise RunFolderRefused(
             f"{out} holds an earlier demo ({', '.join(map(str, sorted(found)[:3]))}"
             f"{', ...' if len(found) > 3 else ''}): pass --overwrite to replace it, or choose "
             f"another --out")

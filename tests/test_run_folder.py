@@ -57,7 +57,7 @@ def test_resume_keeps_the_runs_settings_and_applies_typed_ones(cache_dir, tmp_pa
     assert len(state["history"]) == 3
     # what changes the data or the model is refused, in one line, before any work
     r = train(out, cache_dir, "--epochs", "4", "--limit", "300", "--resume")
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr
     assert last_line(r).startswith(f"deq-petsc train: error: --resume: --limit 300 differs "
                                    f"from the run in {out} (--limit 150)")
     assert len(saved(out)["history"]) == 3
@@ -296,7 +296,7 @@ def test_train_into_a_folder_that_is_not_a_run_is_one_line_and_touches_nothing(
     for name in ("report.json", "metrics.csv", "notes.txt"):
         (tmp_path / name).write_text(f"mine: {name}")
     code, text = cli_in_process(capfd, "train", *SYNTH, "--out", tmp_path)
-    assert code == 1 and final_line(text) == (
+    assert code == 2 and final_line(text) == (
         f"deq-petsc train: error: {tmp_path} holds metrics.csv, report.json but is not a "
         f"deq-petsc run folder (no {MARKER}): pass --overwrite to replace them, or choose "
         f"another --out")
@@ -321,7 +321,7 @@ def test_a_second_demo_into_one_out_is_refused(tmp_path, monkeypatch, capfd, ear
     (tmp_path / earlier).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / earlier).write_text("the first demo's")
     code, text = cli_in_process(capfd, "demo", "--out", tmp_path, "--no-progress")
-    assert code == 1 and final_line(text) == (
+    assert code == 2 and final_line(text) == (
         f"deq-petsc demo: error: {tmp_path} holds an earlier demo ({earlier}): pass "
         f"--overwrite to replace it, or choose another --out")
     assert (tmp_path / earlier).read_text() == "the first demo's"

@@ -184,7 +184,7 @@ def test_train_cli_passes_petsc_options_and_predicts(cache_dir, tmp_path):
 
     again = run_cli("train", "--task", "polarity", "--limit", "120", "--epochs", "1",
                     "--out", out, "--cache-dir", cache_dir, "--no-progress")
-    assert again.returncode == 1 and "already holds a checkpoint" in again.stdout + again.stderr
+    assert again.returncode == 2 and "already holds a checkpoint" in again.stdout + again.stderr
 
 
 SUMMARY_FIELDS = {"options", "test_accuracy", "train_seconds", "seconds_to_target",

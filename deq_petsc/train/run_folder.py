@@ -36,6 +36,14 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from ..checkpoint import DEQCheckpointError
+from ..errors import DEQInputError
+
+
+class RunFolderRefused(DEQCheckpointError, DEQInputError):
+    """A run folder this command may not use as asked (another run's checkpoint without
+    --resume or --overwrite, --resume without one, outputs of something that is not a run,
+    a resume that would change the data or model): input, answered before anything is
+    touched, exit status 2."""
 
 #: What a run writes into its folder (``--overwrite`` moves these aside, then removes them).
 OUTPUTS = ("checkpoint.pt", "metrics.json", "metrics.csv", "report.json", "run.json",
@@ -99,14 +107,14 @@ class RunFolder:
         one, or outputs of something that is not a run without --overwrite."""
         present = self.outputs()
         if "checkpoint.pt" in present and not (resume or self.overwrite):
-            raise DEQCheckpointError(f"{self.out} already holds a checkpoint: pass --resume "
+            raise RunFolderRefused(f"{self.out} already holds a checkpoint: pass --resume "
                                      f"to continue it, --overwrite to start over, or another "
                                      f"--out")
         if resume and "checkpoint.pt" not in present:
-            raise DEQCheckpointError(f"--resume: no checkpoint in {self.out}")
+            raise RunFolderRefused(f"--resume: no checkpoint in {self.out}")
         if present and "checkpoint.pt" not in present and not (
                 self.overwrite or (self.out / MARKER).exists()):
-            raise DEQCheckpointError(f"{self.out} holds {', '.join(present)} but is not a "
+            raise RunFolderRefused(f"{self.out} holds {', '.join(present)} but is not a "
                                      f"deq-petsc run folder (no {MARKER}): pass --overwrite "
                                      f"to replace them, or choose another --out")
 
@@ -217,7 +225,7 @@ def resumed_config(cfg, saved: dict, explicit: set[str], where: str):
             continue
         shown = "--" + flag.replace("_", "-")
         if f.name in FIXED_ON_RESUME:
-            raise DEQCheckpointError(
+            raise RunFolderRefused(
                 f"--resume: {shown} {mine} differs from the run in {where} ({shown} "
                 f"{theirs}); a resumed run keeps its data and model: drop {shown}, or start "
                 f"a new run (--overwrite or another --out)")
