@@ -175,47 +175,52 @@ def _report(report: dict, objective, stats_line: str = "") -> str:
             f"sample" + stats_line + warning)
 
 
-def _check_run_options(trainer) -> None:
-    """Read the run's PETSc options now, on throwaway solvers of the trainer's kinds and
-    defaults, so that one PETSc rejects ends the command before the run folder changes
-    (the trainer's own solvers read them only at their first solve)."""
+def _check_solver_options(prefix: str, snes_defaults: dict | None, adjoint_prefix: str = "",
+                          adjoint_method: str = "", ksp_defaults: dict | None = None,
+                          tao: bool = False) -> None:
+    """Read a training run's PETSc options on throwaway solvers of its kinds (the forward
+    SNES and our -deq_* options unless ``snes_defaults`` is None, the explicit model's case;
+    the adjoint KSP when that is its method; the TAO trainer), so that a value PETSc
+    rejects is one line before the work it would waste (the run's own solvers read them
+    only at their first solve)."""
     from .options_spec import SOLVER
     from .petsc_options import check_accepted
 
-    deq = getattr(trainer.model, "equilibrium", None)
-    if hasattr(deq, "solver"):                       # the explicit model solves nothing
-        SOLVER.read(deq.solver.prefix)              # -deq_jvp sideways: one line too
-        check_accepted("snes", deq.solver.prefix, deq.solver.defaults, "the forward SNES")
-        if deq.adjoint.method == "ksp":
-            check_accepted("ksp", deq.adjoint.prefix, deq.adjoint.ksp_defaults,
-                           "the adjoint KSP")
-    if trainer.name == "tao":
+    if snes_defaults is not None:
+        SOLVER.read(prefix)                         # -deq_jvp sideways: one line too
+        check_accepted("snes", prefix, snes_defaults, "the forward SNES")
+        if adjoint_method == "ksp":
+            check_accepted("ksp", adjoint_prefix, ksp_defaults, "the adjoint KSP")
+    if tao:
         from .train.tao import TAO_DEFAULTS
-        check_accepted("tao", trainer.prefix, dict(TAO_DEFAULTS), "the TAO trainer")
+        check_accepted("tao", prefix, dict(TAO_DEFAULTS), "the TAO trainer")
+
+
+def _check_run_options(trainer) -> None:
+    """The options again, with the trainer's own prefixes, defaults and adjoint method (and
+    a resumed run's restored options), before the run folder changes."""
+    deq = getattr(trainer.model, "equilibrium", None)
+    solves = hasattr(deq, "solver")                  # the explicit model solves nothing
+    _check_solver_options(trainer.prefix, deq.solver.defaults if solves else None,
+                          deq.adjoint.prefix if solves else "",
+                          deq.adjoint.method if solves else "",
+                          deq.adjoint.ksp_defaults if solves else None,
+                          tao=trainer.name == "tao")
 
 
 def _check_typed_options(args, prefix: str = "") -> None:
-    """The PETSc options typed for a training run, read on throwaway solvers with the
-    library's defaults before the data is built (a whole source can take minutes): a
-    value PETSc rejects (-snes_type foo, -tao_type foo) is one line at once. The
-    trainer's own solvers are checked again with their exact defaults
-    (:func:`_check_run_options`) before the run folder changes."""
+    """The PETSc options typed for a training run, with the library's defaults, before the
+    data is built (a whole source can take minutes): -snes_type foo, -tao_type foo are one
+    line at once; :func:`_check_run_options` reads them again with the trainer's own."""
     from .adjoint import DEFAULT_KSP_OPTIONS
-    from .options_spec import ADJOINT, SOLVER
-    from .petsc_options import check_accepted
+    from .options_spec import ADJOINT
     from .solver import DEFAULT_OPTIONS
 
-    if args.model == "deq":
-        SOLVER.read(prefix)
-        check_accepted("snes", prefix, DEFAULT_OPTIONS, "the forward SNES")
-        adjoint = prefix + "adjoint_"
-        method = ADJOINT.read(adjoint, deq_method="snes" if PETSc.Options(adjoint).hasName(
-            "snes_type") else "ksp")["deq_method"]
-        if method == "ksp":
-            check_accepted("ksp", adjoint, DEFAULT_KSP_OPTIONS, "the adjoint KSP")
-    if args.trainer == "tao":
-        from .train.tao import TAO_DEFAULTS
-        check_accepted("tao", prefix, dict(TAO_DEFAULTS), "the TAO trainer")
+    adjoint = prefix + "adjoint_"
+    method = ADJOINT.read(adjoint, deq_method="snes" if PETSc.Options(adjoint).hasName(
+        "snes_type") else "ksp")["deq_method"] if args.model == "deq" else ""
+    _check_solver_options(prefix, DEFAULT_OPTIONS if args.model == "deq" else None, adjoint,
+                          method, DEFAULT_KSP_OPTIONS, tao=args.trainer == "tao")
 
 
 def _check_trainable(cfg, data) -> None:

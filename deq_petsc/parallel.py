@@ -26,11 +26,15 @@ from petsc4py import PETSc
 def threads_per_rank(comm=None) -> int:
     """Cores per rank, so N ranks on one machine do not oversubscribe it."""
     size = (PETSc.COMM_WORLD if comm is None else comm).getSize()
+    return max(1, usable_cores() // size)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask on Linux, else all)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:                     # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // size)
+        return os.cpu_count() or 1
 
 
 @contextmanager

@@ -166,11 +166,11 @@ def _version_of(module: str) -> str | None:
 def machine(comm=None) -> dict:
     """The CPU, its cores, the OS, the MPI size, torch's threads and the environment
     variables of :data:`ENVIRONMENT` that are set."""
+    from .parallel import usable_cores
     comm = comm if comm is not None else PETSc.COMM_WORLD
     return {"cpu": _cpu_model(),
             "cores": os.cpu_count(),
-            "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(),
+            "cores_usable": usable_cores(),
             "os": platform.platform(),
             "architecture": platform.machine(),
             "mpi_size": comm.getSize(),
