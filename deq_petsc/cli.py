@@ -93,7 +93,7 @@ def _device_argument(p):
 
 def build_parser() -> argparse.ArgumentParser:
     from .demo import TASK_EPOCHS, DemoConfig   # PETSc-free: its defaults are the demo's flags
-    from .solver_sets import compare_defaults   # PETSc-free: compare's help lists its sets
+    from .solver_sets import SOLVER_SETS, compare_defaults   # PETSc-free: help lists the sets
     DEMO = DemoConfig()
     parser = argparse.ArgumentParser(
         prog="deq-petsc", allow_abbrev=False, add_help=False,
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "demo", "the main job: train the polarity scientist once per solver set "
                  "and compare them",
                  "Train the DEQ polarity classifier on a QM9 subset once per named solver set "
-                 "(picard, anderson, anderson-gmres, anderson20-gmres, ngmres, jfnk, anderson+npc; each under the "
+                 f"({', '.join(SOLVER_SETS)}; each under the "
                  "options prefix <name>_ with '+' and '-' as '_', e.g. -anderson_snes_anderson_m "
                  "3) at the paper's training tolerances, and report side by side: time to a "
                  "target validation accuracy, test accuracy, converged fractions, iterations, "

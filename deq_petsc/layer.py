@@ -25,7 +25,7 @@ from .adjoint import AdjointSolver, AdjointStats, ImplicitKSP, KSPStats
 from .convergence import solve_accepted
 from .diagnostics import sample_radii, spectral_radius
 from .errors import DEQConvergenceError
-from .options_spec import LAYER as LAYER_OPTIONS, SOLVER as SOLVER_OPTIONS
+from .options_spec import LAYER as LAYER_OPTIONS, LEAN as LEAN_OPTIONS, SOLVER as SOLVER_OPTIONS
 from .petsc_options import inserted_defaults
 from .problem import FixedPointProblem
 from .solver import DEQSolver, SolveStats
@@ -81,18 +81,26 @@ class DEQ(nn.Module):
         output is not shaped like the state, or that fails on its first evaluation
         with a state shaped like ``x`` by default, is a ``DEQInputError`` naming
         the shapes and this argument.
+    independent_samples:
+        Whether the cell treats the samples (the state's first dimension) apart,
+        its only batch coupling being ``x``'s per-sample tensors (default: true, as
+        for convolutions, group norm and attention within a sample). Then a lean
+        solver (:mod:`deq_petsc.lean`) stops each sample once it has converged and
+        evaluates the cell on the others only. Pass ``False`` for a cell that mixes
+        samples (batch norm in training mode): the batch is then iterated whole.
     """
 
     def __init__(self, cell: Callable[[torch.Tensor, Any], torch.Tensor], prefix: str = "",
                  adjoint_prefix: str | None = None, comm=None, options: dict | None = None,
                  adjoint_options: dict | None = None, warm_start: bool = False,
-                 z_shape=None):
+                 z_shape=None, independent_samples: bool = True):
         super().__init__()
         self.cell = cell
+        self.independent_samples = independent_samples
         self.prefix = prefix
         self.z_shape = z_shape
         own, solver_options = LAYER_OPTIONS.split(options, "DEQ(options=...)",
-                                                  passed_on=(SOLVER_OPTIONS,))
+                                                  passed_on=(SOLVER_OPTIONS, LEAN_OPTIONS))
         self.solver = DEQSolver(prefix=prefix, comm=comm, options=solver_options)
         self.adjoint = AdjointSolver(prefix=prefix + "adjoint_" if adjoint_prefix is None
                                      else adjoint_prefix, comm=comm, ksp_options=adjoint_options)
@@ -123,7 +131,8 @@ class DEQ(nn.Module):
         """``z = cell(z, x)`` for input ``x`` (detached), the state shaped by
         :meth:`state_shape`: what :meth:`solve_fixed_point` solves, and what solver
         comparisons and spectra of a trained model take."""
-        return FixedPointProblem(self.cell, _detach(x), z_shape=self.state_shape(x))
+        return FixedPointProblem(self.cell, _detach(x), z_shape=self.state_shape(x),
+                                 independent_samples=self.independent_samples)
 
     def solve_fixed_point(self, x, z0: torch.Tensor | None = None):
         """``(z*, problem)`` for input ``x``, solved by the SNES with no graph kept."""

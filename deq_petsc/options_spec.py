@@ -168,7 +168,17 @@ TAO_TRAINER = OptionGroup("TAO trainer (deq_petsc)", "TaoTrainer",
               "DIVERGED_MAXITS, instead of raising"),
 ))
 
-GROUPS = (SOLVER, ADJOINT, LAYER, TAO_TRAINER)
+LEAN = OptionGroup("Lean SNES types (deq_petsc)", "deq_petsc.lean",
+                   "the SNES's prefix (`-snes_type python -snes_python_type "
+                   "deq_petsc.lean.Anderson`)", (
+    OwnOption("deq_sample_stop", "string", "each",
+              "When the solve stops: batch (PETSc's test on the whole batch's norm, "
+              "mixing over the batch), worst (every sample to rtol/atol of its own, the "
+              "batch iterated until the last one) or each (the same rule, a sample "
+              "leaving the batch once it meets it)", choices=("batch", "worst", "each")),
+))
+
+GROUPS = (SOLVER, ADJOINT, LAYER, TAO_TRAINER, LEAN)
 
 
 def markdown() -> str:

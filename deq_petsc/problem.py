@@ -31,6 +31,17 @@ def _forward_jvp(fn, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(z) if tangent is None else tangent
 
 
+def _select(x, rows: torch.Tensor, batch: int):
+    """``x`` restricted to the samples ``rows`` (see :meth:`FixedPointProblem.select`)."""
+    if isinstance(x, torch.Tensor):
+        return x[rows.to(x.device)] if x.dim() and x.shape[0] == batch else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(_select(v, rows, batch) for v in x)
+    if isinstance(x, dict):
+        return {k: _select(v, rows, batch) for k, v in x.items()}
+    return x
+
+
 class NoGraphError(ValueError):
     """A transpose product ``J_f^T u`` asked of an ``f`` that autograd cannot differentiate
     in ``z`` (:attr:`Linearization.has_graph`): differences give ``J_f v``, never that."""
@@ -60,7 +71,7 @@ class FixedPointProblem:
     """
 
     def __init__(self, f: Cell, x: Any = None, z0: torch.Tensor | None = None,
-                 z_shape: tuple[int, ...] | None = None):
+                 z_shape: tuple[int, ...] | None = None, independent_samples: bool = False):
         if not callable(f):
             raise TypeError(f"f must be callable as f(z, x), got {type(f).__name__}")
         self.f = f
@@ -84,6 +95,23 @@ class FixedPointProblem:
         self.shape_origin = ("z0" if z0_given else "z_shape" if z_shape is not None
                              else "x (the default without z_shape)")
         self._evaluated = False
+        #: Whether ``f`` treats the samples (the state's first dimension) apart, so that a
+        #: solver may evaluate it on some of them only (:meth:`select`): true of a cell
+        #: whose only batch coupling is through ``x``'s per-sample tensors; false (the
+        #: default) for an ``f`` that closes over the whole batch (an adjoint's VJP).
+        self.independent_samples = bool(independent_samples)
+
+    def select(self, rows: torch.Tensor) -> "FixedPointProblem":
+        """The same problem for the samples ``rows`` only: ``x``'s tensors (in a tuple,
+        list or dict as well) whose first dimension is the batch's are indexed by
+        ``rows``, anything else is passed as it is."""
+        if not self.independent_samples:
+            raise ValueError("select(): this problem's samples are not independent")
+        batch = self.z0.shape[0]
+        sub = FixedPointProblem(self.f, _select(self.x, rows, batch), z0=self.z0[rows],
+                                independent_samples=True)
+        sub.shape_origin, sub._evaluated = self.shape_origin, self._evaluated
+        return sub
 
     # -- evaluations -------------------------------------------------------------
     def __call__(self, z: torch.Tensor) -> torch.Tensor:

@@ -92,9 +92,10 @@ def solver_options(options: dict, prefix: str = "") -> dict:
 def snes_settings(snes) -> dict:
     """A SNES's type and tolerances read back from the object: what the options that
     reached it made of it (a typo'd or misplaced option leaves the defaults here)."""
+    from .lean import snes_method
     rtol, atol, stol, max_it = snes.getTolerances()
-    return {"snes_type": snes.getType(), "rtol": rtol, "atol": atol, "stol": stol,
-            "max_it": max_it}
+    return {"snes_type": snes.getType(), "method": snes_method(snes), "rtol": rtol,
+            "atol": atol, "stol": stol, "max_it": max_it}
 
 
 @lru_cache(maxsize=1)

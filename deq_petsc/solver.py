@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from petsc4py import PETSc
@@ -30,8 +30,9 @@ from .callbacks import petsc_callback
 from .convergence import solve_accepted
 from .errors import DEQConvergenceError, DEQError, DEQNonFiniteError
 from .interop import TensorLayout, layout_changed, vec_local_view
+from .lean import snes_method
 from .operators import ResidualJacobian, create_residual_jacobian
-from .options_spec import SOLVER as SOLVER_OPTIONS
+from .options_spec import LEAN as LEAN_OPTIONS, SOLVER as SOLVER_OPTIONS
 from .outcome import SolveOutcome
 from .petsc_options import (check_positive_ints, inserted_defaults, ksp_reason_name,
                             options_checked, petsc_message, snes_reason_name)
@@ -42,9 +43,12 @@ _SOLVE_EVENT = PETSc.Log.Event("DEQSolve")
 
 #: Program defaults, applied before ``setFromOptions()`` (command line wins).
 #: PETSc's own defaults hold for everything not listed. Anderson is the DEQ
-#: workhorse; PETSc's default depth of 30 costs 60 state-sized vectors.
+#: workhorse, in its lean form (:mod:`deq_petsc.lean`: PETSc's algorithm on the
+#: model's own tensors, each sample stopping at its own tolerance); PETSc's default
+#: depth of 30 costs 60 state-sized vectors. ``-snes_type anderson`` is PETSc's own.
 DEFAULT_OPTIONS = {
-    "snes_type": "anderson",
+    "snes_type": "python",
+    "snes_python_type": "deq_petsc.lean.Anderson",
     "snes_anderson_m": 5,
     "snes_max_it": 100,
 }
@@ -75,6 +79,14 @@ class SolveStats(SolveOutcome):
     linear_iterations: int = 0
     nonfinite_evals: int = 0
     first_nonfinite_eval: int | None = None   # 1-based; None: every f was finite
+    #: f evaluations counted per sample (a lean solver stops samples one by one)
+    sample_evals: int = 0
+    #: iterations each sample needed (its own stopping rule met; the whole solve's
+    #: when the batch stops together)
+    sample_iterations: list[int] = field(default_factory=list)
+    #: how the solve stopped: batch (one test on the whole batch), worst or each
+    #: (every sample to its own tolerance; each: a sample stops once it is there)
+    sample_stop: str = "batch"
 
     RESIDUAL = "||F||"
     DERIVED = SolveOutcome.DERIVED + ("snes_type",)
@@ -87,6 +99,16 @@ class SolveStats(SolveOutcome):
     @property
     def time_per_function_eval(self) -> float:
         return self.time / self.function_evals if self.function_evals else math.nan
+
+    @property
+    def samples(self) -> int:
+        return len(self.sample_iterations)
+
+    @property
+    def mean_sample_iterations(self) -> float:
+        """Iterations per sample, on average: what per-sample stopping saves."""
+        its = self.sample_iterations
+        return sum(its) / len(its) if its else math.nan
 
     def _cost_summary(self) -> str:
         extra = ""
@@ -107,6 +129,8 @@ class _SNESContext:
         # one buffer for all evaluations instead of an allocation per call.
         self.z_buffer = None if layout.zero_copy else layout.empty()
         self.problem: FixedPointProblem | None = None
+        self.state: torch.Tensor | None = None     # the solve's tensor (lean types)
+        self.state_vec: PETSc.Vec | None = None    # ... and the Vec that stands for it
         self.reset_counters()
 
     def reset_counters(self):
@@ -117,6 +141,54 @@ class _SNESContext:
         self.first_nonfinite_eval = None
         self.jacobian.jvp_count = 0
         self.jacobian.vjp_count = 0
+        self.sample_evals = 0
+        self.lean_run = None
+
+    # -- the lean types' side (deq_petsc.lean): they work on tensors, not on Vecs -------
+    def lean_state(self, X) -> torch.Tensor:
+        """The tensor a lean type iterates in place of ``X``: the solve's own (no copy,
+        the model's dtype and device), or ``X`` read once when it is another Vec (the
+        lean type as another SNES's nonlinear preconditioner)."""
+        if self.state is not None and self.state_vec is not None \
+                and X.handle == self.state_vec.handle:
+            return self.state
+        return self.layout.read(X).clone()
+
+    def lean_f(self, problem: FixedPointProblem, z: torch.Tensor, samples: int) -> torch.Tensor:
+        """``f(z)`` for a lean type, counted (once, and once per sample evaluated)."""
+        _FUNCTION_EVENT.begin()
+        try:
+            with torch.no_grad():
+                fz = problem(z)
+        except BaseException as err:
+            self.error = self.error or err
+            raise
+        finally:
+            _FUNCTION_EVENT.end()
+        self.function_evals += 1
+        self.sample_evals += samples
+        return fz
+
+    def lean_nonfinite(self):
+        """A lean type saw a non-finite residual norm (its NaN test costs nothing)."""
+        if not self.check_finite:
+            return
+        self.nonfinite_evals += 1
+        if self.first_nonfinite_eval is None:
+            self.first_nonfinite_eval = self.function_evals
+
+    def lean_finished(self, snes, X, run):
+        """The answer into ``X``, unless ``X`` stands for the solve's tensor, which holds it
+        already: then the run is the solve's own, kept for the statistics. Otherwise the
+        residual at the answer goes into the SNES's function as well (PETSc's Anderson
+        reads it from its nonlinear preconditioner)."""
+        if run.z_out is self.state:
+            self.lean_run = run
+            return
+        self.layout.write(run.z_out, X)
+        F = snes.getFunction()[0]
+        out = vec_local_view(F, "w")
+        out.copy_(run.F_out.reshape(-1))
 
     @petsc_callback(_FUNCTION_EVENT)
     @torch.no_grad()
@@ -185,7 +257,7 @@ class DEQSolver:
         self.prefix = prefix or ""
         self.comm = PETSc.COMM_SELF if comm is None else comm
         self.own_defaults, self.user_defaults = SOLVER_OPTIONS.split(
-            options, f"DEQSolver(prefix={self.prefix!r}, options=...)")
+            options, f"DEQSolver(prefix={self.prefix!r}, options=...)", passed_on=(LEAN_OPTIONS,))
         self.accept_max_it = False          # our options are read at the first set-up
         self.defaults = {**DEFAULT_OPTIONS, **self.user_defaults}
         self.check_convergence = check_convergence
@@ -218,13 +290,21 @@ class DEQSolver:
         self._J = create_residual_jacobian(jacobian, comm=self.comm)
         self.snes.setFunction(self._ctx.evalFunction, self._F)
         self.snes.setJacobian(self._ctx.evalJacobian, self._J, self._J)
+        self.snes.setApplicationContext(self._ctx)   # where the lean types find the cell
         # Programmatic defaults the options database may override: a python Mat
         # has no entries, so no preconditioner can be built from it.
         self.snes.getKSP().getPC().setType(PETSc.PC.Type.NONE)
         with inserted_defaults(self.prefix, self.defaults_for(layout.dtype)), \
                 options_checked(self.snes, "the forward SNES"):
             check_positive_ints(self.prefix)
-            self.snes.setFromOptions()
+            try:
+                self.snes.setFromOptions()
+            except PETSc.Error:
+                if self._ctx.error is not None:      # a lean type's own refusal
+                    raise self._ctx.error from None
+                raise
+            if self.snes.hasNPC():                   # a lean type as preconditioner
+                self.snes.getNPC().setApplicationContext(self._ctx)
         SOLVER_OPTIONS.print_help(self.prefix, self.comm)
         max_it = self.snes.getTolerances()[3]
         self.snes.setConvergenceHistory(length=max(int(max_it) + 1, 1000), reset=True)
@@ -265,6 +345,7 @@ class DEQSolver:
 
         z = z0.clone(memory_format=torch.contiguous_format)
         X = layout.create_vec(z, comm=self.comm)   # shares z's memory when zero-copy
+        ctx.state, ctx.state_vec = z, X            # a lean type iterates z itself
         _SOLVE_EVENT.begin()
         start = time.perf_counter()
         try:
@@ -275,9 +356,11 @@ class DEQSolver:
                 raise DEQError(f"PETSc failed inside the forward solve "
                                f"(prefix {self.prefix or 'none'}): {petsc_message(err)}") from None
             elapsed = time.perf_counter() - start
-            z_star = z if layout.zero_copy else layout.read(X).clone()
+            z_star = z if layout.zero_copy or ctx.lean_run is not None \
+                else layout.read(X).clone()
         finally:
             _SOLVE_EVENT.end()
+            ctx.state = ctx.state_vec = None
             X.destroy()
 
         stats = self._collect_stats(elapsed)
@@ -293,11 +376,20 @@ class DEQSolver:
         snes, ctx = self.snes, self._ctx
         norms, _ = snes.getConvergenceHistory()
         reason = int(snes.getConvergedReason())
+        iterations = int(snes.getIterationNumber())
+        run = ctx.lean_run
+        if run is not None:
+            samples = dict(sample_evals=ctx.sample_evals,
+                           sample_iterations=list(run.samples.iterations), sample_stop=run.mode)
+        else:
+            batch = ctx.layout.shape[0] if len(ctx.layout.shape) > 1 else 1
+            samples = dict(sample_evals=ctx.function_evals * batch,
+                           sample_iterations=[iterations] * batch)
         return SolveStats(
-            method=snes.getType(),
+            method=snes_method(snes),
             reason=reason,
             reason_name=snes_reason_name(reason),
-            iterations=int(snes.getIterationNumber()),
+            iterations=iterations,
             function_evals=ctx.function_evals,
             jvp_count=ctx.jacobian.jvp_count,
             vjp_count=ctx.jacobian.vjp_count,
@@ -306,6 +398,7 @@ class DEQSolver:
             time=elapsed,
             nonfinite_evals=ctx.nonfinite_evals,
             first_nonfinite_eval=ctx.first_nonfinite_eval,
+            **samples,
         )
 
     def _raise_if_failed(self, stats: SolveStats):

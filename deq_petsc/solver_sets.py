@@ -118,38 +118,56 @@ def is_option(token: str) -> bool:
         return True
 
 
-_PICARD = "-snes_type nrichardson -snes_linesearch_type basic"
-_ANDERSON = "-snes_type anderson -snes_anderson_m 5"
+#: The lean types (deq_petsc.lean): PETSc's Picard and Anderson run on the model's own
+#: tensors, PETSc's options, monitors and reasons kept; each sample stops at its own
+#: tolerance (-deq_sample_stop each) where the cell allows it.
+_PICARD = "-snes_type python -snes_python_type deq_petsc.lean.Picard"
+_ANDERSON = "-snes_type python -snes_python_type deq_petsc.lean.Anderson -snes_anderson_m 5"
+#: PETSc's own implementations of the same methods, for comparison.
+_PETSC_PICARD = "-snes_type nrichardson -snes_linesearch_type basic"
+_PETSC_ANDERSON = "-snes_type anderson -snes_anderson_m 5"
 #: The paper's fixed-point solvers run to their tolerance or their iteration cap, with
 #: no divergence test: where the cell is not contractive the iterate grows, the
 #: solve ends at the cap (counted as not converged) and training goes on with it.
 #: PETSc's own word for "no test" (PETSC_UNLIMITED); a huge number would not fit a
 #: single-precision build's PetscReal.
 _NO_DTOL = "-snes_divergence_tolerance unlimited"
+#: The adjoint fixed point u = J^T u + g couples the samples (one VJP through the whole
+#: batch's graph): its stopping test is PETSc's, on the whole batch, as before.
+_BATCH_STOP = "-deq_sample_stop batch"
 
 #: The registry, in the order tables show it.
 SOLVER_SETS = {s.name: s for s in (
-    SolverSet("picard", f"{_PICARD} {_NO_DTOL}", f"-deq_method snes {_PICARD} {_NO_DTOL}",
+    SolverSet("picard", f"{_PICARD} {_NO_DTOL}",
+              f"-deq_method snes {_PICARD} {_BATCH_STOP} {_NO_DTOL}",
               "forward iteration both ways: the paper's baseline"),
-    SolverSet("anderson", f"{_ANDERSON} {_NO_DTOL}", f"-deq_method snes {_ANDERSON} {_NO_DTOL}",
+    SolverSet("anderson", f"{_ANDERSON} {_NO_DTOL}",
+              f"-deq_method snes {_ANDERSON} {_BATCH_STOP} {_NO_DTOL}",
               "Anderson (m = 5) both ways: the paper's solver"),
     SolverSet("anderson-gmres", _ANDERSON, "-deq_method ksp -ksp_type gmres",
               "Anderson (m = 5) forward, a GMRES adjoint (Krylov needs no contraction)",
               new_forward=False),
-    SolverSet("anderson20-gmres", "-snes_type anderson -snes_anderson_m 20",
+    SolverSet("anderson20-gmres", _ANDERSON.replace("_m 5", "_m 20"),
               "-deq_method ksp -ksp_type gmres",
               "Anderson with a 20-deep window forward (nearer GMRES on hard equilibria), "
               "GMRES adjoint: the demo's best"),
+    SolverSet("petsc-picard", f"{_PETSC_PICARD} {_NO_DTOL}",
+              f"-deq_method snes {_PETSC_PICARD} {_NO_DTOL}",
+              "PETSc's own Picard (nrichardson) both ways: what the lean type replaces"),
+    SolverSet("petsc-anderson", f"{_PETSC_ANDERSON} {_NO_DTOL}",
+              f"-deq_method snes {_PETSC_ANDERSON} {_NO_DTOL}",
+              "PETSc's own Anderson both ways: what the lean type replaces"),
     SolverSet("ngmres", "-snes_type ngmres", "-deq_method ksp -ksp_type gmres",
               "nonlinear GMRES forward, GMRES adjoint"),
     SolverSet("jfnk", "-snes_type newtonls -snes_linesearch_type basic -ksp_type gmres "
               "-ksp_rtol 1e-2 -ksp_max_it 30 "
               "-snes_max_linear_solve_fail 1000", "-deq_method ksp -ksp_type gmres",
               "Newton-Krylov on exact JVPs (inexact Newton), GMRES adjoint"),
-    SolverSet("anderson+npc", f"{_ANDERSON} -npc_snes_type nrichardson "
+    SolverSet("anderson+npc", f"{_PETSC_ANDERSON} -npc_snes_type nrichardson "
               "-npc_snes_linesearch_type basic -npc_snes_max_it 1",
               "-deq_method ksp -ksp_type gmres",
-              "Anderson with a Picard step as nonlinear preconditioner, GMRES adjoint"),
+              "PETSc's Anderson with a Picard step as nonlinear preconditioner, GMRES "
+              "adjoint"),
 )}
 
 

@@ -14,7 +14,7 @@ LAYERS = {
     1: ["allocator", "atomic", "blas_threads", "c_output", "callbacks", "convergence", "devices",
         "kernels", "diagnostics", "errors", "interop", "operators", "options_spec", "outcome",
         "petsc_options", "problem", "progress", "reference", "solver", "adjoint",
-        "solver_sets"],
+        "solver_sets", "lean"],
     2: ["layer", "integrations"],
     3: ["models"],
     4: ["data"],

@@ -18,7 +18,9 @@ def _assert_all_ok(script, names, *args, timeout=300):
 @pytest.mark.mpi
 @double_scalars
 def test_distributed_state_matches_serial_on_two_ranks():
-    _assert_all_ok("tests/mpi/distributed_solve.py", ("picard", "anderson", "newtonls"))
+    _assert_all_ok("tests/mpi/distributed_solve.py",
+                   ("picard", "anderson", "newtonls", "lean-picard-batch", "lean-anderson-batch",
+                    "lean-anderson-worst", "lean-anderson-each"))
 
 
 def _norms(text):

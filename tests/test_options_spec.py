@@ -30,7 +30,8 @@ def test_every_own_option_is_listed_by_help(tmp_path):
                 "--trainer", "tao", "--tao-batch", "16", "--no-progress", "--out", tmp_path,
                 "-help")
     assert r.returncode == 0, r.stdout + r.stderr
-    prefixes = {"DEQSolver": "", "AdjointSolver": "adjoint_", "DEQ": "", "TaoTrainer": ""}
+    prefixes = {"DEQSolver": "", "AdjointSolver": "adjoint_", "DEQ": "", "TaoTrainer": "",
+                "deq_petsc.lean": ""}
     for group in options_spec.GROUPS:
         assert f"{group.title} options" in r.stdout, group.title
         for o in group.options:

@@ -113,7 +113,8 @@ def test_anderson_beats_picard_on_a_slow_contraction():
 def test_petsc_anderson_takes_the_iterations_of_an_independent_anderson(m):
     """PETSc's anderson and a type-II Anderson written in torch walk the same path."""
     cell, x, problem = tanh_problem(contraction=0.95, seed=8)
-    with DEQSolver(options={"snes_rtol": 1e-10, "snes_stol": 0.0, "snes_anderson_m": m}) as s:
+    with DEQSolver(options={"snes_type": "anderson", "snes_rtol": 1e-10, "snes_stol": 0.0,
+                            "snes_anderson_m": m}) as s:
         z, stats = s.solve(problem)
     z_ref, its, evals, history = torch_anderson(lambda v: cell(v, x).detach(), problem.z0,
                                                 m=m, rtol=1e-10)
@@ -219,7 +220,7 @@ def test_prefix_isolates_solvers(petsc_options):
         _, s_inner = inner.solve(problem)
         _, s_plain = plain.solve(problem)
         assert inner.snes.getTolerances()[3] == 77
-    assert (s_inner.snes_type, s_plain.snes_type) == ("ngmres", "anderson")
+    assert (s_inner.snes_type, s_plain.snes_type) == ("ngmres", "lean-anderson")
     # program defaults were taken out of the database again
     assert not PETSc.Options().hasName("snes_anderson_m")
 

@@ -219,14 +219,14 @@ def test_quick_demo_writes_a_summary_with_every_field(cache_dir, tmp_path):
     # Picard adjoint stops at its cap, and the summary counts none as converged
     assert summary["solvers"]["picard"]["adjoint_converged_fraction"] == 0.0
     assert summary["solvers"]["anderson"]["adjoint_converged_fraction"] == 1.0
-    assert "-snes_type nrichardson" in summary["solvers"]["picard"]["options"]
+    assert "-snes_python_type deq_petsc.lean.Picard" in summary["solvers"]["picard"]["options"]
     # each set's options as applied (the user's over the set's), read back in training
     from deq_petsc.solver_sets import parse_options
     anderson = summary["solvers"]["anderson"]
     assert parse_options(anderson["options"])["snes_anderson_m"] == "3"
     assert parse_options(anderson["set_options"])["snes_anderson_m"] == "5"
     assert parse_options(summary["solvers"]["picard"]["options"])["adjoint_snes_max_it"] == "3"
-    assert anderson["forward_solver"]["snes_type"] == "anderson"
+    assert anderson["forward_solver"]["method"] == "lean-anderson"
     assert anderson["forward_solver"]["max_it"] == 25                  # the demo's cap
     assert summary["record"]["petsc_options"]["anderson_snes_anderson_m"] == "3"
     assert set(summary["inference_on_one_model"]["solves"]) == {"picard", "anderson"}

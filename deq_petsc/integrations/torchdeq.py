@@ -42,7 +42,9 @@ from ..problem import FixedPointProblem, NoGraphError
 from ..solver import DEQSolver
 
 #: The SNES may run as long as TorchDEQ's ``max_iter`` asks; the per-sample test stops it.
-_UNBOUNDED = {"snes_max_it": 1_000_000, "snes_stol": 0.0}
+#: PETSc's own Anderson: TorchDEQ's per-sample test reads the SNES's vectors at every
+#: iteration, which the lean types (deq_petsc.lean) fill only at the end.
+_UNBOUNDED = {"snes_max_it": 1_000_000, "snes_stol": 0.0, "snes_type": "anderson"}
 
 
 class TorchDEQSolver:

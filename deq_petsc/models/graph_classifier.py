@@ -122,7 +122,8 @@ class WeightTied(nn.Module):
 
     def fixed_point_problem(self, x) -> FixedPointProblem:
         """As :meth:`DEQ.fixed_point_problem`: the cell's problem for ``x``."""
-        return FixedPointProblem(self.cell, x.detach(), z_shape=self.state_shape(x))
+        return FixedPointProblem(self.cell, x.detach(), z_shape=self.state_shape(x),
+                                 independent_samples=True)
 
     def forward(self, x):
         z = x.new_zeros(self.state_shape(x) or x.shape)

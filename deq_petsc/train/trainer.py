@@ -116,6 +116,9 @@ class Trainer:
         return run_record(settings=asdict(self.cfg), prefix=self.prefix, comm=self.dp.comm)
 
     def resume(self, path=None) -> int:
+        # rank 0 writes the checkpoint after each epoch, with no collective after it: a
+        # rank that resumes at once must wait until it is there
+        self.dp.barrier()
         state = load_checkpoint(path or self.checkpoint_path)
         if state["train_config"]["task"] != self.cfg.task or \
                 state["model_config"] != self.model.config.as_dict():
