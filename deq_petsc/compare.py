@@ -64,6 +64,8 @@ class SolveRun:
     reason: str = ""
     iterations: int = 0
     function_evals: int = 0
+    sample_evals: int = 0          # f evaluations counted per sample (a sample that stops
+    samples: int = 0               # early stops costing them: deq_petsc.lean)
     jvps: int = 0
     linear_iterations: int = 0
     time: float = math.nan
@@ -80,11 +82,19 @@ class SolveRun:
         start at each monitored iterate."""
         return cls(oset.name, oset.text, converged=stats.converged, reason=stats.reason_name,
                    iterations=stats.iterations, function_evals=stats.function_evals,
+                   sample_evals=stats.sample_evals, samples=stats.samples,
                    jvps=stats.jvp_count, linear_iterations=stats.linear_iterations,
                    time=stats.time, final_residual=stats.final_residual,
                    relative_residual=stats.relative_residual,
                    residuals=list(stats.residual_norms),
                    times=list(times)[:len(stats.residual_norms)])
+
+    @property
+    def evals_per_sample(self) -> float:
+        """f evaluations (and Jacobian products) per sample: what the solve cost each one."""
+        if not self.samples:
+            return math.nan
+        return (self.sample_evals + self.jvps * self.samples) / self.samples
 
     def row(self) -> dict:
         d = asdict(self)

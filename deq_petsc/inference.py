@@ -79,7 +79,8 @@ def model_device(model) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model, images: torch.Tensor, batch_size: int = 256, dp: DataParallel | None = None):
+def predict(model, images: torch.Tensor, batch_size: int = 256, dp: DataParallel | None = None,
+            counts: dict | None = None):
     """Outputs for ``images``, plus (mean forward iterations, f evaluations, seconds,
     batches whose solve stopped at its iteration limit).
 
@@ -87,6 +88,9 @@ def predict(model, images: torch.Tensor, batch_size: int = 256, dp: DataParallel
     (the DEQ solve is one global solve) and every rank gets all the outputs. Batches
     whose solve stopped at its iteration limit (a loaded model accepts the cap) are
     counted and warned about (:class:`~deq_petsc.errors.DEQCappedSolveWarning`).
+    ``counts``, if given, receives ``sample_evals`` and ``samples``: the f evaluations
+    counted per sample and the samples, on this rank's shards (a sample that stops early
+    stops costing them).
     """
     model.eval()
     dp = dp or DataParallel(PETSc.COMM_SELF)
@@ -99,6 +103,10 @@ def predict(model, images: torch.Tensor, batch_size: int = 256, dp: DataParallel
         f_its, f_evals, _, unconverged, _ = solver_counts(model)
         its.append(f_its)
         evals += f_evals
+        if counts is not None and model.last_stats is not None and model.last_stats.forward:
+            counts["sample_evals"] = counts.get("sample_evals", 0) + \
+                model.last_stats.forward.sample_evals
+            counts["samples"] = counts.get("samples", 0) + len(local)
         inexact += unconverged
     elapsed = time.perf_counter() - start
     if inexact:
@@ -120,9 +128,12 @@ def evaluate(model, data: TaskData, split: str = "test", batch_size: int = 256,
     objective = objective or Classification(data.classes)
     images = data.images[data.indices(split)]
     y = objective.targets(data, split)
-    out, (its, evals, elapsed, inexact) = predict(model, images, batch_size, dp)
+    counts = {}
+    out, (its, evals, elapsed, inexact) = predict(model, images, batch_size, dp, counts)
     report = objective.report(out.float(), y, data)
-    report.update(split=split, forward_its=its, function_evals=evals, seconds=elapsed,
+    per_sample = counts["sample_evals"] / counts["samples"] if counts.get("samples") else None
+    report.update(split=split, forward_its=its, function_evals=evals,
+                  function_evals_per_sample=per_sample, seconds=elapsed,
                   seconds_per_sample=elapsed / max(len(y), 1), inexact_forward=inexact,
                   batches=-(-len(y) // batch_size))
     return report

@@ -191,6 +191,7 @@ SUMMARY_FIELDS = {"options", "test_accuracy", "train_seconds", "seconds_to_targe
                   "forward_converged_fraction", "adjoint_converged_fraction",
                   "forward_iterations_mean", "forward_function_evals_mean",
                   "spectral_radius_final", "inference_function_evals_mean",
+                  "inference_function_evals_per_sample",
                   "inference_ms_per_sample", "inference_converged_fraction", "set_options",
                   "forward_solver"}
 
@@ -229,7 +230,8 @@ def test_quick_demo_writes_a_summary_with_every_field(cache_dir, tmp_path):
     assert anderson["forward_solver"]["method"] == "lean-anderson"
     assert anderson["forward_solver"]["max_it"] == 25                  # the demo's cap
     assert summary["record"]["petsc_options"]["anderson_snes_anderson_m"] == "3"
-    assert set(summary["inference_on_one_model"]["solves"]) == {"picard", "anderson"}
+    assert set(summary["inference_on_one_model"]["solves"]) == {
+        "picard", "anderson", "petsc-picard", "petsc-anderson"}     # PETSc's own beside
     # the descriptor baseline on the same split, beside the DEQs
     assert 0.0 <= summary["baseline"]["test_accuracy"] <= 1.0
     assert summary["baseline"]["features"] == "descriptors"
