@@ -14,7 +14,7 @@ beside f evaluations.
 
 Run by hand (a checkpoint from ``make demo``):
   .venv/bin/python benchmarks/bench_lean.py runs/demo/anderson/checkpoint.pt \
-      [--batch 64] [--rtol 1e-4] [--repeat 5] [--out lean.json]
+      [--batch 64] [--batches 0] [--rtol 1e-4] [--repeat 5] [--out lean.json]
 """
 
 from __future__ import annotations
@@ -62,16 +62,43 @@ def bare_f_seconds(problem, repeat: int) -> float:
     return best
 
 
-def measure(problem, sets: dict, rtol: float, max_it: int, repeat: int) -> dict:
+def pass_seconds(z: torch.Tensor, repeat: int = 20) -> float:
+    """One pass over a state-sized tensor (read or written once), measured as a third of
+    ``c = a + b``: the bandwidth bound of vector work on this machine, with torch's threads."""
+    a, b, c = torch.randn_like(z), torch.randn_like(z), torch.empty_like(z)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        torch.add(a, b, out=c)
+        best = min(best, time.perf_counter() - start)
+    return best / 3
+
+
+def lean_passes(name: str) -> float | None:
+    """Passes over the state per iteration of a lean set (deq_petsc.lean's docstrings):
+    Picard 4 (F = z - f: 3, its norm: 1), Anderson(m) 2m + 8; None for PETSc's own
+    (bench_passes.py counts those)."""
+    if not name.startswith("lean"):
+        return None
+    if "picard" in name:
+        return 4.0
+    m = int(name.split("(")[1].split(")")[0])
+    return 2.0 * m + 8
+
+
+def measure(problems, sets: dict, rtol: float, max_it: int, repeat: int) -> dict:
+    """Per set, its fastest pass over all ``problems``: the stats of each batch."""
     best = {}
     for _ in range(repeat):
         for k, (name, opts) in enumerate(sets.items()):
+            runs = []
             with DEQSolver(prefix=f"lean{k}_", check_convergence=False,
                            options={"snes_rtol": rtol, "snes_max_it": max_it,
                                     "snes_divergence_tolerance": -1, **opts}) as solver:
-                _, stats = solver.solve(problem)
-            if name not in best or stats.time < best[name].time:
-                best[name] = stats
+                for problem in problems:
+                    runs.append(solver.solve(problem)[1])
+            if name not in best or sum(r.time for r in runs) < sum(r.time for r in best[name]):
+                best[name] = runs
     return best
 
 
@@ -79,6 +106,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=1,
+                        help="test batches solved (default 1; 0: the whole test split)")
     parser.add_argument("--rtol", type=float, default=1e-4)
     parser.add_argument("--max-it", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=5)
@@ -91,43 +120,64 @@ def main(argv=None):
     cfg = state["train_config"]
     data = load_task(cfg["task"], limit=cfg["limit"], seed=cfg["seed"],
                      split_by=cfg.get("split_by", "random"), progress=False)
-    images = data.images[data.indices("test")][:args.batch]
-    with torch.no_grad():
-        x = model.inject(images.to(next(model.parameters()).dtype))
-    problem = model.equilibrium.fixed_point_problem(x)
-    bare = bare_f_seconds(problem, 20)
+    test = data.images[data.indices("test")]
+    starts = range(0, len(test), args.batch)
+    if args.batches:
+        starts = starts[:args.batches]
+    problems = []
+    for i in starts:
+        with torch.no_grad():
+            x = model.inject(test[i:i + args.batch].to(next(model.parameters()).dtype))
+        problems.append(model.equilibrium.fixed_point_problem(x))
+    first = problems[0]
+    bare = bare_f_seconds(first, 20)
+    one_pass = pass_seconds(first.z0)
     sets = option_sets(tuple(int(m) for m in args.windows.split(",")))
-    measure(problem, sets, args.rtol, args.max_it, 1)                 # warm-up
-    best = measure(problem, sets, args.rtol, args.max_it, args.repeat)
+    measure(problems[:1], sets, args.rtol, args.max_it, 1)               # warm-up
+    best = measure(problems, sets, args.rtol, args.max_it, args.repeat)
     model.destroy()
 
-    base = best["petsc picard"]
+    samples = sum(p.z0.shape[0] for p in problems)
+    total = {name: {"time": sum(r.time for r in runs),
+                    "f": sum(r.function_evals for r in runs),
+                    "sample_evals": sum(r.sample_evals for r in runs),
+                    "its": sum(r.iterations for r in runs),
+                    "reasons": sorted({r.reason_name for r in runs})}
+             for name, runs in best.items()}
+    base = total["petsc picard"]
+    print(f"{args.checkpoint}: {len(problems)} test batch(es) of {args.batch} ({samples} "
+          f"samples), state {tuple(first.z0.shape)} {first.z0.dtype}, rtol {args.rtol:g}, "
+          f"best of {args.repeat}; bare f {1e3 * bare:.2f} ms, one pass over the state "
+          f"{1e3 * one_pass:.3f} ms")
+    print(f"{'set':26s} {'its':>5s} {'f':>5s} {'f/sample':>8s} {'s':>7s} {'ms/f':>6s} "
+          f"{'/bare f':>7s} {'passes':>6s} {'bound':>6s} {'f ratio':>7s} {'time ratio':>10s}  reasons")
     rows = {}
-    print(f"{args.checkpoint}: batch {len(images)}, state {tuple(problem.z0.shape)} "
-          f"{problem.z0.dtype}, rtol {args.rtol:g}, best of {args.repeat}; bare f "
-          f"{1e3 * bare:.2f} ms")
-    print(f"{'set':26s} {'reason':26s} {'its':>4s} {'f':>4s} {'f/sample':>8s} {'ms':>7s} "
-          f"{'ms/it':>6s} {'it/f':>5s} {'f ratio':>7s} {'time ratio':>10s}")
-    for name, s in best.items():
-        per_sample = s.sample_evals / max(s.samples, 1)
-        base_per_sample = base.sample_evals / max(base.samples, 1)
-        per_it = s.time / max(s.function_evals, 1)
-        row = {"reason": s.reason_name, "iterations": s.iterations,
-               "function_evals": s.function_evals, "sample_evals": s.sample_evals,
-               "f_per_sample": per_sample, "mean_sample_iterations": s.mean_sample_iterations,
-               "seconds": s.time, "seconds_per_f": per_it, "per_f_over_bare_f": per_it / bare,
-               "f_ratio": base_per_sample / per_sample, "time_ratio": base.time / s.time}
+    for name, t in total.items():
+        per_sample = t["sample_evals"] / samples
+        per_f = t["time"] / max(t["f"], 1)
+        passes = lean_passes(name)
+        bound = bare + passes * one_pass if passes is not None else None
+        row = {**t, "f_per_sample": per_sample, "seconds_per_f": per_f,
+               "per_f_over_bare_f": per_f / bare, "passes_per_iteration": passes,
+               "bound_seconds_per_f": bound,
+               "f_ratio": (base["sample_evals"] / samples) / per_sample,
+               "time_ratio": base["time"] / t["time"]}
         rows[name] = row
-        print(f"{name:26s} {s.reason_name:26s} {s.iterations:4d} {s.function_evals:4d} "
-              f"{per_sample:8.1f} {1e3 * s.time:7.1f} {1e3 * per_it:6.2f} "
-              f"{per_it / bare:5.2f} {row['f_ratio']:6.2f}x {row['time_ratio']:9.2f}x")
-    print("f ratio: PETSc Picard's f evaluations per sample / this set's; time ratio: "
-          "PETSc Picard's wall time / this set's (above 1: faster)")
+        bound_text = f"{per_f / bound:5.2f}x" if bound else "     -"
+        print(f"{name:26s} {t['its']:5d} {t['f']:5d} {per_sample:8.1f} {t['time']:7.3f} "
+              f"{1e3 * per_f:6.2f} {per_f / bare:6.2f}x {passes or 0:6.0f} {bound_text} "
+              f"{row['f_ratio']:6.2f}x {row['time_ratio']:9.2f}x  {','.join(t['reasons'])}")
+    print("f ratio: PETSc Picard's f evaluations per sample / this set's; time ratio: PETSc "
+          "Picard's wall time / this set's (above 1: faster); ms/f: wall time per batch "
+          "evaluation of f (smaller batches under 'each'); bound: bare f + passes x one pass, "
+          "and ms/f over it (full batches: 'batch' rows)")
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump({"checkpoint": args.checkpoint, "batch": len(images), "rtol": args.rtol,
-                       "repeat": args.repeat, "bare_f_seconds": bare, "rows": rows,
-                       "record": run_record()}, fh, indent=1)
+            json.dump({"checkpoint": args.checkpoint, "batch": args.batch,
+                       "batches": len(problems), "samples": samples, "rtol": args.rtol,
+                       "repeat": args.repeat, "bare_f_seconds": bare,
+                       "pass_seconds": one_pass, "rows": rows, "record": run_record()},
+                      fh, indent=1)
 
 
 if __name__ == "__main__":
