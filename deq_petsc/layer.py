@@ -87,7 +87,8 @@ class DEQ(nn.Module):
         for convolutions, group norm and attention within a sample). Then a lean
         solver (:mod:`deq_petsc.lean`) stops each sample once it has converged and
         evaluates the cell on the others only. Pass ``False`` for a cell that mixes
-        samples (batch norm in training mode): the batch is then iterated whole.
+        samples: the batch is then iterated whole. A cell with a batch norm in
+        training mode is taken as coupled whatever this says.
     """
 
     def __init__(self, cell: Callable[[torch.Tensor, Any], torch.Tensor], prefix: str = "",
@@ -132,7 +133,8 @@ class DEQ(nn.Module):
         :meth:`state_shape`: what :meth:`solve_fixed_point` solves, and what solver
         comparisons and spectra of a trained model take."""
         return FixedPointProblem(self.cell, _detach(x), z_shape=self.state_shape(x),
-                                 independent_samples=self.independent_samples)
+                                 independent_samples=self.independent_samples
+                                 and not _couples_samples(self.cell))
 
     def solve_fixed_point(self, x, z0: torch.Tensor | None = None):
         """``(z*, problem)`` for input ``x``, solved by the SNES with no graph kept."""
@@ -288,3 +290,12 @@ def _detach(x):
     if isinstance(x, (tuple, list)):
         return type(x)(_detach(t) for t in x)
     return x
+
+
+def _couples_samples(cell) -> bool:
+    """Whether ``cell`` visibly mixes the samples of a batch: a batch norm in training
+    mode (its statistics are the batch's), which a shrinking batch would change."""
+    if not isinstance(cell, nn.Module):
+        return False
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+               for m in cell.modules())

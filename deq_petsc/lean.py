@@ -37,7 +37,12 @@ not at every iteration as PETSc does, where it costs two passes over the state.
     otherwise ``worst``).
 
 The SNES they drive must be a :class:`~deq_petsc.solver.DEQSolver`'s: they find the
-cell, the state and the counters in its application context.
+cell, the state and the counters in its application context. The SNES's own vectors
+hold the state only at the end of a solve, so a convergence test set by code (which
+reads them) is refused, and ``-snes_monitor_solution`` shows the start; a lean type
+takes no ``-npc_snes_type`` but can be PETSc's Anderson's preconditioner. The step
+test's gate assumes a step about the size of the residual (Picard's): an Anderson
+solve that stagnates with a large residual runs to ``-snes_max_it``.
 """
 
 from __future__ import annotations
@@ -154,6 +159,12 @@ class _LeanSNES:
             raise RuntimeError(f"{type(self).__module__}.{type(self).__name__} drives a "
                                f"DEQSolver's SNES only (it needs the cell and the state)")
         try:
+            if snes.getConvergenceTest() is not None:
+                from .errors import DEQOptionsError
+                raise DEQOptionsError(
+                    "a convergence test set by code (SNES.setConvergenceTest) reads the "
+                    "SNES's vectors, which the lean types fill only at the end of a solve; "
+                    "use PETSc's own type (-snes_type anderson or nrichardson)")
             if snes.hasNPC():
                 from .errors import DEQOptionsError
                 raise DEQOptionsError(
@@ -199,8 +210,8 @@ class _Run:
         self.F_out = torch.empty_like(z_out) if want_residual else None
         self.reduce = _Reduction(snes.getComm())
         mode = method.sample_stop
-        if mode == "each" and not ctx.problem.independent_samples:
-            mode = "worst"
+        if mode == "each" and (not ctx.problem.independent_samples or z_out.dim() < 2):
+            mode = "worst"             # samples that cannot leave the batch alone
         self.samples = _Samples(z_out, mode)
         self.problem = ctx.problem
         rtol, atol, stol, max_it = snes.getTolerances()
@@ -230,7 +241,10 @@ class _Run:
         per-sample norms are local, the total is summed over the ranks. In batch mode
         the method's norm is already summed over them.
         """
-        given = self.method.squared_norms(self, F) if F.numel() else None
+        # under batch the method's products are summed over the ranks: every rank takes
+        # part, one whose share of the batch is empty too (with zero-size tensors)
+        given = self.method.squared_norms(self, F) \
+            if F.numel() or self.mode == "batch" else None
         if self.mode == "batch":
             if given is not None:
                 total = math.sqrt(float(given.sum()))
@@ -375,6 +389,9 @@ class _Run:
             if samples.active:
                 fz = self.evaluate(z)
                 F = self.residual(z, fz)
+            elif self.mode == "batch":              # an empty share: zero-size F, in place
+                fz = z
+                F = self.residual(z, fz)
             else:                                   # this rank's samples are all done
                 fz = F = z
             fnorm, per = self.norms(F)
@@ -392,7 +409,8 @@ class _Run:
                 reason = _REASON.DIVERGED_MAX_IT
             if reason:
                 break
-            z_next = method.next_iterate(self, z, fz, F) if samples.active else z
+            z_next = method.next_iterate(self, z, fz, F) \
+                if samples.active or self.mode == "batch" else z
             self.step = self.step_norms(it, z, z_next, fnorm, per)
             z = z_next
             it += 1
@@ -523,7 +541,8 @@ class Anderson(_LeanSNES):
         ``||F||^2`` per block is the diagonal entry."""
         s = self.slot
         self.filled = n = min(self.filled + 1, self.m + 1)
-        row = torch.bmm(self.F[:, :n], self.F[:, s].unsqueeze(2)).squeeze(2)
+        F_ring = self.F if self.F.dtype.itemsize >= 4 else self.F.float()   # no fp16 overflow
+        row = torch.bmm(F_ring[:, :n], F_ring[:, s].unsqueeze(2)).squeeze(2)
         row = run.mixing_sum(row.to(torch.float64).cpu()).numpy()
         self.Q[:, s, :n] = row
         self.Q[:, :n, s] = row

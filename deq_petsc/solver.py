@@ -160,6 +160,8 @@ class _SNESContext:
         try:
             with torch.no_grad():
                 fz = problem(z)
+            if fz.dtype != z.dtype:         # the state keeps its precision
+                fz = fz.to(z.dtype)
         except BaseException as err:
             self.error = self.error or err
             raise

@@ -189,3 +189,43 @@ def test_a_lean_picard_step_preconditions_petscs_anderson():
     assert got.converged and ref.converged
     assert torch.allclose(z, z_ref, rtol=0, atol=1e-9)
     assert got.iterations == ref.iterations
+
+
+def test_a_convergence_test_set_by_code_is_refused_not_fed_stale_vectors():
+    from deq_petsc.convergence import PerSampleTest
+    _, _, problem = _problem(batch=3)
+    with DEQSolver(prefix="lt_", options=lean("anderson")) as solver:
+        solver.snes.setConvergenceTest(PerSampleTest(3, 1e-6, "abs", max_it=50))
+        with pytest.raises(DEQOptionsError, match="convergence test set by code"):
+            solver.solve(problem)
+
+
+def test_a_batch_norm_in_training_mode_keeps_the_batch_whole():
+    from deq_petsc import DEQ
+
+    class NormedCell(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(6, 6).double()
+            self.norm = torch.nn.BatchNorm1d(6, eps=100.0).double()   # contractive
+
+        def forward(self, z, x):
+            return 0.05 * torch.tanh(self.norm(self.lin(z)) + x)
+
+    layer = DEQ(NormedCell(), options={**lean("anderson"), "snes_rtol": 1e-8})
+    x = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert not layer.fixed_point_problem(x).independent_samples
+    with torch.no_grad():
+        layer(x)
+    assert layer.solver.last_stats.sample_stop == "worst"
+    layer.cell.eval()
+    assert layer.fixed_point_problem(x).independent_samples
+    layer.destroy()
+
+
+def test_a_half_precision_anderson_does_not_overflow_its_inner_products():
+    big = torch.full((2, 40000), 3.0, dtype=torch.float16)     # ||F||^2 above fp16's 65504
+    problem = FixedPointProblem(lambda z, x: 0.5 * z + x, big, independent_samples=True)
+    z, stats = _solve(problem, {**lean("anderson"), "snes_rtol": 1e-2, "snes_max_it": 20})
+    assert stats.converged and z.dtype == torch.float16
+    assert float((z.float() - 6.0).abs().max()) < 0.1

@@ -20,7 +20,9 @@ def _assert_all_ok(script, names, *args, timeout=300):
 def test_distributed_state_matches_serial_on_two_ranks():
     _assert_all_ok("tests/mpi/distributed_solve.py",
                    ("picard", "anderson", "newtonls", "lean-picard-batch", "lean-anderson-batch",
-                    "lean-anderson-worst", "lean-anderson-each"))
+                    "lean-anderson-worst", "lean-anderson-each",
+                    "lean-anderson-batch with an empty rank",
+                    "lean-anderson-each with an empty rank"))
 
 
 def _norms(text):
