@@ -343,6 +343,12 @@ def _shared_model_solves(cfg, sets, checkpoint, images, out) -> dict:
                                 "seconds": r.time} for r in runs}}
 
 
+def evals_per_sample(solve: dict) -> float:
+    """f evaluations per sample of a one-model solve in a summary (one from before
+    per-sample stopping has per batch only, which is the same number there)."""
+    return solve.get("function_evals_per_sample") or solve["function_evals"]
+
+
 def format_summary(summary: dict) -> str:
     """The side-by-side table the CLI prints."""
     rows = summary["solvers"]
@@ -364,11 +370,10 @@ def format_summary(summary: dict) -> str:
     parts = []
     for name, s in shared["solves"].items():
         ratio = ""
-        per_sample = s.get("function_evals_per_sample", s["function_evals"])
+        per_sample = evals_per_sample(s)
         if base and name != "picard" and s["converged"]:
             bound = ">=" if not base["converged"] else ""
-            base_per_sample = base.get("function_evals_per_sample", base["function_evals"])
-            ratio = (f" (Picard / this: {bound}{base_per_sample / per_sample:.2f}x f evals "
+            ratio = (f" (Picard / this: {bound}{evals_per_sample(base) / per_sample:.2f}x f evals "
                      f"per sample, {bound}{base['seconds'] / s['seconds']:.2f}x wall time)")
         parts.append(f"  {name}: {s['reason']} after {s['iterations']} its, "
                      f"{per_sample:.1f} f evals per sample, {s['seconds']:.3f} s{ratio}")

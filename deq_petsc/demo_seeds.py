@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .atomic import write_json
+from .demo import evals_per_sample
 
 #: The per-set numbers aggregated, with the heading the table gives them.
 METRICS = {"test_accuracy": "test acc", "train_seconds": "train s",
@@ -57,14 +58,10 @@ def one_model_ratios(summary: dict) -> dict:
     ratios = {}
     for name, s in solves.items():
         ok = base is not None and base["converged"] and s["converged"]
-        ratios[name] = {"f_evals": _per_sample(base) / _per_sample(s) if ok else None,
+        ratios[name] = {"f_evals": evals_per_sample(base) / evals_per_sample(s) if ok else None,
                         "time": base["seconds"] / s["seconds"] if ok else None}
     return ratios
 
-
-def _per_sample(solve: dict) -> float:
-    """f evaluations per sample (a summary from before per-sample stopping: per batch)."""
-    return solve.get("function_evals_per_sample") or solve["function_evals"]
 
 
 def aggregate(summaries: dict[int, dict]) -> dict:

@@ -245,20 +245,11 @@ class _Run:
         # part, one whose share of the batch is empty too (with zero-size tensors)
         given = self.method.squared_norms(self, F) \
             if F.numel() or self.mode == "batch" else None
+        measured = self._norms(F) if given is None else None
         if self.mode == "batch":
-            if given is not None:
-                total = math.sqrt(float(given.sum()))
-            else:   # in the state's own dtype: a float64 norm would cast the state first
-                local = torch.linalg.vector_norm(F.reshape(-1)).to(torch.float64).square()
-                total = math.sqrt(float(self.reduce.sum(local.reshape(1).cpu())[0]))
+            total = math.sqrt(float(given.sum())) if given is not None else measured
         else:
-            if not F.numel():
-                per = torch.zeros(0, dtype=torch.float64)
-            elif given is not None:
-                per = given.clamp_min(0).sqrt()
-            else:
-                per = torch.linalg.vector_norm(self.samples.split(F), dim=1
-                                               ).to(torch.float64).cpu()
+            per = given.clamp_min(0).sqrt() if given is not None else measured
             self.sample_norms[self.samples.rows.cpu()] = per
             local = self.sample_norms.square().sum()
             total = math.sqrt(float(self.reduce.sum(local.reshape(1).cpu())[0]))
@@ -356,7 +347,8 @@ class _Run:
         return xnorm, self._norms(z_next - z)
 
     def _norms(self, t: torch.Tensor):
-        """The norm of the batch (summed over the ranks) or of each active sample."""
+        """The norm of the batch (summed over the ranks) or of each active sample, in
+        the state's own dtype (a float64 norm of a float32 state would cast it first)."""
         if self.mode == "batch":
             local = torch.linalg.vector_norm(t.reshape(-1)).to(torch.float64).square()
             return math.sqrt(float(self.reduce.sum(local.reshape(1).cpu())[0]))

@@ -154,19 +154,13 @@ class _SNESContext:
             return self.state
         return self.layout.read(X).clone()
 
+    @petsc_callback(_FUNCTION_EVENT)
+    @torch.no_grad()
     def lean_f(self, problem: FixedPointProblem, z: torch.Tensor, samples: int) -> torch.Tensor:
         """``f(z)`` for a lean type, counted (once, and once per sample evaluated)."""
-        _FUNCTION_EVENT.begin()
-        try:
-            with torch.no_grad():
-                fz = problem(z)
-            if fz.dtype != z.dtype:         # the state keeps its precision
-                fz = fz.to(z.dtype)
-        except BaseException as err:
-            self.error = self.error or err
-            raise
-        finally:
-            _FUNCTION_EVENT.end()
+        fz = problem(z)
+        if fz.dtype != z.dtype:             # the state keeps its precision
+            fz = fz.to(z.dtype)
         self.function_evals += 1
         self.sample_evals += samples
         return fz
