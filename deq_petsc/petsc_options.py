@@ -126,7 +126,13 @@ def options_checked(obj, what: str):
 
 
 def petsc_message(err) -> str:
-    """The last line of PETSc's error stack: what was wrong, in PETSc's words."""
+    """The last line of PETSc's error stack: what was wrong, in PETSc's words; or, for an
+    error raised in Python inside PETSc (a python type: ``-snes_python_type x.Y`` that
+    does not import), that Python exception, which petsc4py chains as the cause."""
+    cause = getattr(err, "__cause__", None)
+    if cause is not None:
+        first = str(cause).splitlines()[0] if str(cause) else ""
+        return f"{type(cause).__name__}: {first}".rstrip(": ")
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     for line in reversed(lines):
         text = line.split("]", 1)[1].strip() if line.startswith("[") else line

@@ -229,3 +229,10 @@ def test_a_half_precision_anderson_does_not_overflow_its_inner_products():
     z, stats = _solve(problem, {**lean("anderson"), "snes_rtol": 1e-2, "snes_max_it": 20})
     assert stats.converged and z.dtype == torch.float16
     assert float((z.float() - 6.0).abs().max()) < 0.1
+
+
+def test_a_python_type_that_does_not_import_is_named_in_one_line():
+    _, _, problem = _problem(batch=2)
+    with pytest.raises(DEQOptionsError, match="ModuleNotFoundError: No module named "
+                                              "'deq_petsc.lean.Nope'"):
+        _solve(problem, {"snes_type": "python", "snes_python_type": "deq_petsc.lean.Nope"})
