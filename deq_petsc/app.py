@@ -80,11 +80,24 @@ def _write_evaluation(args, report: dict, model) -> None:
 # -- data ---------------------------------------------------------------------------------
 def run_data(args) -> int:
     from .data.graph_image import graph_from_image, render_png
+    from .data.pde import FIELD_TASKS
     from .data.tasks import TASKS
+    from .plots import plot_fields
 
     data = _args_data(args, limit=args.limit, seed=args.seed)
     say(data.summary())
-    if args.png and PETSc.COMM_WORLD.getRank() == 0:      # rank 0 writes files
+    if args.png and PETSc.COMM_WORLD.getRank() == 0 and args.task in FIELD_TASKS:
+        out = Path(args.png)
+        out.mkdir(parents=True, exist_ok=True)
+        k = min(args.png_count, len(data.ids), 8)          # one row of panels
+        if k < args.png_count:
+            say(f"  --png-count {args.png_count}: {args.task} draws {k} fields in one figure")
+        path = k and plot_fields(data.fields[:k], [
+            f"{data.ids[i]}: lambda {float(data.images[i, 0]):.2f}" for i in range(k)],
+            out / f"{args.task}-fields.png", title=f"{args.task}: u on the grid's interior")
+        if path:
+            say(f"  wrote {path}")
+    elif args.png and PETSc.COMM_WORLD.getRank() == 0:      # rank 0 writes files
         out = Path(args.png)
         out.mkdir(parents=True, exist_ok=True)
         taken: set = set()
@@ -140,19 +153,28 @@ def run_baseline(args) -> int:
 
 
 # -- training -----------------------------------------------------------------------------
-def _train_config(args, task, kind="deq", depth=8):
+def _train_config(args, task, kind="deq", depth=None):
+    """The run's settings from the flags; what a flag left unset is the task's default (a
+    PDE surrogate: 64 units, 3 layers, float64, its field objective)."""
     from .config import TrainConfig
+    from .data.pde import FIELD_TASKS
+    field = task in FIELD_TASKS
     trainer = getattr(args, "trainer", "adam")
-    dtype = getattr(args, "dtype", None) or ("float64" if trainer == "tao" else "float32")
+    dtype = getattr(args, "dtype", None) or ("float64" if trainer == "tao" or field
+                                             else "float32")
     return TrainConfig(task=task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
-                       seed=args.seed, width=args.width, kind=kind, depth=depth,
+                       seed=args.seed, width=args.width or (64 if field else 16), kind=kind,
+                       depth=depth if depth is not None else (3 if field else 8),
                        limit=args.limit, split_by=getattr(args, "split_by", None) or "random",
-                       jac_reg=args.jac_reg, cell=args.cell, sums=args.sums,
+                       jac_reg=args.jac_reg, cell="dense" if field else args.cell,
+                       sums=args.sums,
                        elements=args.elements, spectral_reg=args.spectral_reg,
                        spectral_target=args.spectral_target,
                        spectral_steps=args.spectral_steps,
-                       gamma=args.gamma, objective=getattr(args, "objective", "classify"),
+                       gamma=args.gamma,
+                       objective=getattr(args, "objective", None) or ("field" if field
+                                                                      else "classify"),
                        dtype=dtype, tao_batch=getattr(args, "tao_batch", 0),
                        device=getattr(args, "device", "cpu"), csv=_absolute(args))
 
@@ -238,6 +260,8 @@ def _check_trainable(cfg, data) -> None:
             f"{counts['val']} validation and {counts['test']} test samples of "
             f"{len(data.ids)} (--limit {cfg.limit}); training needs 2 training samples and "
             f"one each to validate and test: raise --limit")
+    if data.images.dim() == 2:
+        return                       # a surrogate's state: a batch of --width numbers
     batch = min(cfg.batch_size, counts["train"])
     side = "x".join(str(n) for n in data.images.shape[-2:])
     state = batch * cfg.width * data.images[0, 0].numel() * getattr(torch, cfg.dtype).itemsize
@@ -270,6 +294,8 @@ def run_train(args) -> int:
             # and its solver options, under the command line's, until the run ends
             restored, solver_note = resumed_solver_options(saved, PETSc.Options().getAll())
             run_options.enter_context(inserted_defaults("", restored))
+            # a PDE task's data are the checkpoint's: its -pde_* options, none changed
+            run_options.enter_context(inserted_defaults("", _resumed_pde_options(saved, out)))
         data = _args_data(args, limit=cfg.limit, seed=cfg.seed, split_by=cfg.split_by,
                           csv=cfg.csv)
         _check_trainable(cfg, data)          # before any training: nothing is touched yet
@@ -347,11 +373,19 @@ def _evaluation_data(args, state: dict, task: str):
     """The data to evaluate a checkpoint on, refused in one line when its split is empty or
     holds samples the model was trained on (another --limit, --seed, --split-by or --csv
     than training draws another split, whose test samples can be training samples)."""
+    from .data.pde import FIELD_TASKS, options_of
+    from .petsc_options import inserted_defaults
+
     cfg = state["train_config"]
     build = _build_of(args, cfg)
     if args.csv is None and cfg.get("csv"):
         _check_recorded_csv(state, args.checkpoint)
-    data = _args_data(args, task=task, **build)
+    # a PDE task's data are the checkpoint's (its -pde_* settings), but for what is typed
+    with inserted_defaults("", options_of(state["task"]["params"])
+                           if task in FIELD_TASKS else {}):
+        if task in FIELD_TASKS:
+            _check_pde_shapes(state, args.checkpoint)    # before the draws are solved
+        data = _args_data(args, task=task, **build)
     n = len(data.indices(args.split))
     if n == 0:
         raise DEQInputError(f"the {args.split} split of this {task} build is empty ("
@@ -376,6 +410,46 @@ def _evaluation_data(args, state: dict, task: str):
     return data
 
 
+def _resumed_pde_options(saved: dict, out: Path) -> dict:
+    """The ``-pde_*`` options a resumed PDE task's run made its data with (none for the
+    other tasks); a typed one that would make other data is refused in one line: the
+    model, its standardisation and the split belong to the checkpoint's draws."""
+    from .data.pde import FIELD_TASKS, options_of
+    from .petsc_options import changes_no_number
+    if saved["train_config"]["task"] not in FIELD_TASKS:
+        return {}
+    own = {k: str(v) for k, v in options_of(saved["task"]["params"]).items()}
+    for key, value in PETSc.Options().getAll().items():
+        if not key.startswith("pde_") or changes_no_number(key[4:]):
+            continue
+        if key not in own or not _same_option_value(own[key], value):
+            was = f"-{key} {own[key]}" if key in own else f"no -{key}"
+            raise DEQInputError(f"--resume: {out} was trained on draws made with {was}; "
+                                f"-{key} {value} would make other data: drop it, or start "
+                                f"a new run")
+    return own
+
+
+def _same_option_value(a, b) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def _check_pde_shapes(state: dict, checkpoint) -> None:
+    """The draws the ``-pde_*`` options in force give must fit the checkpoint's model: as
+    many parameters in, as many grid values out (checked before any draw is solved)."""
+    from .data.pde import BratuSettings
+    settings = BratuSettings.from_options()
+    want_in, want_out = len(state["task"]["channels"]), len(state["objective"]["mean"])
+    if (settings.n_params, settings.n_outputs) != (want_in, want_out):
+        raise DEQInputError(
+            f"{checkpoint} maps {want_in} parameters to {want_out} grid values; the -pde_* "
+            f"options typed give {settings.n_params} and {settings.n_outputs}: drop "
+            f"-pde_grid / -pde_modes to use the checkpoint's own")
+
+
 def _check_recorded_csv(state: dict, checkpoint) -> None:
     """The CSV a model was trained on (train --csv) must still be there, unchanged."""
     from .data.cache import fingerprint
@@ -394,10 +468,15 @@ def run_predict(args) -> int:
     from .data.graph_image import read_cif
     from .data.tasks import stored_image
     from .inference import load_model, model_dtype, objective_of, require_current_images
+    from .models.surrogate import FAMILY as SURROGATE_FAMILY
 
     model, state = load_model(args.checkpoint)
     task = state["task"]
     try:
+        if state["model_config"].get("family") == SURROGATE_FAMILY:
+            raise DEQInputError(f"{args.checkpoint} is a {task['name']} surrogate (PDE "
+                                f"parameters -> solution field): predict takes molecules and "
+                                f"crystals; score it with evaluate --checkpoint")
         require_current_images(state, args.checkpoint)
         molecular = task["name"] == "polarity"
         if args.input is not None:

@@ -15,7 +15,11 @@ import os
 import signal
 import sys
 
-TASKS = ["polarity", "mof-pore", "crystals"]
+#: the graph-image science tasks (deq_petsc.data.tasks)
+IMAGE_TASKS = ["polarity", "mof-pore", "crystals"]
+#: the PDE surrogate tasks (deq_petsc.data.pde): data, train and evaluate take them
+FIELD_TASKS = ["bratu"]
+TASKS = IMAGE_TASKS + FIELD_TASKS
 
 
 def _command(sub, name, help, description):
@@ -26,10 +30,12 @@ def _command(sub, name, help, description):
     return p
 
 
-def _data_arguments(p, required_task=True, limit_default=None):
-    p.add_argument("--task", required=required_task, choices=TASKS, default=None)
+def _data_arguments(p, required_task=True, limit_default=None, tasks=TASKS):
+    p.add_argument("--task", required=required_task, choices=tasks, default=None)
     p.add_argument("--limit", type=int, default=limit_default,
-                   help="random subset of the source; 0 for all of it (default: %(default)s)")
+                   help="random subset of the source; 0 for all of it"
+                        + ("; bratu: parameter draws solved (0: 4000)" if "bratu" in tasks
+                           else "") + " (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None if not required_task else 0,
                    help="subset, split and initialisation seed (default: 0)")
     p.add_argument("--split-by", choices=["random", "scaffold"], default=None,
@@ -53,7 +59,8 @@ def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0,
     p.add_argument("--weight-decay", type=float, default=0.0,
                    help="Adam's L2 weight decay (default: %(default)s)")
     p.add_argument("--width", type=int, default=width,
-                   help="channels of the state (default: %(default)s)")
+                   help="channels of the state" + (" (default: %(default)s)" if width else
+                                                    " (default: 16; bratu: 64 units)"))
     p.add_argument("--cell", choices=["contractive", "resnet", "pair"], default=cell,
                    help="contractive: tanh(gamma W2 relu(W1 z) + x), Lip <= gamma by "
                         "construction; resnet: the implicit-layers tutorial cell; pair: "
@@ -112,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "target validation accuracy, test accuracy, converged fractions, iterations, "
                  "spectral radius of J_f, inference cost to rtol 1e-4; writes summary.json, "
                  "comparison.png and residuals.png.")
-    p.add_argument("--task", choices=TASKS, default=DEMO.task,
+    p.add_argument("--task", choices=IMAGE_TASKS, default=DEMO.task,
                    help="the science task (default: %(default)s; the others: the same "
                         "protocol on crystals or MOFs)")
     p.add_argument("--limit", type=int, default=DEMO.limit,
@@ -165,10 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arguments(p, limit_default=2000)
     # the pair cell: best on the solids, level on polarity (docs/training.md, "At width 16");
     # compare --task keeps the convolutional cell, whose solves give solvers more to do
-    _training_arguments(p, cell="pair")
-    p.add_argument("--objective", choices=["classify", "regress"], default="classify",
+    _training_arguments(p, cell="pair", width=None)
+    p.add_argument("--objective", choices=["classify", "regress", "field"], default=None,
                    help="classify the task's labels, or regress the DFT number they come "
-                        "from (dipole, LCD, band gap) with an MSE loss (default: classify)")
+                        "from (dipole, LCD, band gap) with an MSE loss (default: classify); "
+                        "field: bratu's solution field (its only objective)")
     p.add_argument("--trainer", choices=["adam", "tao"], default="adam",
                    help="torch Adam over mini-batches, or a PETSc TAO solve per epoch on "
                         "--tao-batch samples, chosen by -tao_type (default: adam)")
@@ -177,10 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "epoch); 0 for the whole training split (default: 0)")
     p.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="the model's precision (default: float32 for adam, float64 for tao, "
-                        "whose line searches need an accurate objective)")
+                        "whose line searches need an accurate objective, and for bratu)")
     p.add_argument("--model", choices=["deq", "explicit"], default="deq",
-                   help="DEQ, or the same cell applied --depth times (default: deq)")
-    p.add_argument("--depth", type=int, default=8, help="explicit model's depth (default: 8)")
+                   help="DEQ, or the same cell applied --depth times (bratu: an MLP of "
+                        "--depth tanh layers) (default: deq)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="explicit model's depth (default: 8; bratu: 3)")
     p.add_argument("--out", help="run folder (default: runs/<task>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true",
@@ -236,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "Morgan counts (molecules), composition statistics and density, volume per "
                  "atom, packing, space group (crystals, MOFs); --features images: the DEQ's "
                  "own graph images, flattened. Writes OUT/baseline.json.")
-    _data_arguments(p, limit_default=2000)
+    _data_arguments(p, limit_default=2000, tasks=IMAGE_TASKS)
     p.add_argument("--features", choices=["descriptors", "images"], default="descriptors",
                    help="(default: %(default)s)")
     p.add_argument("--max-iter", type=int, default=500,
@@ -261,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="(default: %(default)s)")
     p.add_argument("--repeat", type=int, default=1, help="run the sets in turn this many "
                    "times and keep each one's fastest run (default: %(default)s)")
-    p.add_argument("--task", choices=TASKS, help="a science task's test images instead of "
+    p.add_argument("--task", choices=IMAGE_TASKS, help="a science task's test images instead of "
                    "the random conv-cell problem")
     p.add_argument("--checkpoint", help="with --task: the trained model to take the cell from")
     p.add_argument("--limit", type=int, default=500, help="with --task (default: %(default)s)")
@@ -581,9 +591,31 @@ def _state_size_problem(args) -> str | None:
                                      f"(4 copies: x, z, f(z), F)")
 
 
+def _objective_problem(args) -> str | None:
+    """``train --objective``: a PDE task regresses its field, a science task never does."""
+    objective, task = getattr(args, "objective", None), getattr(args, "task", None)
+    if getattr(args, "command_name", None) == "train" and task in FIELD_TASKS:
+        images_only = {"cell", "sums", "elements", "split_by"} & getattr(args, "explicit",
+                                                                          set())
+        if images_only:
+            flag = {"cell": "--cell", "sums": "--no-sums", "elements": "--elements",
+                    "split_by": "--split-by"}[sorted(images_only)[0]]
+            return (f"{flag}: a flag of the graph-image tasks; {task}'s surrogate is set by "
+                    f"--model, --width, --depth and --gamma, its draws split at random")
+    if objective is None or task is None:
+        return None
+    if task in FIELD_TASKS and objective != "field":
+        return (f"--objective {objective}: {task}'s targets are solution fields, not labels "
+                f"or one DFT number: its objective is field (the default for it)")
+    if task not in FIELD_TASKS and objective == "field":
+        return (f"--objective field: {task} has no solution field; field is the objective "
+                f"of {', '.join(FIELD_TASKS)} (use classify or regress)")
+    return None
+
+
 #: checks of flags that fit together only in some ways, or whose work cannot be done
-_WORK_CHECKS = (_csv_problem, _cache_dir_problem, _solvers_problem, _compare_problem,
-                _state_size_problem)
+_WORK_CHECKS = (_objective_problem, _csv_problem, _cache_dir_problem, _solvers_problem,
+                _compare_problem, _state_size_problem)
 
 
 def _output_over_input(inputs, output) -> str | None:

@@ -19,9 +19,12 @@ from petsc4py import PETSc
 from .checkpoint import MODEL_KEYS, DEQCheckpointError, load_checkpoint
 from .config import TrainConfig
 from .data.graph_image import ELEMENT_SCALE
+from .data.pde import FieldData
 from .data.tasks import TaskData
 from .errors import DEQCappedSolveWarning
 from .models.graph_classifier import ClassifierConfig, GraphImageClassifier
+from .models.surrogate import FAMILY as SURROGATE
+from .models.surrogate import FieldSurrogate, SurrogateConfig
 from .objectives import Classification, make_objective
 from .parallel import DataParallel
 
@@ -43,8 +46,30 @@ def _element_channel(cfg: TrainConfig, data: TaskData) -> int:
     return channels.index("element") if cfg.elements and "element" in channels else -1
 
 
+def _model_class(model_config: dict):
+    """The model class a checkpoint's ``model_config`` rebuilds, and its config class."""
+    if model_config.get("family") == SURROGATE:
+        return FieldSurrogate, SurrogateConfig
+    return GraphImageClassifier, ClassifierConfig
+
+
 def build_model(cfg: TrainConfig, data: TaskData, out_dim: int, prefix: str = "", comm=None,
                 solver_options: dict | None = None, adjoint_options: dict | None = None):
+    """The model ``cfg`` describes for ``data``, seeded: a graph-image classifier, or for a
+    PDE task's parameter draws (``[M, P]`` inputs) a :class:`FieldSurrogate`."""
+    solver_options = {**TRAIN_SOLVER_OPTIONS, **(solver_options or {})}
+    adjoint_options = {**TRAIN_ADJOINT_OPTIONS, **(adjoint_options or {})}
+    if isinstance(data, FieldData):
+        torch.manual_seed(cfg.seed)
+        model = FieldSurrogate(SurrogateConfig(data.images.shape[1], out_dim, width=cfg.width,
+                                               kind=cfg.kind, depth=cfg.depth,
+                                               gamma=cfg.gamma),
+                               prefix=prefix, comm=comm, solver_options=solver_options,
+                               adjoint_options=adjoint_options)
+        dtype = getattr(torch, cfg.dtype)
+        model = model.to(device=cfg.device, dtype=dtype)     # buffers too, then filled:
+        model.inject.standardise(data.images[data.indices("train")].to(cfg.device, dtype))
+        return model
     model_cfg = ClassifierConfig(in_channels=data.images.shape[1],
                                  image_size=data.images.shape[-1], n_classes=out_dim,
                                  width=cfg.width, kind=cfg.kind, depth=cfg.depth,
@@ -53,9 +78,7 @@ def build_model(cfg: TrainConfig, data: TaskData, out_dim: int, prefix: str = ""
                                  element_scale=ELEMENT_SCALE)
     torch.manual_seed(cfg.seed)
     model = GraphImageClassifier(model_cfg, prefix=prefix, comm=comm,
-                                 solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
-                                 adjoint_options={**TRAIN_ADJOINT_OPTIONS,
-                                                  **(adjoint_options or {})})
+                                 solver_options=solver_options, adjoint_options=adjoint_options)
     model.inject.standardise(data.images[data.indices("train")])
     return model.to(device=cfg.device, dtype=getattr(torch, cfg.dtype))
 
@@ -130,7 +153,8 @@ def evaluate(model, data: TaskData, split: str = "test", batch_size: int = 256,
     y = objective.targets(data, split)
     counts = {}
     out, (its, evals, elapsed, inexact) = predict(model, images, batch_size, dp, counts)
-    report = objective.report(out.float(), y, data)
+    report = objective.report(out.to(getattr(objective, "report_dtype", torch.float32)), y,
+                              data)
     per_sample = counts["sample_evals"] / counts["samples"] if counts.get("samples") else None
     report.update(split=split, forward_its=its, function_evals=evals,
                   function_evals_per_sample=per_sample, seconds=elapsed,
@@ -148,8 +172,8 @@ def load_model(checkpoint, prefix: str = "", solver_options: dict | None = None,
     ``anderson_``). ``objective_of(state)`` gives what it was trained to predict.
     """
     state = load_checkpoint(checkpoint, MODEL_KEYS)
-    cfg = ClassifierConfig(**state["model_config"])
-    model = GraphImageClassifier(cfg, prefix=prefix,
+    model_class, config_class = _model_class(state["model_config"])
+    model = model_class(config_class(**state["model_config"]), prefix=prefix,
                                  comm=comm,
                                  solver_options={**TRAIN_SOLVER_OPTIONS, **(solver_options or {})},
                                  adjoint_options=TRAIN_ADJOINT_OPTIONS)
@@ -164,6 +188,8 @@ def require_current_images(state: dict, checkpoint) -> None:
     checkpoint from before a representation change (molecules gained 3D channels) is
     refused in one line, not fed images with other channels."""
     from .data.graph_image import MOLECULE_CHANNELS, PERIODIC_CHANNELS
+    if state["model_config"].get("family") == SURROGATE:
+        return                         # parameter draws, no images (evaluate checks them)
     task = state["task"]
     current = MOLECULE_CHANNELS if task["name"] == "polarity" else PERIODIC_CHANNELS
     saved = tuple(task.get("channels", ()))

@@ -1,12 +1,16 @@
-"""What a model is trained to do: classify a task's labels or regress its DFT target.
+"""What a model is trained to do: classify a task's labels, regress its DFT target, or
+regress a PDE's solution field.
 
-Every task has both: ``classify`` predicts the class (polar / not, pore size
-bin, metal / semiconductor / insulator) from the labels; ``regress`` predicts
-the number the labels come from (dipole in D, LCD in A, band gap in eV) with a
-mean-squared error on targets standardised by the training split's mean and
-standard deviation, as in PETScML's regression problems. An objective supplies
-the loss, the metric logged per epoch, the test report, and the curvature of
-the loss in the network outputs that Gauss-Newton products need.
+Every science task has the first two: ``classify`` predicts the class (polar /
+not, pore size bin, metal / semiconductor / insulator) from the labels;
+``regress`` predicts the number the labels come from (dipole in D, LCD in A,
+band gap in eV) with a mean-squared error on targets standardised by the
+training split's mean and standard deviation, as in PETScML's regression
+problems. The PDE task (:mod:`deq_petsc.data.pde`) has ``field``: the solution
+on the grid, its metric the relative L2 error. An objective supplies the loss,
+the metric logged per epoch, the test report, and the curvature of the loss in
+the network outputs that Gauss-Newton products need (and, for least squares, the
+residuals).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from torch import nn
 from .data.tasks import TASKS, TaskData
 from .metrics import calibration, classification_report, confusion_matrix, format_report
 
-OBJECTIVES = ("classify", "regress")
+OBJECTIVES = ("classify", "regress", "field")
 
 
 def shard_loss(objective, out: torch.Tensor, y: torch.Tensor, n_total: int) -> torch.Tensor:
@@ -40,6 +44,9 @@ class Classification:
     name = "classify"
     metric = "acc"                 # metrics keys train_acc / val_acc
     metric_label = "accuracy"
+    metric_short = "accuracy"
+    report_dtype = torch.float32     # what evaluate casts outputs to before report()
+    metric_format, loss_format = ".3f", ".4f"
     loss_label = "cross-entropy"
 
     def __init__(self, classes):
@@ -53,6 +60,11 @@ class Classification:
 
     def state(self) -> dict:
         return {"name": self.name, "classes": list(self.classes)}
+
+    @staticmethod
+    def metric_value(total: float, samples: int) -> float:
+        """The split's metric from :meth:`metric_sum`'s total over ``samples``."""
+        return total / samples
 
     def targets(self, data: TaskData, split: str) -> torch.Tensor:
         return data.labels[data.indices(split)]
@@ -102,6 +114,10 @@ class Regression:
     name = "regress"
     metric = "mae"                 # in the target's own units
     metric_label = "mean absolute error"
+    metric_short = "MAE"
+    report_dtype = torch.float32
+    reference = "DFT"            # where the true values come from (plots)
+    metric_format, loss_format = ".3f", ".4f"
     loss_label = "MSE (standardised)"
 
     def __init__(self, data: TaskData | None, mean: float | None = None,
@@ -117,6 +133,8 @@ class Regression:
 
     #: MSE of predicting the training mean on standardised targets
     chance_loss = 1.0
+
+    metric_value = staticmethod(Classification.metric_value)
 
     def state(self) -> dict:
         return {"name": self.name, "mean": self.mean, "std": self.std,
@@ -138,9 +156,13 @@ class Regression:
     def output_hessian(self, out: torch.Tensor, v: torch.Tensor, n_total: int) -> torch.Tensor:
         return 2.0 * v / n_total
 
+    def residual_scale(self, n_total: int) -> float:
+        """What residuals and their Jacobian are divided by (see :meth:`residual`)."""
+        return math.sqrt(n_total)
+
     def residual(self, out: torch.Tensor, y: torch.Tensor, n_total: int) -> torch.Tensor:
         """Residuals scaled so that ``||r||^2`` is the MSE (TAO's brgn minimises ``||r||^2 / 2``)."""
-        return (out - y.to(out.dtype)).reshape(-1) / math.sqrt(n_total)
+        return (out - y.to(out.dtype)).reshape(-1) / self.residual_scale(n_total)
 
     def report(self, out: torch.Tensor, y: torch.Tensor, data: TaskData) -> dict:
         pred = self.unscale(out.detach().double()).reshape(-1).numpy()
@@ -163,6 +185,118 @@ class Regression:
         return f"{self.target_name} = {float(self.unscale(out.detach()).reshape(-1)[0]):.4f}"
 
 
+class FieldRegression:
+    """Regress a PDE's solution field (:mod:`deq_petsc.data.pde`): the SciML surrogate.
+
+    The loss is the MSE over every grid value of fields standardised by the training
+    split's mean field and one scale (the root of the mean per-point variance), so that
+    predicting the mean field scores 1. The metric is the relative L2 error of a split
+    in the field's own units, ``sqrt(mean_i ||u_pred,i - u_i||^2) / sqrt(mean_i
+    ||u_i||^2)``, the denominator taken over the training split (so that it is a sum
+    over samples, as the trainers accumulate metrics; a test split's own differs by a
+    few percent). Per-sample ratios ``||e_i|| / ||u_i||`` are reported beside it, but
+    not averaged: a draw whose solution is nearly zero makes its ratio arbitrary.
+    """
+
+    name = "field"
+    metric = "rel_l2"
+    metric_label = "relative L2 error"
+    metric_short = "relative L2 error"
+    report_dtype = torch.float64     # errors far below float32's resolution are measured
+    reference = "SNES"
+    metric_format = loss_format = ".3e"
+    loss_label = "MSE (standardised)"
+    chance_loss = 1.0
+
+    def __init__(self, data=None, mean=None, scale: float | None = None,
+                 norm: float | None = None):
+        if mean is None or scale is None or norm is None:
+            train = np.asarray(data.fields)[data.indices("train")]
+            if len(train) < 2:
+                raise ValueError("regression needs at least 2 training samples")
+            mean = train.mean(0)
+            scale = float(np.sqrt(train.var(0).mean()))
+            norm = float(np.sqrt((train ** 2).sum(1).mean()))
+        self.mean = torch.as_tensor(np.asarray(mean, dtype=np.float64))
+        self.scale = float(scale) if scale and scale > 0 else 1.0
+        self.norm = float(norm) if norm and norm > 0 else 1.0
+        self.out_dim = int(self.mean.numel())
+        self.target_name = "mean of u"
+
+    def metric_value(self, total: float, samples: int) -> float:
+        """The split's metric from :meth:`metric_sum`'s total over ``samples``."""
+        return math.sqrt(total / samples) if samples else math.nan
+
+    def state(self) -> dict:
+        return {"name": self.name, "mean": self.mean.tolist(), "scale": self.scale,
+                "norm": self.norm}
+
+    def targets(self, data, split: str) -> torch.Tensor:
+        fields = torch.as_tensor(np.asarray(data.fields)[data.indices(split)])
+        return (fields - self.mean) / self.scale
+
+    def unscale(self, out: torch.Tensor) -> torch.Tensor:
+        return out.detach().double() * self.scale + self.mean
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(out, y.to(out.dtype))
+
+    def errors(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``||u_pred,i - u_i||`` per sample, in the field's units."""
+        return (out.detach().double() - y.double()).norm(dim=1) * self.scale
+
+    def metric_sum(self, out: torch.Tensor, y: torch.Tensor) -> float:
+        return float((self.errors(out, y) ** 2).sum()) / self.norm ** 2
+
+    def output_hessian(self, out: torch.Tensor, v: torch.Tensor, n_total: int) -> torch.Tensor:
+        return 2.0 * v / (n_total * self.out_dim)
+
+    def residual_scale(self, n_total: int) -> float:
+        """What residuals and their Jacobian are divided by (see :meth:`residual`)."""
+        return math.sqrt(n_total * self.out_dim)
+
+    def residual(self, out: torch.Tensor, y: torch.Tensor, n_total: int) -> torch.Tensor:
+        """Scaled so that ``||r||^2`` is the loss (TAO's brgn minimises ``||r||^2 / 2``)."""
+        return (out - y.to(out.dtype)).reshape(-1) / self.residual_scale(n_total)
+
+    @staticmethod
+    def _qoi(fields: torch.Tensor) -> np.ndarray:
+        """The task's quantity of interest (the mean of u over the square) of interior
+        fields, the boundary's zeros put back."""
+        from .data.pde import mean_over_square
+        inner = int(round(math.sqrt(fields.shape[1])))
+        u = torch.zeros(len(fields), inner + 2, inner + 2, dtype=torch.float64)
+        u[:, 1:-1, 1:-1] = fields.reshape(-1, inner, inner)
+        return mean_over_square(u).numpy()
+
+    def report(self, out: torch.Tensor, y: torch.Tensor, data) -> dict:
+        n = len(y)
+        pred, true = self.unscale(out), self.unscale(y)
+        ratios = (self.errors(out, y) / true.norm(dim=1).clamp_min(1e-300)).numpy()
+        q_pred, q_true = self._qoi(pred), self._qoi(true)
+        return {"objective": self.name, "target": "u on the grid's interior", "n": int(n),
+                "loss": float(self.loss(out, y)),
+                "rel_l2": self.metric_value(self.metric_sum(out, y), n),
+                "rel_l2_own_norm": float((pred - true).norm() / true.norm()),
+                "rel_l2_per_sample_median": float(np.median(ratios)),
+                "mse": float(((pred - true) ** 2).mean()),
+                "qoi_mae": float(np.abs(q_pred - q_true).mean()),
+                "baseline_rel_l2": self.metric_value(
+                    self.metric_sum(torch.zeros_like(y), y), n),
+                "predicted": q_pred.tolist(), "true": q_true.tolist()}
+
+    def format(self, report: dict) -> str:
+        return (f"u on the grid: relative L2 error {report['rel_l2']:.3e} (per sample: median "
+                f"{report['rel_l2_per_sample_median']:.3e}), MSE {report['mse']:.3e} on "
+                f"{report['n']} samples; mean of u: MAE {report['qoi_mae']:.3e}; the training "
+                f"mean field scores {report['baseline_rel_l2']:.3e}")
+
+    def answer(self, out: torch.Tensor) -> str:
+        u = self.unscale(out)[0]
+        return (f"u from {float(u.min()):.4f} to {float(u.max()):.4f}, mean over the square "
+                f"{float(self._qoi(u[None])[0]):.4f}")
+
+
 def make_objective(name: str, data: TaskData | None, state: dict | None = None):
     """The objective ``name`` for ``data``, or rebuilt from a checkpoint's ``state``."""
     state = state or {}
@@ -170,4 +304,6 @@ def make_objective(name: str, data: TaskData | None, state: dict | None = None):
         return Classification(state.get("classes") or data.classes)
     if name == "regress":
         return Regression(data, state.get("mean"), state.get("std"), state.get("target_name"))
+    if name == "field":
+        return FieldRegression(data, state.get("mean"), state.get("scale"), state.get("norm"))
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {name!r}")

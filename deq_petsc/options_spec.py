@@ -1,4 +1,5 @@
-"""The one specification of this package's own PETSc options (``-deq_*``, ``-train_*``).
+"""The one specification of this package's own PETSc options (``-deq_*``, ``-train_*``,
+and the PDE task's ``-pde_*``).
 
 Each option is declared once, here: its type, default, allowed values and the
 sentence that explains it. The same declaration reads the option from the
@@ -178,7 +179,20 @@ LEAN = OptionGroup("Lean SNES types (deq_petsc)", "deq_petsc.lean",
               "leaving the batch once it meets it)", choices=("batch", "worst", "each")),
 ))
 
-GROUPS = (SOLVER, ADJOINT, LAYER, TAO_TRAINER, LEAN)
+PDE = OptionGroup("Bratu data (deq_petsc)", "deq_petsc.data.pde",
+                  "none (the data SNES of every draw answers to `-pde_snes_*`, "
+                  "`-pde_ksp_*`, `-pde_pc_*`)", (
+    OwnOption("pde_grid", "int", 17, "Nodes per side of the DMDA, boundary included (the "
+              "surrogate predicts the (grid-2)^2 interior values)", minimum=5, maximum=257),
+    OwnOption("pde_lambda_max", "real", 5.0, "Draws take lambda uniformly in [0, "
+              "lambda_max] (the lower branch folds near 6.8 without a source)", minimum=0.0),
+    OwnOption("pde_modes", "int", 3, "Sine modes per direction in the source (the draws "
+              "have 1 + modes^2 parameters)", minimum=1, maximum=16),
+    OwnOption("pde_source", "real", 10.0, "Scale S of the source; its coefficients are "
+              "drawn uniformly in [-1, 1]", minimum=0.0),
+))
+
+GROUPS = (SOLVER, ADJOINT, LAYER, TAO_TRAINER, LEAN, PDE)
 
 
 def markdown() -> str:

@@ -135,7 +135,10 @@ def load_task_collectively(name: str, comm=None, **options):
     """``deq_petsc.data.load_task`` on every rank: rank 0 builds (or checks) the cache
     first, so the ranks do not all build the same images at once; then the others read it."""
     from .data import load_task
+    from .data.pde import FIELD_TASKS
 
+    if name in FIELD_TASKS:          # solved by every rank, each its share of the draws
+        return FIELD_TASKS[name](name, comm=comm, **options)
     dp = DataParallel(comm)
     options["progress"] = options.get("progress", True) and dp.is_root
     data = load_task(name, **options) if dp.is_root else None

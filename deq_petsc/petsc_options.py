@@ -41,6 +41,17 @@ def tao_reason_name(reason: int) -> str:
     return TAO_REASONS.get(int(reason), f"UNKNOWN_REASON_{int(reason)}")
 
 
+#: Words of options that only show or report (monitors, viewers, converged reasons,
+#: Jacobian tests): they change no number, so a resume does not bring them back and a
+#: cache key leaves them out.
+OUTPUT_WORDS = ("monitor", "view", "reason", "test")
+
+
+def changes_no_number(name: str) -> bool:
+    """Whether the option ``name`` (no dash) only shows or reports (:data:`OUTPUT_WORDS`)."""
+    return any(word in name.split("_") for word in OUTPUT_WORDS)
+
+
 def _option_string(value) -> str | None:
     if value is None or value is True:
         return None  # a flag: "-name" with no value

@@ -103,14 +103,33 @@ def reliability_figure(calibration: dict, title: str = ""):
     return fig
 
 
-def plot_parity(true, predicted, path, label: str = "target", title: str = "") -> str:
-    """Predicted against DFT value for a regression's test split."""
+def plot_parity(true, predicted, path, label: str = "target", title: str = "",
+                reference: str = "DFT") -> str:
+    """Predicted against the reference value (DFT's, or the PDE solver's) for a
+    regression's test split."""
     fig, ax = subplots(figsize=(4.6, 4.4), constrained_layout=True)
     ax.scatter(true, predicted, s=6, alpha=0.5)
     lo, hi = float(min(min(true), min(predicted))), float(max(max(true), max(predicted)))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
-    ax.set(xlabel=f"DFT {label}", ylabel=f"predicted {label}", title=title or "parity")
+    ax.set(xlabel=f"{reference} {label}", ylabel=f"predicted {label}", title=title or "parity")
     return finish_figure(fig, (ax,), path, "")
+
+
+def plot_fields(fields, titles, path, title: str = "") -> str:
+    """Solution fields on their grids (interior values ``[k, m*m]``), side by side."""
+    import numpy as np
+    fields = np.asarray(fields)
+    m = int(round(np.sqrt(fields.shape[1])))
+    fig, axes = subplots(1, len(fields), figsize=(3.2 * len(fields), 3.0),
+                         constrained_layout=True, squeeze=False)
+    for ax, u, name in zip(axes[0], fields, titles):
+        image = ax.imshow(u.reshape(m, m), origin="lower", extent=(0, 1, 0, 1), cmap="viridis")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        ax.set(title=name, xlabel="x", ylabel="y")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    return str(path)
 
 
 def plot_comparison(histories: dict, path, title: str = "", metric: str = "acc",

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from petsc4py import PETSc
 
+from .petsc_options import changes_no_number
+
 #: Environment variables that change the numbers or the speed of a run (thread counts,
 #: the CPU kernels of OpenBLAS, oneDNN and ATen, PETSc's own options and build).
 ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -38,9 +40,6 @@ ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 #: solve of Gauss-Newton products.
 SOLVER_FAMILIES = ("snes_", "ksp_", "pc_", "npc_", "adjoint_", "tangent_", "tao_", "deq_",
                    "train_")
-#: Words of options that only show or report (monitors, viewers, converged reasons,
-#: Jacobian tests): they change no number, so a resume does not bring them back.
-OUTPUT_WORDS = ("monitor", "view", "reason", "test")
 
 
 def run_record(settings: dict | None = None, prefix: str = "", comm=None) -> dict:
@@ -84,7 +83,7 @@ def solver_options(options: dict, prefix: str = "") -> dict:
             continue
         rest = name[len(prefix):]
         if rest.startswith(SOLVER_FAMILIES) and \
-                not any(word in rest.split("_") for word in OUTPUT_WORDS):
+                not changes_no_number(rest):
             chosen[rest] = value
     return chosen
 

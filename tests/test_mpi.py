@@ -150,3 +150,12 @@ def test_commands_with_uneven_and_empty_shards_under_mpiexec(tmp_path):
                       "8", "--out", tmp_path / "cmp", python=False, timeout=120)
     assert compare.returncode == 0, compare.stdout + compare.stderr
     assert "CONVERGED" in compare.stdout
+
+
+@pytest.mark.mpi
+@double_scalars
+def test_bratu_data_and_tao_training_on_two_ranks_equal_one_rank():
+    """The PDE task's draws solved by 2 ranks, and TAO (exact Hessian, Gauss-Newton
+    through the DEQ, brgn) on its surrogates with the training split over 2 ranks."""
+    _assert_all_ok("tests/mpi/bratu_surrogate.py", ("bratu data", "mlp-exact", "deq-gn",
+                                                     "mlp-brgn"))

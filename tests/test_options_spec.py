@@ -30,12 +30,17 @@ def test_every_own_option_is_listed_by_help(tmp_path):
                 "--trainer", "tao", "--tao-batch", "16", "--no-progress", "--out", tmp_path,
                 "-help")
     assert r.returncode == 0, r.stdout + r.stderr
+    # the PDE task's own options are read (and listed) where its data are built
+    data = run_cli("data", "--task", "bratu", "--limit", "20", "--cache-dir", tmp_path / "c",
+                   "-pde_grid", "7", "-help")
+    assert data.returncode == 0, data.stdout + data.stderr
+    text = r.stdout + data.stdout
     prefixes = {"DEQSolver": "", "AdjointSolver": "adjoint_", "DEQ": "", "TaoTrainer": "",
-                "deq_petsc.lean": ""}
+                "deq_petsc.lean": "", "deq_petsc.data.pde": ""}
     for group in options_spec.GROUPS:
-        assert f"{group.title} options" in r.stdout, group.title
+        assert f"{group.title} options" in text, group.title
         for o in group.options:
-            line = next((x for x in r.stdout.splitlines()
+            line = next((x for x in text.splitlines()
                          if x.strip().startswith(f"-{prefixes[group.owner]}{o.name} <")), None)
             assert line is not None and f"({group.owner})" in line, o.name
 

@@ -368,9 +368,14 @@ class TaskData:
 def load_task(name: str, limit: int | None = None, seed: int = 0, cache_dir=None,
               n_jobs: int | None = None, progress: bool = True, rebuild: bool = False,
               split_by: str = "random", **task_options) -> TaskData:
-    """Build (or load from the cache) the graph-image data set of a task."""
+    """Build (or load from the cache) the graph-image data set of a task (or, for a
+    PDE task of :mod:`.pde`, its solutions, collectively over ``PETSC_COMM_WORLD``)."""
     import torch
 
+    from .pde import FIELD_TASKS
+    if name in FIELD_TASKS:
+        return FIELD_TASKS[name](name, limit=limit, seed=seed, cache_dir=cache_dir,
+                                 progress=progress, rebuild=rebuild, split_by=split_by)
     task = make_task(name, **task_options)
     if split_by not in SPLIT_KINDS:
         raise DEQInputError(f"split_by must be one of {SPLIT_KINDS}, got {split_by!r}")

@@ -166,10 +166,32 @@ class EquilibriumModel(Protocol):
     head: nn.Module
 
 
-class GraphImageClassifier(nn.Module):
-    """The graph-image scientist: an :class:`EquilibriumModel`."""
+class EquilibriumModule(nn.Module):
+    """What every :class:`EquilibriumModel` does alike: ``head(equilibrium(inject(.)))``,
+    the cell's norm estimates advanced once per training step (between solves, never
+    inside one, so ``f`` is one function for a forward and its backward solve), the DEQ's
+    statistics and its PETSc objects."""
 
     PARAMETER_PREFIXES = {"inject": "inject.", "cell": "equilibrium.cell.", "head": "head."}
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        cell = getattr(self.equilibrium, "cell", None)
+        if self.training and torch.is_grad_enabled() and hasattr(cell, "step_power_iteration"):
+            cell.step_power_iteration()
+        return self.head(self.equilibrium(self.inject(inputs)))
+
+    @property
+    def last_stats(self):
+        """The DEQ's last forward/backward statistics (``None`` for an explicit model)."""
+        return getattr(self.equilibrium, "last_stats", None)
+
+    def destroy(self):
+        if isinstance(self.equilibrium, DEQ):
+            self.equilibrium.destroy()
+
+
+class GraphImageClassifier(EquilibriumModule):
+    """The graph-image scientist: an :class:`EquilibriumModel`."""
 
     def __init__(self, config: ClassifierConfig, prefix: str = "", comm=None,
                  solver_options: dict | None = None, adjoint_options: dict | None = None):
@@ -204,17 +226,4 @@ class GraphImageClassifier(nn.Module):
                                       nn.Flatten(),
                                       nn.Linear(w * pooled * pooled, config.n_classes))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        cell = self.equilibrium.cell
-        if self.training and torch.is_grad_enabled() and hasattr(cell, "step_power_iteration"):
-            cell.step_power_iteration()          # between solves, never inside one
-        return self.head(self.equilibrium(self.inject(images)))
 
-    @property
-    def last_stats(self):
-        """The DEQ's last forward/backward statistics (``None`` for the explicit model)."""
-        return getattr(self.equilibrium, "last_stats", None)
-
-    def destroy(self):
-        if isinstance(self.equilibrium, DEQ):
-            self.equilibrium.destroy()

@@ -68,6 +68,7 @@ class TaoResult(SolveOutcome):
     objective: float = math.nan
     gradient_norm: float = math.nan
     counts: dict = field(default_factory=dict)     # callback name -> calls
+    seconds: dict = field(default_factory=dict)    # callback name -> seconds in it
     history: list = field(default_factory=list)    # (its, objective, |g|, seconds) per monitor
 
     #: a line search or trust region that stopped at a stationary point (an optimum
@@ -160,12 +161,13 @@ def _newton_ksp_defaults(tao) -> dict:
 def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
               hessian: str = "gauss-newton", chunk: int = 256, accept_max_it: bool = False,
               accept_failure: bool = False, on_model_call=None, defaults: dict | None = None,
-              deadline: float | None = None) -> TaoResult:
+              deadline: float | None = None, on_iterate=None) -> TaoResult:
     """Minimise ``objective`` over ``model``'s parameters on one batch with a TAO solve.
 
     The model's parameters hold the solution afterwards; ``deadline`` (a
     ``time.perf_counter()`` value) stops the solve with ``CONVERGED_USER`` at the
-    first iterate after it. A negative converged
+    first iterate after it; ``on_iterate(its, seconds, parameters)`` is called at every
+    monitored iterate (:attr:`TrainingProblem.on_iterate`). A negative converged
     reason raises :class:`DEQConvergenceError` naming it, except
     ``DIVERGED_MAXITS`` with ``accept_max_it`` (a training epoch's budget) and any
     with ``accept_failure``. Works for any ``nn.Module``; Gauss-Newton products
@@ -178,6 +180,7 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
     problem = TrainingProblem(model, objective, images, targets, params, hessian, chunk=chunk,
                               on_model_call=on_model_call)
     problem.deadline = deadline
+    problem.on_iterate = on_iterate
     defaults = {**TAO_DEFAULTS, **(defaults or {})}
     tao = PETSc.TAO().create(comm=PETSc.COMM_SELF)      # one replica per rank
     mats = []
@@ -236,6 +239,7 @@ def train_tao(model, objective, images, targets, prefix: str = "", comm=None,
         result = TaoResult(tao.getType(), reason, name, int(its),
                            [h[2] for h in problem.history], elapsed, objective=float(f),
                            gradient_norm=float(gnorm), counts=dict(problem.counts),
+                           seconds=dict(problem.seconds),
                            history=problem.history, stationary=stationary)
     finally:
         params.release()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 
 import torch
 from petsc4py import PETSc
@@ -121,8 +122,22 @@ class TrainingProblem:
         self.deadline: float | None = None
         self.counts = dict(objective=0, gradient=0, hessian=0, hessian_products=0,
                            residual=0, jacobian=0, jacobian_products=0)
+        #: seconds spent in each kind of callback: what a TAO iteration costs beyond them
+        #: is TAO's own work (its vector operations, line search, Krylov solve)
+        self.seconds = dict.fromkeys(self.counts, 0.0)
         self.history: list[tuple[int, float, float, float]] = []
+        #: called as ``on_iterate(its, seconds, parameters)`` at every monitored iterate
+        #: (a study's snapshots; the parameters are a view: copy what you keep)
+        self.on_iterate = None
         self._start = time.perf_counter()
+
+    @contextmanager
+    def _clock(self, kind: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[kind] += time.perf_counter() - start
 
     # -- objective and gradient --------------------------------------------------------
     def _loss(self, X, with_grad: bool) -> float:
@@ -144,13 +159,13 @@ class TrainingProblem:
 
     @_callback
     def objective_value(self, tao, X) -> float:
-        with _OBJECTIVE_EVENT:
+        with _OBJECTIVE_EVENT, self._clock("objective"):
             self.counts["objective"] += 1
             return self._loss(X, False)
 
     @_callback
     def objective_gradient(self, tao, X, G) -> float:
-        with _OBJECTIVE_EVENT:
+        with _OBJECTIVE_EVENT, self._clock("gradient"):
             self.counts["objective"] += 1
             self.counts["gradient"] += 1
             f = self._loss(X, True)
@@ -163,17 +178,19 @@ class TrainingProblem:
     def hessian(self, tao, X, H, P) -> None:
         # the products are at this point: by the time TAO multiplies (a trust region
         # re-solving after a rejected step) the parameters may be bound to a trial point
-        self._point = self.params.snapshot(X)
-        self.params.bind_values(self._point)
-        self.curvature = HESSIANS[self.hessian_kind](self.model, self.objective, self.chunks,
-                                                     self.n, self.params.slices)
-        self._shift = 0.0
-        self.counts["hessian"] += 1
+        with self._clock("hessian"):
+            self._point = self.params.snapshot(X)
+            self.params.bind_values(self._point)
+            self.curvature = HESSIANS[self.hessian_kind](self.model, self.objective,
+                                                         self.chunks, self.n,
+                                                         self.params.slices)
+            self._shift = 0.0
+            self.counts["hessian"] += 1
 
     @_callback
     def mult(self, mat, X, Y) -> None:
         """Hessian (or Gauss-Newton) times ``X``, plus any shift TAO asked for."""
-        with _HESSIAN_EVENT:
+        with _HESSIAN_EVENT, self._clock("hessian_products"):
             v = self.params.read(X).clone()
             self.params.bind_values(self._point)
             hv = self.params.summed(self.curvature(v))
@@ -189,6 +206,10 @@ class TrainingProblem:
     # -- least squares (brgn) ----------------------------------------------------------
     @_callback
     def residual(self, tao, X, R) -> None:
+        with self._clock("residual"):
+            self._residual(X, R)
+
+    def _residual(self, X, R) -> None:
         self.params.bind(X)
         with torch.no_grad():
             parts = []
@@ -201,11 +222,12 @@ class TrainingProblem:
 
     @_callback
     def jacobian_residual(self, tao, X, J, P) -> None:
-        self._point = self.params.snapshot(X)     # the products' point (see hessian)
-        self.params.bind_values(self._point)
-        self._jacobians = [OutputJacobian(self.model, images, self.params.slices)
-                           for images, _ in self.chunks]
-        self.counts["jacobian"] += 1
+        with self._clock("jacobian"):
+            self._point = self.params.snapshot(X)     # the products' point (see hessian)
+            self.params.bind_values(self._point)
+            self._jacobians = [OutputJacobian(self.model, images, self.params.slices)
+                               for images, _ in self.chunks]
+            self.counts["jacobian"] += 1
 
     # python Mat context of brgn's least-squares residual's Jacobian in the parameters,
     # d r / d theta = J_out / sqrt(n) (not operators.ResidualJacobian, the DEQ's I - J_f)
@@ -215,18 +237,26 @@ class TrainingProblem:
 
         @_callback
         def mult(self, mat, X, Y):
+            with self.problem._clock("jacobian_products"):
+                self._mult(X, Y)
+
+        def _mult(self, X, Y):
             pb = self.problem
             v = pb.params.read(X).clone()
             pb.params.bind_values(pb._point)
             jv = torch.cat([pb.dp.gather(jac.jvp(v).reshape(-1)) for jac in pb._jacobians])
-            Y.getArray()[:] = (jv / math.sqrt(pb.n)).to(torch.float64).numpy()
+            Y.getArray()[:] = (jv / pb.objective.residual_scale(pb.n)).to(torch.float64).numpy()
             pb.counts["jacobian_products"] += 1
 
         @_callback
         def multTranspose(self, mat, X, Y):
+            with self.problem._clock("jacobian_products"):
+                self._mult_transpose(X, Y)
+
+        def _mult_transpose(self, X, Y):
             pb = self.problem
             w = torch.from_numpy(pb.dp.from_root(X.getArray(readonly=True).copy()))
-            w = w / math.sqrt(pb.n)
+            w = w / pb.objective.residual_scale(pb.n)
             pb.params.bind_values(pb._point)
             total = torch.zeros(pb.params.slices.numel, dtype=torch.float64)
             k = pb.objective.out_dim
@@ -250,10 +280,14 @@ class TrainingProblem:
             self.params.bind(tao.getSolution())
             cell.step_power_iteration()
 
+    @_callback
     def monitor(self, tao) -> None:
         its, f, gnorm, *_ = tao.getSolutionStatus()
         now = time.perf_counter()
         self.history.append((int(its), float(f), float(gnorm), now - self._start))
+        if self.on_iterate is not None:
+            self.on_iterate(int(its), now - self._start, self.params.read(tao.getSolution()))
         # a time budget ends the solve at an iterate (rank 0's clock decides for all)
-        if self.deadline is not None and self.dp.mpi.bcast(now >= self.deadline, root=0):
+        if self.deadline is not None and (now >= self.deadline if self.dp.size == 1 else
+                                          self.dp.mpi.bcast(now >= self.deadline, root=0)):
             tao.setConvergedReason(PETSc.TAO.ConvergedReason.CONVERGED_USER)

@@ -170,7 +170,8 @@ class Trainer:
             samples = sums.pop("samples", len(y))
             unconverged = (sums.pop("unconverged"), sums.pop("unconverged_adjoint"))
             row = {"epoch": epoch + 1, "train_loss": sums.pop("loss") / samples,
-                   f"train_{m}": sums.pop("metric") / samples, "val_loss": val["loss"],
+                   f"train_{m}": self.objective.metric_value(sums.pop("metric"), samples),
+                   "val_loss": val["loss"],
                    f"val_{m}": val[{"acc": "accuracy"}.get(m, m)],
                    "forward_its": sums.pop("f_its") / batches,
                    "forward_f_evals": sums.pop("f_evals") / batches,
@@ -185,9 +186,10 @@ class Trainer:
                 row["lr"] = lr
             self._check_diverged(row)
             self.history.append(row)
-            self.log(f"epoch {epoch + 1:3d}: loss {row['train_loss']:.4f} {m} "
-                     f"{row[f'train_{m}']:.3f} | val loss {row['val_loss']:.4f} {m} "
-                     f"{row[f'val_{m}']:.3f} | fwd its {row['forward_its']:.1f} bwd its "
+            lf, mf = self.objective.loss_format, self.objective.metric_format
+            self.log(f"epoch {epoch + 1:3d}: loss {row['train_loss']:{lf}} {m} "
+                     f"{row[f'train_{m}']:{mf}} | val loss {row['val_loss']:{lf}} {m} "
+                     f"{row[f'val_{m}']:{mf}} | fwd its {row['forward_its']:.1f} bwd its "
                      f"{row['backward_its']:.1f}"
                      + (f" | at iteration limit: {unconverged[0]} forward, "
                         f"{unconverged[1]} adjoint of {batches}" if any(unconverged) else "")
@@ -305,8 +307,9 @@ class Trainer:
             sums["loss"] += float(batch_loss) * len(idx)
             sums["metric"] += float(batch_metric)
             seen = min(i + len(idx), n)
+            metric = self.objective.metric_value(sums["metric"], seen)
             bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}",
-                            **{m: f"{sums['metric'] / seen:.3f}"},
+                            **{m: f"{metric:{self.objective.metric_format}}"},
                             fwd_its=f"{sums['f_its'] / sums['batches']:.1f}")
         bar.close()
         sums["jac"] = float(dp.sum(sums["jac"]))
@@ -328,8 +331,9 @@ class Trainer:
                                    f"{report['calibration']['ece']:.3f}")
         else:
             plot_parity(report["true"], report["predicted"], self.out / "parity.png",
-                        label=self.objective.target_name,
-                        title=f"{self.cfg.task}: test split, MAE {report['mae']:.3f}")
+                        label=self.objective.target_name, reference=self.objective.reference,
+                        title=f"{self.cfg.task}: test split, {self.objective.metric_short} "
+                              f"{report[self.objective.metric]:{self.objective.metric_format}}")
         report["record"] = self.record()
         write_json(self.out / "report.json", report)
         write_json(self.out / "run.json", report["record"])
