@@ -303,3 +303,31 @@ def test_the_command_lines_field_tasks_are_the_data_modules():
     from deq_petsc.data import pde
     assert cli.FIELD_TASKS == list(pde.FIELD_TASKS)
     assert set(cli.TASKS) == set(cli.IMAGE_TASKS) | set(pde.FIELD_TASKS)
+
+
+def test_the_trainer_study_runs_end_to_end(tmp_path):
+    """benchmarks/bench_surrogate.py at a tiny size: Adam's sweep, a TAO method, the scored
+    snapshots, the table, the JSON and the plot (what docs/training.md's numbers come from)."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    out = tmp_path / "study.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_surrogate.py"),
+                        "--limit", "60", "--budget", "0.5", "--seeds", "0,1", "--lrs", "1e-2",
+                        "--methods", "lmvm", "--models", "explicit", "--width", "8",
+                        "--snapshots", "5", "--threads", "1", "--cache-dir", tmp_path / "c",
+                        "--json", out, "--plot", tmp_path / "study.png"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"lmvm +\d\.\d{3}e-\d\d \[.*\] +\d+\.\d\dx +\d+\.\d\dx .* CONVERGED_USER",
+                     r.stdout), r.stdout
+    document = json.loads(out.read_text())
+    runs = document["results"][0]["runs"]
+    assert {(run["method"], run["seed"]) for run in runs} == {
+        ("adam", 0), ("lmvm", 0), ("adam", 1), ("lmvm", 1)}
+    for run in runs:
+        times = [point["seconds"] for point in run["curve"]]
+        assert times == sorted(times) and times[0] < 0.1 and 0.5 <= times[-1] < 5
+        assert run["final"]["test_rel_l2"] < run["curve"][0]["test_rel_l2"]
+    assert (tmp_path / "study.png").stat().st_size > 0
