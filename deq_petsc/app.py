@@ -86,9 +86,11 @@ def run_data(args) -> int:
 
     data = _args_data(args, limit=args.limit, seed=args.seed)
     say(data.summary())
-    if args.png and PETSc.COMM_WORLD.getRank() == 0 and args.task in FIELD_TASKS:
-        out = Path(args.png)
-        out.mkdir(parents=True, exist_ok=True)
+    if not args.png or PETSc.COMM_WORLD.getRank() != 0:      # rank 0 writes files
+        return 0
+    out = Path(args.png)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.task in FIELD_TASKS:
         k = min(args.png_count, len(data.ids), 8)          # one row of panels
         if k < args.png_count:
             say(f"  --png-count {args.png_count}: {args.task} draws {k} fields in one figure")
@@ -97,9 +99,7 @@ def run_data(args) -> int:
             out / f"{args.task}-fields.png", title=f"{args.task}: u on the grid's interior")
         if path:
             say(f"  wrote {path}")
-    elif args.png and PETSc.COMM_WORLD.getRank() == 0:      # rank 0 writes files
-        out = Path(args.png)
-        out.mkdir(parents=True, exist_ok=True)
+    else:
         taken: set = set()
         for k in range(min(args.png_count, len(data.ids))):
             graph = graph_from_image(data.images[k].numpy(), data.channels)

@@ -397,9 +397,9 @@ def load_field_task(name: str = "bratu", limit: int | None = None, seed: int = 0
         except DEQCacheError as err:
             print(f"deq_petsc.data: {err}; rebuilding", file=sys.stderr)
             cache.discard(name, key)
-    cached = dp.mpi.bcast(entry is not None, root=0) if dp.size > 1 else entry is not None
+    entry = dp.mpi.bcast(entry, root=0) if dp.size > 1 else entry    # rank 0's answer
+    cached = entry is not None
     if cached:
-        entry = dp.mpi.bcast(entry, root=0) if dp.size > 1 else entry
         arrays, meta = entry
         path = cache.path(name, key)
     else:
