@@ -281,6 +281,85 @@ def test_a_failing_tao_solve_names_its_reason(petsc_options, tmp_path):
     trainer.destroy()
 
 
+def test_a_tao_solved_twice_is_not_a_fresh_one():
+    """Why TaoTraining sets its TAO up afresh for each solve: PETSc's lmvm keeps state
+    between TaoSolve calls (without -tao_lmvm_recycle too), so a second solve on one TAO
+    leaves another point than a fresh TAO from the same start. If this fails, PETSc
+    resets it now, and one TAO could serve every epoch."""
+    from petsc4py import PETSc
+    n = 10
+
+    def rosenbrock(tao, X, G):
+        x = X.getArray(readonly=True)
+        g = np.zeros(n)
+        g[:-1] += -400 * x[:-1] * (x[1:] - x[:-1] ** 2) - 2 * (1 - x[:-1])
+        g[1:] += 200 * (x[1:] - x[:-1] ** 2)
+        G.setArray(g)
+        return float(np.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2))
+
+    def tao_at(start):
+        x = PETSc.Vec().createSeq(n)
+        x.setArray(start)
+        tao = PETSc.TAO().create(PETSc.COMM_SELF)
+        tao.setType("lmvm")
+        tao.setObjectiveGradient(rosenbrock, None)
+        tao.setSolution(x)
+        tao.setTolerances(gatol=0, grtol=0, gttol=0)
+        tao.setMaximumIterations(3)
+        return tao, x
+
+    once, x = tao_at(np.zeros(n))
+    once.solve()
+    first = x.getArray().copy()
+    once.solve()
+    fresh, y = tao_at(first)
+    fresh.solve()
+    assert np.abs(x.getArray() - y.getArray()).max() > 1e-3
+    for obj in (once, fresh, x, y):
+        obj.destroy()
+
+
+@pytest.mark.parametrize("tao_type", ["lmvm", "brgn"])
+def test_one_tao_serves_every_epoch_and_repeats_fresh_ones(tmp_path, petsc_options, tao_type,
+                                                           monkeypatch):
+    """The TAO trainer keeps one TaoTraining for every epoch (a fresh seeded draw each
+    time); the weights equal those of separate train_tao calls, one per epoch, as a
+    resumed run makes its first epoch."""
+    from deq_petsc.train.tao import TAO_ADJOINT_OPTIONS, TAO_SOLVER_OPTIONS, TaoTraining
+    data = synthetic(n=50)
+    petsc_options({"tao_type": tao_type, "tao_max_it": 3})
+    cfg = TrainConfig(task="polarity", width=4, seed=2, objective="regress", dtype="float64",
+                      tao_batch=30, epochs=3)
+    trainer = TaoTrainer(cfg, data, tmp_path, progress=False, log=lambda *a: None)
+    reference = build_model(cfg, data, 1, solver_options=TAO_SOLVER_OPTIONS,
+                            adjoint_options=TAO_ADJOINT_OPTIONS)
+    reference.load_state_dict(trainer.model.state_dict())
+    X = data.images[data.indices("train")].double()
+    y = trainer.objective.targets(data, "train")
+    seen = []
+    original = TaoTraining.solve
+
+    def solve(self, *args, **kwargs):
+        seen.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaoTraining, "solve", solve)
+    history = trainer.fit()
+    assert len(history) == 3 and len(seen) == 3 and len(set(map(id, seen))) == 1
+    for epoch in range(3):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        idx = torch.randperm(len(y), generator=g)[:cfg.tao_batch]
+        result = train_tao(reference.eval(), trainer.objective, X[idx], y[idx],
+                           chunk=cfg.eval_batch_size, accept_max_it=True)
+        assert result.iterations == history[epoch]["tao_its"]
+    for (name, p), q in zip(trainer.model.state_dict().items(),
+                            reference.state_dict().values()):
+        assert torch.allclose(p, q, rtol=1e-7, atol=1e-9), (name, float((p - q).abs().max()))
+    trainer.destroy()
+    assert trainer.training is None
+    reference.destroy()
+
+
 def test_tao_trainer_resume_matches_an_uninterrupted_run(tmp_path, petsc_options):
     data = synthetic(n=50)
     petsc_options({"tao_type": "bntr", "tao_max_it": 3})

@@ -5,7 +5,7 @@
 :class:`TrainingProblem` is TAO's application context -- objective, gradient,
 Hessian products (Gauss-Newton or exact, a python ``Mat``), and for ``brgn``
 the residual and its Jacobian -- all computed by torch over the batch in chunks.
-:func:`deq_petsc.train.tao.train_tao` sets up and runs the TAO solve on them.
+:class:`deq_petsc.train.tao.TaoTraining` owns the TAO that solves it.
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ class ParameterVector:
         flat = slices.flatten([p.detach() for p in slices.params]).contiguous()
         self.vec = self.layout.create_vec(flat, comm=PETSc.COMM_SELF)
 
+    def take_model(self) -> None:
+        """Set the ``Vec`` to the model's parameters now (a solve starts from them: an
+        epoch's from the last one's solution, or from a checkpoint's weights)."""
+        self.write(self.slices.flatten([p.detach() for p in self.slices.params]), self.vec)
+
     def read(self, X: PETSc.Vec) -> torch.Tensor:
         """``X`` as a tensor: a view (zero-copy when the model is float64 on the CPU);
         under MPI rank 0's ``X``, a copy on every rank."""
@@ -90,8 +95,8 @@ class ParameterVector:
         self.vec.destroy()
 
 
-#: TAO and python-Mat callbacks: the first exception kept on the problem, for train_tao
-#: to re-raise after TAO.solve (PETSc reports it only as an error code)
+#: TAO and python-Mat callbacks: the first exception kept on the problem, for
+#: TaoTraining.solve to re-raise after TAO.solve (PETSc reports it only as an error code)
 _callback = petsc_callback(owner="problem")
 
 
@@ -108,27 +113,42 @@ class TrainingProblem:
         self.model, self.objective = model, objective
         self.params, self.hessian_kind = params, hessian
         self.dp = params.dp
+        self.chunk = chunk
+        self.on_model_call = on_model_call or (lambda: None)
+        self.deadline: float | None = None
+        #: called as ``on_iterate(its, seconds, parameters)`` at every monitored iterate
+        #: (a study's snapshots; the parameters are a view: copy what you keep)
+        self.on_iterate = None
+        self.load(images, targets)
+
+    def load(self, images, targets) -> None:
+        """Take the batch of the next solve (an epoch's): its chunks, and fresh counts."""
         self.n = len(targets)
+        chunk = self.chunk
         # this rank's shard of every chunk, and each chunk's global row range
         self.chunks = [(self.dp.shard(images[i:i + chunk]), self.dp.shard(targets[i:i + chunk]))
                        for i in range(0, self.n, chunk)]
         self.rows = [(i, min(i + chunk, self.n)) for i in range(0, self.n, chunk)]
-        self.on_model_call = on_model_call or (lambda: None)
+        self.reset()
+
+    def release(self) -> None:
+        """Drop what the last Hessian or Jacobian kept (each chunk's equilibria, outputs
+        and tangents): between solves it is only memory."""
         self.curvature = None
         self._jacobians = None
         self._point: torch.Tensor | None = None     # where the Hessian / Jacobian was asked
+
+    def reset(self) -> None:
+        """Before a solve: no kept curvature or error, counts and clocks at zero."""
+        self.release()
         self._shift = 0.0
         self.error: BaseException | None = None
-        self.deadline: float | None = None
         self.counts = dict(objective=0, gradient=0, hessian=0, hessian_products=0,
                            residual=0, jacobian=0, jacobian_products=0)
         #: seconds spent in each kind of callback: what a TAO iteration costs beyond them
         #: is TAO's own work (its vector operations, line search, Krylov solve)
         self.seconds = dict.fromkeys(self.counts, 0.0)
         self.history: list[tuple[int, float, float, float]] = []
-        #: called as ``on_iterate(its, seconds, parameters)`` at every monitored iterate
-        #: (a study's snapshots; the parameters are a view: copy what you keep)
-        self.on_iterate = None
         self._start = time.perf_counter()
 
     @contextmanager
