@@ -1,7 +1,10 @@
 """PETScML's claim on its own ground: TAO's second-order methods against tuned Adam on a
-smooth SciML surrogate, the Bratu task (``deq_petsc.data.pde``), at equal wall time.
+smooth SciML surrogate, the Bratu task (``deq_petsc.data.pde``), at equal wall time; and
+the same study on QM9 property regression (``--task polarity``: the dipole, ``--task
+gap``: the HOMO-LUMO gap) beside gradient boosting on descriptors on the same split.
 
-For each model (``--models``: the MLP surrogate and the DEQ surrogate, float64):
+For each model (``--models``: the MLP surrogate and the DEQ surrogate, float64; for QM9
+the graph-image classifier's explicit stack and DEQ with one regression output):
 
 1. Adam is tuned on seed 0: every learning rate of ``--lrs`` with a constant step and
    with a cosine decay over the budget, mini-batches of ``--batch``; the setting with
@@ -15,11 +18,13 @@ For each model (``--models``: the MLP surrogate and the DEQ surrogate, float64):
    budget) and scored afterwards by one scorer model with tight solves (DEQ: rtol
    1e-10), so scoring costs no budget and every method is scored alike.
 
-Printed and written (``--json``, ``--plot``): test relative L2 error against time
-(mean over seeds, one line per method); per method the final errors (mean, min, max
-over seeds); TAO's converged reasons, iterations, objective / gradient / Hessian (or
-Jacobian) product counts, seconds per kind of product and the share of a TAO
-iteration spent outside them (TAO's own work).
+Printed and written (``--json``, ``--plot``): the test error (Bratu: relative L2 error;
+QM9: MAE in the target's units) against time (mean over seeds, one line per method); per
+method the final errors (mean, min, max over seeds); QM9: gradient boosting's test MAE
+and its standard error (``deq-petsc baseline --objective regress``); TAO's converged
+reasons, iterations, objective / gradient / Hessian (or Jacobian) product counts,
+seconds per kind of product and the share of a TAO iteration spent outside them (TAO's
+own work).
 
 Methods: adam; lmvm (L-BFGS, More-Thuente); nls-gn (Newton-CG line search,
 Gauss-Newton); bntr-gn (trust region, Gauss-Newton); brgn (TAO's Gauss-Newton for
@@ -27,6 +32,7 @@ least squares); bntr-exact (exact Hessian, MLP only).
 
     .venv/bin/python benchmarks/bench_surrogate.py --budget 60 --json runs/surrogate.json \\
         --plot docs/img/surrogate-trainers.png
+    .venv/bin/python benchmarks/bench_surrogate.py --task gap --models explicit --budget 150
 """
 
 from __future__ import annotations
@@ -44,7 +50,10 @@ deq_petsc.init([sys.argv[0]])
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from deq_petsc.baseline import BaselineConfig, run_baseline  # noqa: E402
 from deq_petsc.data import load_task  # noqa: E402
+from deq_petsc.data.pde import FIELD_TASKS  # noqa: E402
+from deq_petsc.data.tasks import TASKS  # noqa: E402
 from deq_petsc.inference import build_model  # noqa: E402
 from deq_petsc.objectives import make_objective  # noqa: E402
 from deq_petsc.run_record import run_record  # noqa: E402
@@ -87,10 +96,20 @@ class Snapshots:
                               [b.detach().clone() for b in self.model.buffers()]))
 
 
+#: per task: the objective, and the model's width and depth unless given (the Bratu
+#: surrogate's MLP has 3 hidden layers of 64; QM9's graph-image model, train's pair cell,
+#: is cut to 4 applications of 8 channels: a full-batch float64 gradient over 1,600
+#: molecules then takes 3.5-3.7 s on 2 cores, where 16 channels took about 4x that)
+TASK_DEFAULTS = {"bratu": ("field", 64, 3), "polarity": ("regress", 8, 4),
+                 "gap": ("regress", 8, 4)}
+
+
 def config(args, model: str, seed: int, lr: float = 1e-3) -> TrainConfig:
-    return TrainConfig(task="bratu", seed=seed, width=args.width, kind=model,
-                       depth=args.depth, objective="field", dtype="float64", lr=lr,
-                       batch_size=args.batch)
+    objective, width, depth = TASK_DEFAULTS[args.task]
+    return TrainConfig(task=args.task, seed=seed, width=args.width or width, kind=model,
+                       depth=args.depth or depth, objective=objective, dtype="float64",
+                       lr=lr, batch_size=args.batch,
+                       cell="dense" if args.task in FIELD_TASKS else "pair")
 
 
 def run_adam(args, data, objective, model_kind, seed, lr, schedule):
@@ -194,7 +213,7 @@ class Scorer:
             pred = self.model(X)
             if split == "train":
                 out["train_loss"] = float(self.objective.loss(pred, y))
-            out[f"{split}_rel_l2"] = self.objective.metric_value(
+            out[f"{split}_{self.objective.metric}"] = self.objective.metric_value(
                 self.objective.metric_sum(pred, y), len(y))
             out[f"{split}_mse"] = float(((self.objective.unscale(pred)
                                           - self.objective.unscale(y)) ** 2).mean())
@@ -206,20 +225,23 @@ class Scorer:
 
 def scored(scorer, snaps) -> list[dict]:
     rows = []
+    metric = scorer.objective.metric
     for seconds, its, flat, buffers in snaps:
         try:
             rows.append({"seconds": seconds, "its": its, **scorer(flat, buffers)})
         except Exception as err:           # a blown-up snapshot: no equilibrium to score
             rows.append({"seconds": seconds, "its": its, "error": str(err).splitlines()[0],
-                         "train_loss": math.nan, "train_rel_l2": math.nan,
-                         "val_rel_l2": math.nan, "test_rel_l2": math.nan,
+                         "train_loss": math.nan, f"train_{metric}": math.nan,
+                         f"val_{metric}": math.nan, f"test_{metric}": math.nan,
                          "test_mse": math.nan})
     return rows
 
 
 def study(args, data, objective, model_kind) -> dict:
     scorer = Scorer(args, data, objective, model_kind)
-    result = {"model": model_kind, "sweep": [], "runs": []}
+    metric = objective.metric
+    result = {"model": model_kind, "task": args.task, "metric": metric,
+              "metric_label": objective.metric_short, "sweep": [], "runs": []}
     try:
         for lr in args.lrs:                                  # Adam's sweep on the first seed
             for schedule in ("constant", "cosine"):
@@ -229,10 +251,11 @@ def study(args, data, objective, model_kind) -> dict:
                 result["sweep"].append({"lr": lr, "schedule": schedule, **summary,
                                         "final": curve[-1], "curve": curve})
                 print(f"  {model_kind} adam sweep lr {lr:g} {schedule:8s}: val "
-                      f"{curve[-1]['val_rel_l2']:.3e} test {curve[-1]['test_rel_l2']:.3e} "
+                      f"{curve[-1][f'val_{metric}']:.3e} test "
+                      f"{curve[-1][f'test_{metric}']:.3e} "
                       f"({summary['epochs']} epochs)", flush=True)
-        finite = [r for r in result["sweep"] if math.isfinite(r["final"]["val_rel_l2"])]
-        best = min(finite, key=lambda r: r["final"]["val_rel_l2"])
+        finite = [r for r in result["sweep"] if math.isfinite(r["final"][f"val_{metric}"])]
+        best = min(finite, key=lambda r: r["final"][f"val_{metric}"])
         result["adam"] = {"lr": best["lr"], "schedule": best["schedule"]}
         methods = ["adam"] + [m for m in args.methods
                               if not (m == "bntr-exact" and model_kind == "deq")]
@@ -251,7 +274,7 @@ def study(args, data, objective, model_kind) -> dict:
                 result["runs"].append({"method": method, "seed": seed, **summary,
                                        "final": curve[-1], "curve": curve})
                 print(f"  {model_kind} seed {seed} {method:10s}: test "
-                      f"{curve[-1]['test_rel_l2']:.3e} train loss "
+                      f"{curve[-1][f'test_{metric}']:.3e} train loss "
                       f"{curve[-1]['train_loss']:.3e}"
                       + (f" ({summary['reason']}, {summary['iterations']} its)"
                          if "reason" in summary else f" ({summary['epochs']} epochs)"),
@@ -261,20 +284,27 @@ def study(args, data, objective, model_kind) -> dict:
     return result
 
 
+def _what(result: dict) -> str:
+    return (f"{result['model']} surrogate" if result.get("task", "bratu") in FIELD_TASKS
+            else f"{result['task']} {result['model']} regression")
+
+
 def table(result: dict) -> str:
-    lines = [f"{result['model']} surrogate: Adam tuned to lr {result['adam']['lr']:g}, "
+    metric = result.get("metric", "rel_l2")
+    label = {"rel_l2": "rel L2"}.get(metric, metric.upper())
+    lines = [f"{_what(result)}: Adam tuned to lr {result['adam']['lr']:g}, "
              f"{result['adam']['schedule']}",
-             f"{'method':10s} {'test rel L2 (mean [min, max])':>32s} {'vs Adam':>8s} "
+             f"{'method':10s} {f'test {label} (mean [min, max])':>32s} {'vs Adam':>8s} "
              f"{'MSE vs Adam':>11s} "
              f"{'train MSE':>9s} {'its':>6s} {'f':>6s} {'g':>6s} {'Hv/Jv':>6s} "
              f"{'outside':>7s}  reasons"]
     by = {}
     for run in result["runs"]:
         by.setdefault(run["method"], []).append(run)
-    adam = np.mean([r["final"]["test_rel_l2"] for r in by["adam"]])
+    adam = np.mean([r["final"][f"test_{metric}"] for r in by["adam"]])
     adam_mse = np.mean([r["final"]["test_mse"] for r in by["adam"]])
     for method, runs in by.items():
-        test = np.array([r["final"]["test_rel_l2"] for r in runs])
+        test = np.array([r["final"][f"test_{metric}"] for r in runs])
         mse = np.mean([r["final"]["test_mse"] for r in runs])
         loss = np.mean([r["final"]["train_loss"] for r in runs])
         if method == "adam":
@@ -292,11 +322,17 @@ def table(result: dict) -> str:
                      f"{reasons}")
         lines.append(f"{method:10s} {test.mean():12.3e} [{test.min():.2e}, {test.max():.2e}] "
                      f"{adam / test.mean():7.2f}x {adam_mse / mse:10.2f}x {loss:9.2e} {extra}")
+    lines.append("(vs Adam: Adam's mean test error over the method's; > 1: lower than Adam's)")
+    if "baseline" in result:
+        b = result["baseline"]
+        lines.append(f"gradient boosting on descriptors, same split: test MAE {b['mae']:.4f} "
+                     f"(standard error {b['mae_stderr']:.4f}); predicting the training mean: "
+                     f"{b['baseline_mae']:.4f}")
     return "\n".join(lines)
 
 
 def seconds_per_product(result: dict) -> str:
-    lines = [f"{result['model']}: seconds per callback (mean over seeds): objective, "
+    lines = [f"{_what(result)}: seconds per callback (mean over seeds): objective, "
              f"gradient, Hessian set-up, Hessian product; Jacobian set-up, Jacobian product"]
     by = {}
     for run in result["runs"]:
@@ -330,7 +366,7 @@ def plot(results: list[dict], path: str, title: str) -> None:
             values = []
             for c in curves:
                 t = np.array([p["seconds"] for p in c])
-                e = np.array([p["test_rel_l2"] for p in c])
+                e = np.array([p[f"test_{result.get('metric', 'rel_l2')}"] for p in c])
                 # the error a run had reached by each time (its last snapshot before it)
                 k = np.searchsorted(t, grid, side="right") - 1
                 values.append(e[np.clip(k, 0, len(e) - 1)])
@@ -340,19 +376,48 @@ def plot(results: list[dict], path: str, title: str) -> None:
             line, = ax.plot(grid, np.exp(np.nanmean(np.log(values), 0)), label=label)
             ax.fill_between(grid, np.nanmin(values, 0), np.nanmax(values, 0), alpha=0.15,
                             color=line.get_color())
-        ax.set(xlabel="training seconds", ylabel="test relative L2 error", yscale="log",
-               title=f"{result['model']} surrogate ({len(by['adam'])} seeds: geometric mean, "
+        if "baseline" in result:
+            ax.axhline(result["baseline"]["mae"], color="0.3", ls="--", lw=1,
+                       label="gradient boosting on descriptors")
+        ax.set(xlabel="training seconds", yscale="log",
+               ylabel=f"test {result.get('metric_label', 'relative L2 error')}",
+               title=f"{_what(result)} ({len(by['adam'])} seeds: geometric mean, "
                      f"band min-max)")
         ax.legend(fontsize=8)
     finish_figure(fig, list(axes[0]), path, title)
 
 
+def _title(task: str, train: int, budget: float) -> str:
+    what = ("Bratu surrogate" if task in FIELD_TASKS else
+            f"QM9 {TASKS[task].target_name} regression")
+    return f"{what} ({train} training samples): TAO against tuned Adam, {budget:g} s each"
+
+
+def replot(args) -> None:
+    """The tables and the plot of a finished study, from its JSON."""
+    import gzip
+    opener = gzip.open if args.from_json.endswith(".gz") else open
+    with opener(args.from_json, "rt") as fh:
+        document = json.load(fh)
+    settings, results = document["settings"], document["results"]
+    for result in results:
+        print("\n" + table(result))
+        print(seconds_per_product(result))
+    if args.plot:
+        train = round(0.8 * settings["limit"])
+        plot(results, args.plot, _title(settings.get("task", "bratu"), train,
+                                        settings["budget"]))
+        print(f"wrote {args.plot}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--limit", type=int, default=2000, help="Bratu draws (80%% train)")
+    p.add_argument("--task", choices=list(TASK_DEFAULTS), default="bratu")
+    p.add_argument("--limit", type=int, default=2000, help="draws or molecules (80%% train)")
     p.add_argument("--models", default="explicit,deq")
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--depth", type=int, default=3, help="MLP hidden layers")
+    p.add_argument("--width", type=int, help="default: 64 (bratu), 8 (QM9)")
+    p.add_argument("--depth", type=int, help="MLP hidden layers, or the explicit graph "
+                   "model's cell applications; default: 3 (bratu), 4 (QM9)")
     p.add_argument("--budget", type=float, default=60.0, help="training seconds per run")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--lrs", default="1e-3,3e-3,1e-2,3e-2", help="Adam's sweep")
@@ -363,7 +428,11 @@ def main():
     p.add_argument("--cache-dir")
     p.add_argument("--json", help="write every run's curve and counts here")
     p.add_argument("--plot", help="test error against time, PNG")
+    p.add_argument("--from-json", help="only print the tables and draw --plot from this "
+                   "study's JSON (--json of an earlier run; .gz read too)")
     args = p.parse_args()
+    if args.from_json:
+        return replot(args)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.lrs = [float(s) for s in args.lrs.split(",")]
     args.methods = [m for m in args.methods.split(",") if m]
@@ -371,22 +440,32 @@ def main():
     if unknown:
         sys.exit(f"--methods: unknown {unknown}; known: {', '.join(TAO_METHODS)}")
     torch.set_num_threads(args.threads)
-    data = load_task("bratu", limit=args.limit, seed=0, cache_dir=args.cache_dir,
+    data = load_task(args.task, limit=args.limit, seed=0, cache_dir=args.cache_dir,
                      progress=False)
-    objective = make_objective("field", data)
+    objective = make_objective(TASK_DEFAULTS[args.task][0], data)
     print(data.summary())
+    baseline = None
+    if args.task not in FIELD_TASKS:
+        report = run_baseline(BaselineConfig(objective="regress", seed=0,
+                                             cache_dir=args.cache_dir, progress=False), data,
+                              log=lambda *a: None)
+        baseline = {k: report[k] for k in ("mae", "mae_stderr", "rmse", "r2", "baseline_mae",
+                                           "rounds", "fit_seconds")}
+        print(f"gradient boosting on descriptors: test MAE {baseline['mae']:.4f} "
+              f"(standard error {baseline['mae_stderr']:.4f})", flush=True)
     print(f"{args.budget:g} s of training per run, seeds {args.seeds}, torch threads "
           f"{args.threads}; Adam's sweep lr {args.lrs} x constant|cosine, batch {args.batch}",
           flush=True)
     results = []
     for model_kind in args.models.split(","):
         results.append(study(args, data, objective, model_kind))
+        if baseline is not None:
+            results[-1]["baseline"] = baseline
     for result in results:
         print("\n" + table(result))
         print(seconds_per_product(result))
     if args.plot:
-        plot(results, args.plot, f"Bratu surrogate ({len(data.indices('train'))} training "
-                                 f"draws): TAO against tuned Adam, {args.budget:g} s each")
+        plot(results, args.plot, _title(args.task, len(data.indices("train")), args.budget))
         print(f"wrote {args.plot}")
     if args.json:
         document = {"settings": {k: v for k, v in vars(args).items()},

@@ -141,11 +141,13 @@ def run_baseline(args) -> int:
                             "itself): run it without mpiexec")
     data = _args_data(args, limit=args.limit, seed=args.seed)
     say(data.summary())
-    cfg = BaselineConfig(features=args.features, max_iter=args.max_iter, seed=args.seed,
+    cfg = BaselineConfig(features=args.features, objective=args.objective,
+                         max_iter=args.max_iter, seed=args.seed,
                          cache_dir=args.cache_dir, jobs=args.jobs,
                          progress=not args.no_progress)
     report = baseline(cfg, data, log=say)
-    out = Path(args.out or f"runs/baseline-{args.task}")
+    out = Path(args.out or f"runs/baseline-{args.task}"
+               + ("-regress" if args.objective == "regress" else ""))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "baseline.json", report)
     say(f"test split ({args.task}):", format_baseline(report), f"wrote {out}/baseline.json")
@@ -466,7 +468,7 @@ def _check_recorded_csv(state: dict, checkpoint) -> None:
 def run_predict(args) -> int:
     from .data import cif_image, smiles_image
     from .data.graph_image import read_cif
-    from .data.tasks import stored_image
+    from .data.tasks import TASKS, stored_image
     from .inference import load_model, model_dtype, objective_of, require_current_images
     from .models.surrogate import FAMILY as SURROGATE_FAMILY
 
@@ -478,7 +480,7 @@ def run_predict(args) -> int:
                                 f"parameters -> solution field): predict takes molecules and "
                                 f"crystals; score it with evaluate --checkpoint")
         require_current_images(state, args.checkpoint)
-        molecular = task["name"] == "polarity"
+        molecular = TASKS[task["name"]].kind == "molecule"
         if args.input is not None:
             return _predict_many(args, model, state, molecular)
         if args.smiles is not None and not molecular:

@@ -2,10 +2,11 @@
 
 A graph-image DEQ scientist is only worth its solver if it beats what a chemist
 would try first. This fits scikit-learn's ``HistGradientBoostingClassifier``
-(LightGBM's algorithm) on the same train split of the same build (same task,
-limit and seed, hence the same test molecules and materials), picks the number
-of boosting rounds on the validation split, and reports the test split with the
-same metrics as ``deq-petsc evaluate``. Two feature sets:
+(LightGBM's algorithm; ``HistGradientBoostingRegressor`` for ``objective="regress"``,
+on the DFT number the labels come from) on the same train split of the same build
+(same task, limit and seed, hence the same test molecules and materials), picks the
+number of boosting rounds on the validation split (accuracy, or MAE), and reports the
+test split with the same metrics as ``deq-petsc evaluate``. Two feature sets:
 
 * ``descriptors``: :mod:`deq_petsc.data.descriptors` (RDKit 2D descriptors and
   Morgan counts; composition statistics and intensive structure numbers);
@@ -26,17 +27,20 @@ import numpy as np
 
 from .data.cache import DatasetCache, cache_key
 from .data.descriptors import DESCRIPTOR_VERSION, descriptor_matrix, names
-from .data.tasks import (RESEED_FROM, TaskData, full_build_ids, make_task, reseed_source,
-                         rows_for)
+from .data.tasks import (RESEED_FROM, TASKS, TaskData, full_build_ids, make_task,
+                         reseed_source, rows_for)
 from .errors import DEQCacheError, DEQInputError
-from .metrics import classification_report, confusion_matrix, format_report
+from .metrics import (classification_report, confusion_matrix, format_regression,
+                      format_report, regression_report)
 
 FEATURE_SETS = ("descriptors", "images")
+BASELINE_OBJECTIVES = ("classify", "regress")
 
 
 @dataclass
 class BaselineConfig:
     features: str = "descriptors"
+    objective: str = "classify"     # or "regress": the task's DFT target, MAE in its units
     max_iter: int = 500             # boosting rounds at most; the validation split picks
     learning_rate: float = 0.05
     max_leaf_nodes: int = 31
@@ -49,7 +53,7 @@ class BaselineConfig:
 def task_descriptors(data: TaskData, cache_dir=None, jobs=None, progress=True,
                      log=print) -> tuple[np.ndarray, list[str]]:
     """The descriptor matrix of every sample of ``data`` (rows in ``data.ids`` order)."""
-    kind = "molecule" if data.task == "polarity" else "periodic"
+    kind = TASKS[data.task].kind
     cache = DatasetCache(cache_dir, required=("names", "failed"))
     key = cache_key({"descriptors": DESCRIPTOR_VERSION, "data": data.params})
     entry = cache.load(f"{data.task}-descriptors", key)
@@ -122,28 +126,37 @@ def run_baseline(cfg: BaselineConfig, data: TaskData, log=print, X=None) -> dict
     (rows in ``data.ids`` order) replaces the features of ``cfg.features``, for a
     benchmark that asks what other numbers carry, with the same fit and split."""
     try:
-        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.ensemble import (HistGradientBoostingClassifier,
+                                      HistGradientBoostingRegressor)
     except ImportError:
         raise ImportError("the baseline needs scikit-learn: pip install -e .[data]") from None
-
+    if cfg.objective not in BASELINE_OBJECTIVES:
+        raise DEQInputError(f"objective must be one of {BASELINE_OBJECTIVES}, got "
+                            f"{cfg.objective!r}")
+    regress = cfg.objective == "regress"
     X = _features(cfg, data, log) if X is None else np.asarray(X)
-    y = data.labels.numpy()
+    y = np.asarray(data.targets, np.float64) if regress else data.labels.numpy()
     split = {s: data.indices(s) for s in ("train", "val", "test")}
-    if len(np.unique(y[split["train"]])) < 2:
+    if not regress and len(np.unique(y[split["train"]])) < 2:
         raise DEQInputError("the training split holds a single class: a larger --limit")
+    estimator = HistGradientBoostingRegressor if regress else HistGradientBoostingClassifier
     start = time.perf_counter()
-    model = HistGradientBoostingClassifier(
-        max_iter=cfg.max_iter, learning_rate=cfg.learning_rate,
-        max_leaf_nodes=cfg.max_leaf_nodes, early_stopping=False, random_state=cfg.seed)
+    model = estimator(max_iter=cfg.max_iter, learning_rate=cfg.learning_rate,
+                      max_leaf_nodes=cfg.max_leaf_nodes, early_stopping=False,
+                      random_state=cfg.seed)
     model.fit(X[split["train"]], y[split["train"]])
     fit_seconds = time.perf_counter() - start
+
+    def score(p, true):                 # higher is better: accuracy, or minus the MAE
+        return float(-np.abs(p - true).mean()) if regress else float((p == true).mean())
+
     # the validation split chooses the number of rounds (no refit: staged predictions)
     if len(split["val"]):
-        val_acc = [float((p == y[split["val"]]).mean())
-                   for p in model.staged_predict(X[split["val"]])]
-        rounds = int(np.argmax(val_acc)) + 1
+        val_score = [score(p, y[split["val"]]) for p in model.staged_predict(X[split["val"]])]
+        rounds = int(np.argmax(val_score)) + 1
     else:
-        val_acc, rounds = [float("nan")], model.n_iter_
+        rounds = model.n_iter_
+        val_score = [float("nan")] * rounds
 
     def predict(idx):
         for k, p in enumerate(model.staged_predict(X[idx]), start=1):
@@ -151,20 +164,32 @@ def run_baseline(cfg: BaselineConfig, data: TaskData, log=print, X=None) -> dict
                 return p
         return model.predict(X[idx])
 
+    common = dict(task=data.task, model=estimator.__name__, objective=cfg.objective,
+                  features=cfg.features, n_features=int(X.shape[1]), rounds=rounds,
+                  fit_seconds=fit_seconds,
+                  split_sizes={s: int(len(i)) for s, i in split.items()}, data=data.params,
+                  config=asdict(cfg))
+    if regress:
+        report = regression_report(predict(split["test"]), y[split["test"]],
+                                   float(y[split["train"]].mean()))
+        report.update(common, target=TASKS[data.task].target_name,
+                      val_mae=-val_score[rounds - 1],
+                      train_mae=-score(predict(split["train"]), y[split["train"]]))
+        return report
     cm = confusion_matrix(y[split["test"]], predict(split["test"]), len(data.classes))
     report = classification_report(cm, data.classes)
-    report.update(
-        task=data.task, model="HistGradientBoostingClassifier", features=cfg.features,
-        n_features=int(X.shape[1]), rounds=rounds, val_accuracy=val_acc[rounds - 1],
-        train_accuracy=float((predict(split["train"]) == y[split["train"]]).mean()),
-        fit_seconds=fit_seconds, confusion=cm.tolist(), split_sizes={s: int(len(i)) for s, i
-                                                                     in split.items()},
-        data=data.params, config=asdict(cfg))
+    report.update(common, val_accuracy=val_score[rounds - 1],
+                  train_accuracy=score(predict(split["train"]), y[split["train"]]),
+                  confusion=cm.tolist())
     return report
 
 
 def format_baseline(report: dict) -> str:
-    return (f"gradient boosting on {report['features']} ({report['n_features']} features, "
-            f"{report['rounds']} rounds chosen on val: val accuracy "
-            f"{report['val_accuracy']:.4f}, train {report['train_accuracy']:.4f}; fit "
-            f"{report['fit_seconds']:.1f} s)\n" + format_report(report))
+    head = (f"gradient boosting on {report['features']} ({report['n_features']} features, "
+            f"{report['rounds']} rounds chosen on val: ")
+    if report.get("objective") == "regress":
+        return (head + f"val MAE {report['val_mae']:.4f}, train {report['train_mae']:.4f}; "
+                f"fit {report['fit_seconds']:.1f} s)\n" + format_regression(report))
+    return (head + f"val accuracy {report['val_accuracy']:.4f}, train "
+            f"{report['train_accuracy']:.4f}; fit {report['fit_seconds']:.1f} s)\n"
+            + format_report(report))

@@ -16,7 +16,7 @@ import signal
 import sys
 
 #: the graph-image science tasks (deq_petsc.data.tasks)
-IMAGE_TASKS = ["polarity", "mof-pore", "crystals"]
+IMAGE_TASKS = ["polarity", "gap", "mof-pore", "crystals"]
 #: the PDE surrogate tasks (deq_petsc.data.pde): data, train and evaluate take them
 FIELD_TASKS = ["bratu"]
 TASKS = IMAGE_TASKS + FIELD_TASKS
@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "baseline", "the reference a DEQ must beat: gradient boosting on "
                  "descriptors, same split",
-                 "Fit scikit-learn's HistGradientBoostingClassifier on the train split of a "
+                 "Fit scikit-learn's HistGradientBoostingClassifier (Regressor with "
+                 "--objective regress) on the train split of a "
                  "task's build (the same --task/--limit/--seed as train, so the same test "
                  "molecules and materials), choose its rounds on the validation split and "
                  "report the test split. --features descriptors: RDKit 2D descriptors and "
@@ -249,9 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arguments(p, limit_default=2000, tasks=IMAGE_TASKS)
     p.add_argument("--features", choices=["descriptors", "images"], default="descriptors",
                    help="(default: %(default)s)")
+    p.add_argument("--objective", choices=["classify", "regress"], default="classify",
+                   help="classify the task's labels, or regress the DFT number they come "
+                        "from (MAE in its units, as train --objective regress reports)")
     p.add_argument("--max-iter", type=int, default=500,
                    help="boosting rounds at most (default: %(default)s)")
-    p.add_argument("--out", help="folder for baseline.json (default: runs/baseline-<task>)")
+    p.add_argument("--out", help="folder for baseline.json (default: runs/baseline-<task>, "
+                   "runs/baseline-<task>-regress)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = _command(sub, "compare", "run named PETSc option sets on one DEQ problem: table, CSV, plots",

@@ -42,10 +42,11 @@ REFERENCE_SOLVERS = ("petsc-picard", "petsc-anderson")
 #: Epochs per solver set by default: polarity's 32 x 32 images take 20-45 s an epoch on
 #: 2 cores, the periodic tasks' 16 x 16 ones 5-15 s, and 3 epochs left the MOF models
 #: barely trained (docs/solvers.md).
-TASK_EPOCHS = {"polarity": 3, "crystals": 12, "mof-pore": 12}
+TASK_EPOCHS = {"polarity": 3, "gap": 3, "crystals": 12, "mof-pore": 12}
 
 #: What a task's samples are called in the report.
-SAMPLES = {"polarity": "molecules", "crystals": "crystals", "mof-pore": "MOFs"}
+SAMPLES = {"polarity": "molecules", "gap": "molecules", "crystals": "crystals",
+           "mof-pore": "MOFs"}
 
 
 @dataclass

@@ -188,10 +188,15 @@ def require_current_images(state: dict, checkpoint) -> None:
     checkpoint from before a representation change (molecules gained 3D channels) is
     refused in one line, not fed images with other channels."""
     from .data.graph_image import MOLECULE_CHANNELS, PERIODIC_CHANNELS
+    from .data.tasks import TASKS
     if state["model_config"].get("family") == SURROGATE:
         return                         # parameter draws, no images (evaluate checks them)
     task = state["task"]
-    current = MOLECULE_CHANNELS if task["name"] == "polarity" else PERIODIC_CHANNELS
+    if task["name"] not in TASKS:
+        raise DEQCheckpointError(f"{checkpoint} was trained on task {task['name']!r}, which "
+                                 f"this version does not know ({', '.join(TASKS)})")
+    current = (MOLECULE_CHANNELS if TASKS[task["name"]].kind == "molecule"
+               else PERIODIC_CHANNELS)
     saved = tuple(task.get("channels", ()))
     if saved != tuple(current):
         raise DEQCheckpointError(

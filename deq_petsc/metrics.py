@@ -1,5 +1,5 @@
 """Classification metrics: accuracy, confusion matrix, per-class precision/recall/F1, and
-calibration (does a predicted 0.9 come true 90% of the time?)."""
+calibration (does a predicted 0.9 come true 90% of the time?); regression's errors."""
 
 from __future__ import annotations
 
@@ -35,6 +35,30 @@ def classification_report(cm: np.ndarray, classes) -> dict:
         out["classes"][name] = {"precision": float(precision), "recall": float(recall),
                                 "f1": float(f1), "support": int(actual)}
     return out
+
+
+def regression_report(predicted, true, train_mean: float) -> dict:
+    """MAE, RMSE and R^2 of ``predicted`` against ``true``, the MAE's standard error (what
+    a difference between two regressors must clearly exceed), and the MAE of predicting
+    the training mean (what a model must beat to have learnt anything)."""
+    pred, true = np.asarray(predicted, np.float64), np.asarray(true, np.float64)
+    err = np.abs(pred - true)
+    ss_tot = float(((true - true.mean()) ** 2).sum())
+    n = len(true)
+    return {"n": int(n), "mae": float(err.mean()),
+            "mae_stderr": float(err.std(ddof=1) / n ** 0.5) if n > 1 else float("nan"),
+            "rmse": float(np.sqrt((err ** 2).mean())),
+            "r2": float(1 - (err ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
+            "baseline_mae": float(np.abs(true - train_mean).mean())}
+
+
+def format_regression(report: dict) -> str:
+    """One line: a :func:`regression_report` (with its ``target`` name)."""
+    stderr = (f" (standard error {report['mae_stderr']:.4f})" if "mae_stderr" in report
+              else "")
+    return (f"{report['target']}: MAE {report['mae']:.4f}{stderr}, RMSE {report['rmse']:.4f}, "
+            f"R^2 {report['r2']:.3f} on {report['n']} samples; predicting the training "
+            f"mean gives MAE {report['baseline_mae']:.4f}")
 
 
 def format_report(report: dict) -> str:

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from .data.tasks import TASKS, TaskData
-from .metrics import calibration, classification_report, confusion_matrix, format_report
+from .metrics import (calibration, classification_report, confusion_matrix, format_regression,
+                      format_report, regression_report)
 
 OBJECTIVES = ("classify", "regress", "field")
 
@@ -167,19 +168,12 @@ class Regression:
     def report(self, out: torch.Tensor, y: torch.Tensor, data: TaskData) -> dict:
         pred = self.unscale(out.detach().double()).reshape(-1).numpy()
         true = self.unscale(y.double()).reshape(-1).numpy()
-        err = pred - true
-        ss_tot = float(((true - true.mean()) ** 2).sum())
-        return {"objective": self.name, "target": self.target_name, "n": int(len(true)),
-                "loss": float(self.loss(out, y)), "mae": float(np.abs(err).mean()),
-                "rmse": float(np.sqrt((err ** 2).mean())),
-                "r2": float(1 - (err ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
-                "baseline_mae": float(np.abs(true - self.mean).mean()),
+        return {"objective": self.name, "target": self.target_name,
+                "loss": float(self.loss(out, y)), **regression_report(pred, true, self.mean),
                 "predicted": pred.tolist(), "true": true.tolist()}
 
     def format(self, report: dict) -> str:
-        return (f"{report['target']}: MAE {report['mae']:.4f}, RMSE {report['rmse']:.4f}, "
-                f"R^2 {report['r2']:.3f} on {report['n']} samples; predicting the training "
-                f"mean gives MAE {report['baseline_mae']:.4f}")
+        return format_regression({k: v for k, v in report.items() if k != "mae_stderr"})
 
     def answer(self, out: torch.Tensor) -> str:
         return f"{self.target_name} = {float(self.unscale(out.detach()).reshape(-1)[0]):.4f}"

@@ -16,14 +16,21 @@ def subplots(*grid, figsize=None, constrained_layout: bool = False, **kwargs):
     return fig, fig.subplots(*grid, **kwargs)
 
 
+def save_figure(fig, path, title: str = "") -> str:
+    """Write ``fig``, its title wrapped to the figure's width (about 10 characters an
+    inch: a long title on a one-panel figure would run off both edges)."""
+    if title:
+        import textwrap
+        fig.suptitle(textwrap.fill(title, width=max(int(fig.get_figwidth() * 10), 40)))
+    fig.savefig(path, dpi=110)
+    return str(path)
+
+
 def finish_figure(fig, axes, path, title: str) -> str:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    return str(path)
+    return save_figure(fig, path, title)
 
 
 def plot_curves(history: list[dict], path, title: str = "", metric: str = "acc",
@@ -126,10 +133,7 @@ def plot_fields(fields, titles, path, title: str = "") -> str:
         image = ax.imshow(u.reshape(m, m), origin="lower", extent=(0, 1, 0, 1), cmap="viridis")
         fig.colorbar(image, ax=ax, shrink=0.8)
         ax.set(title=name, xlabel="x", ylabel="y")
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    return str(path)
+    return save_figure(fig, path, title)
 
 
 def plot_comparison(histories: dict, path, title: str = "", metric: str = "acc",

@@ -1,4 +1,5 @@
-"""The three science tasks of Deep AndersoNN, from real DFT data available offline.
+"""The science tasks: Deep AndersoNN's three, and QM9's HOMO-LUMO gap, from real DFT data
+available offline.
 
 ========  ===============================  ==========================================
 task      source                           classes (defaults)
@@ -6,6 +7,8 @@ task      source                           classes (defaults)
 polarity  QM9 (PyPI ``qm9pack``): B3LYP/   weakly / strongly polar: dipole <= / > the
           6-31G(2df,p) dipoles, 130,831    median of all of QM9 (2.475 D), so labels
           molecules                        do not depend on ``limit``
+gap       QM9's HOMO-LUMO gaps (eV), the   small / large gap: <= / > QM9's median
+          same molecules and images        (6.8 eV); mostly a regression target
 mof-pore  CoRE MOF 2019-ASR (PyPI          largest cavity diameter (Zeo++) < 5 A,
           ``core-mof``): 12,020 CIFs       5-8 A, >= 8 A
 crystals  Materials Project PBE band gaps  metal (gap = 0 exactly, as PBE reports
@@ -120,30 +123,51 @@ class Task:
         raise NotImplementedError
 
 
+#: QM9 gives orbital energies in Hartree
+EV_PER_HARTREE = 27.211386245988
+#: the QM9 columns every QM9 task reads (one parse, shared by the tasks)
+QM9_COLUMNS = ("Index", "SMILES", "Dipole_debye", "HOMO_LUMO_gap_au", "Elements", "XYZ_Ang")
+
+
 class PolarityTask(Task):
     name, kind, target_name = "polarity", "molecule", "dipole (D)"
     payload = "smiles"
     classes = ("weakly polar", "strongly polar")
+    #: the QM9 column of the target, its unit's factor, and the threshold's key in params
+    column, scale, threshold_key = "Dipole_debye", 1.0, "threshold_debye"
 
     def __init__(self, threshold: float | None = None):
         self.threshold = threshold
 
+    def _targets(self) -> np.ndarray:
+        columns = _qm9_columns(_stamped(qm9_files()), QM9_COLUMNS)
+        return np.asarray(columns[QM9_COLUMNS.index(self.column)], dtype=float) * self.scale
+
     def params(self):
-        if self.threshold is None:
-            self.threshold = float(np.median(_qm9_columns(_stamped(qm9_files()),
-                                                          ("Dipole_debye",))[0]))
-        return {"threshold_debye": self.threshold,
+        if self.threshold is None:        # QM9's median: labels that do not depend on limit
+            self.threshold = float(np.median(self._targets()))
+        return {self.threshold_key: self.threshold,
                 "sources": [fingerprint(f) for f in qm9_files()]}
 
     def records(self, cache_root):
         self.params()
-        index, smiles, dipole, elements, xyz = _qm9_columns(
-            _stamped(qm9_files()), ("Index", "SMILES", "Dipole_debye", "Elements", "XYZ_Ang"))
-        return [Record(f"qm9-{i}", s, d, f"{e}\n{x}")
-                for i, s, d, e, x in zip(index, smiles, dipole, elements, xyz)]
+        index, smiles, _, _, elements, xyz = _qm9_columns(_stamped(qm9_files()), QM9_COLUMNS)
+        return [Record(f"qm9-{i}", s, float(t), f"{e}\n{x}")
+                for i, s, t, e, x in zip(index, smiles, self._targets(), elements, xyz)]
 
     def label(self, target):
         return int(target > self.threshold)
+
+
+class GapTask(PolarityTask):
+    """QM9's HOMO-LUMO gap: a smooth electronic property of the same molecules, drawn the
+    same way (QM9's DFT positions), mostly to be regressed (``--objective regress``): the
+    second of PETScML's regression studies beside the dipole. Its two classes split at
+    QM9's median gap, as polarity's do at the median dipole."""
+
+    name, target_name = "gap", "HOMO-LUMO gap (eV)"
+    classes = ("small gap", "large gap")
+    column, scale, threshold_key = "HOMO_LUMO_gap_au", EV_PER_HARTREE, "threshold_ev"
 
 
 def _stamped(files: list[Path]) -> tuple:
@@ -249,7 +273,8 @@ class CrystalsTask(Task):
         return 1 if target < self.insulator_gap else 2
 
 
-TASKS = {"polarity": PolarityTask, "mof-pore": MofPoreTask, "crystals": CrystalsTask}
+TASKS = {"polarity": PolarityTask, "gap": GapTask, "mof-pore": MofPoreTask,
+         "crystals": CrystalsTask}
 
 
 def make_task(name: str, **options) -> Task:
