@@ -111,7 +111,32 @@ class Classification:
                 + ", ".join(f"{c}: {p:.3f}" for c, p in zip(self.classes, probs.tolist())))
 
 
-class Regression:
+class MeanSquares:
+    """The least-squares half of the regression objectives: the MSE over every output of
+    standardised targets (``out_dim`` per sample), its Gauss-Newton output Hessian, and
+    the residuals TAO's ``brgn`` takes."""
+
+    loss_label = "MSE (standardised)"
+    #: MSE of predicting the training mean on standardised targets
+    chance_loss = 1.0
+    out_dim: int
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(out, y.to(out.dtype))
+
+    def output_hessian(self, out: torch.Tensor, v: torch.Tensor, n_total: int) -> torch.Tensor:
+        return 2.0 * v / (n_total * self.out_dim)
+
+    def residual_scale(self, n_total: int) -> float:
+        """What residuals and their Jacobian are divided by (see :meth:`residual`)."""
+        return math.sqrt(n_total * self.out_dim)
+
+    def residual(self, out: torch.Tensor, y: torch.Tensor, n_total: int) -> torch.Tensor:
+        """Scaled so that ``||r||^2`` is the loss (TAO's brgn minimises ``||r||^2 / 2``)."""
+        return (out - y.to(out.dtype)).reshape(-1) / self.residual_scale(n_total)
+
+
+class Regression(MeanSquares):
     name = "regress"
     metric = "mae"                 # in the target's own units
     metric_label = "mean absolute error"
@@ -119,7 +144,6 @@ class Regression:
     report_dtype = torch.float32
     reference = "DFT"            # where the true values come from (plots)
     metric_format, loss_format = ".3f", ".4f"
-    loss_label = "MSE (standardised)"
 
     def __init__(self, data: TaskData | None, mean: float | None = None,
                  std: float | None = None, target_name: str | None = None):
@@ -132,9 +156,6 @@ class Regression:
         self.target_name = target_name or TASKS[data.task].target_name
         self.out_dim = 1
 
-    #: MSE of predicting the training mean on standardised targets
-    chance_loss = 1.0
-
     metric_value = staticmethod(Classification.metric_value)
 
     def state(self) -> dict:
@@ -145,25 +166,11 @@ class Regression:
         t = torch.as_tensor(np.asarray(data.targets)[data.indices(split)], dtype=torch.float32)
         return ((t - self.mean) / self.std)[:, None]
 
-    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.mse_loss(out, y.to(out.dtype))
-
     def unscale(self, out: torch.Tensor) -> torch.Tensor:
         return out * self.std + self.mean
 
     def metric_sum(self, out: torch.Tensor, y: torch.Tensor) -> float:
         return float((out.detach() - y.to(out.dtype)).abs().sum()) * self.std
-
-    def output_hessian(self, out: torch.Tensor, v: torch.Tensor, n_total: int) -> torch.Tensor:
-        return 2.0 * v / n_total
-
-    def residual_scale(self, n_total: int) -> float:
-        """What residuals and their Jacobian are divided by (see :meth:`residual`)."""
-        return math.sqrt(n_total)
-
-    def residual(self, out: torch.Tensor, y: torch.Tensor, n_total: int) -> torch.Tensor:
-        """Residuals scaled so that ``||r||^2`` is the MSE (TAO's brgn minimises ``||r||^2 / 2``)."""
-        return (out - y.to(out.dtype)).reshape(-1) / self.residual_scale(n_total)
 
     def report(self, out: torch.Tensor, y: torch.Tensor, data: TaskData) -> dict:
         pred = self.unscale(out.detach().double()).reshape(-1).numpy()
@@ -179,7 +186,7 @@ class Regression:
         return f"{self.target_name} = {float(self.unscale(out.detach()).reshape(-1)[0]):.4f}"
 
 
-class FieldRegression:
+class FieldRegression(MeanSquares):
     """Regress a PDE's solution field (:mod:`deq_petsc.data.pde`): the SciML surrogate.
 
     The loss is the MSE over every grid value of fields standardised by the training
@@ -199,8 +206,6 @@ class FieldRegression:
     report_dtype = torch.float64     # errors far below float32's resolution are measured
     reference = "SNES"
     metric_format = loss_format = ".3e"
-    loss_label = "MSE (standardised)"
-    chance_loss = 1.0
 
     def __init__(self, data=None, mean=None, scale: float | None = None,
                  norm: float | None = None):
@@ -232,26 +237,12 @@ class FieldRegression:
     def unscale(self, out: torch.Tensor) -> torch.Tensor:
         return out.detach().double() * self.scale + self.mean
 
-    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.mse_loss(out, y.to(out.dtype))
-
     def errors(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``||u_pred,i - u_i||`` per sample, in the field's units."""
         return (out.detach().double() - y.double()).norm(dim=1) * self.scale
 
     def metric_sum(self, out: torch.Tensor, y: torch.Tensor) -> float:
         return float((self.errors(out, y) ** 2).sum()) / self.norm ** 2
-
-    def output_hessian(self, out: torch.Tensor, v: torch.Tensor, n_total: int) -> torch.Tensor:
-        return 2.0 * v / (n_total * self.out_dim)
-
-    def residual_scale(self, n_total: int) -> float:
-        """What residuals and their Jacobian are divided by (see :meth:`residual`)."""
-        return math.sqrt(n_total * self.out_dim)
-
-    def residual(self, out: torch.Tensor, y: torch.Tensor, n_total: int) -> torch.Tensor:
-        """Scaled so that ``||r||^2`` is the loss (TAO's brgn minimises ``||r||^2 / 2``)."""
-        return (out - y.to(out.dtype)).reshape(-1) / self.residual_scale(n_total)
 
     @staticmethod
     def _qoi(fields: torch.Tensor) -> np.ndarray:
