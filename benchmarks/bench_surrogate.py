@@ -242,12 +242,15 @@ def study(args, data, objective, model_kind) -> dict:
     metric = objective.metric
     result = {"model": model_kind, "task": args.task, "metric": metric,
               "metric_label": objective.metric_short, "sweep": [], "runs": []}
+
+    def adam(seed, lr, schedule):
+        snaps, summary = run_adam(args, data, objective, model_kind, seed, lr, schedule)
+        return scored(scorer, snaps), summary
+
     try:
         for lr in args.lrs:                                  # Adam's sweep on the first seed
             for schedule in ("constant", "cosine"):
-                snaps, summary = run_adam(args, data, objective, model_kind, args.seeds[0], lr,
-                                          schedule)
-                curve = scored(scorer, snaps)
+                curve, summary = adam(args.seeds[0], lr, schedule)
                 result["sweep"].append({"lr": lr, "schedule": schedule, **summary,
                                         "final": curve[-1], "curve": curve})
                 print(f"  {model_kind} adam sweep lr {lr:g} {schedule:8s}: val "
@@ -265,9 +268,7 @@ def study(args, data, objective, model_kind) -> dict:
                     curve, summary = best["curve"], {k: best[k] for k in
                                                      ("steps", "epochs", "seconds")}
                 elif method == "adam":
-                    snaps, summary = run_adam(args, data, objective, model_kind, seed,
-                                              best["lr"], best["schedule"])
-                    curve = scored(scorer, snaps)
+                    curve, summary = adam(seed, best["lr"], best["schedule"])
                 else:
                     snaps, summary = run_tao(args, data, objective, model_kind, seed, method)
                     curve = scored(scorer, snaps)
