@@ -26,7 +26,7 @@ demo:
 	bash ci/demo.sh $(ARGS)
 
 docs: env
-	.venv/bin/python -m deq_petsc.options_spec > docs/options.md.tmp
+	.venv/bin/python -m deq_petsc.core.options_spec > docs/options.md.tmp
 	mv docs/options.md.tmp docs/options.md
 	.venv/bin/python docs/regenerate.py $(ARGS)
 

@@ -35,8 +35,8 @@ from petsc4py import PETSc  # noqa: E402
 
 from common import add_cell_arguments  # noqa: E402
 from deq_petsc import DEQ  # noqa: E402
-from deq_petsc.diagnostics import SavedTensorBytes  # noqa: E402
-from deq_petsc.models import ConvTanhCell  # noqa: E402
+from deq_petsc.core.diagnostics import SavedTensorBytes  # noqa: E402
+from deq_petsc.science.models import ConvTanhCell  # noqa: E402
 
 METHODS = {
     "ksp": {"adjoint_deq_method": "ksp"},

@@ -28,8 +28,8 @@ from common import train_and_test, without
 
 
 def main():
-    from deq_petsc.config import TrainConfig
-    from deq_petsc.data import load_task
+    from deq_petsc.science.config import TrainConfig
+    from deq_petsc.science.data import load_task
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="crystals", choices=("polarity", "mof-pore", "crystals"))

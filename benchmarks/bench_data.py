@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from deq_petsc.data import load_task
+from deq_petsc.science.data import load_task
 
 
 def disk_size(path: Path) -> int:

@@ -30,9 +30,9 @@ GROUPS = {
 
 
 def main():
-    from deq_petsc.baseline import BaselineConfig, run_baseline, task_descriptors
-    from deq_petsc.data import load_task
-    from deq_petsc.metrics import accuracy_stderr
+    from deq_petsc.science.baseline import BaselineConfig, run_baseline, task_descriptors
+    from deq_petsc.science.data import load_task
+    from deq_petsc.science.metrics import accuracy_stderr
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="crystals", choices=("crystals", "mof-pore"))

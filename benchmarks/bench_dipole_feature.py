@@ -59,10 +59,10 @@ def fit(F, y, split):
 def main():
     from scipy.stats import spearmanr
 
-    from deq_petsc.baseline import task_descriptors
-    from deq_petsc.data import load_task
-    from deq_petsc.data.tasks import make_task
-    from deq_petsc.data.workers import map_in_workers
+    from deq_petsc.science.baseline import task_descriptors
+    from deq_petsc.science.data import load_task
+    from deq_petsc.science.data.tasks import make_task
+    from deq_petsc.science.data.workers import map_in_workers
 
     p = argparse.ArgumentParser()
     p.add_argument("--limit", type=int, default=2000)

@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 from common import add_cell_arguments  # noqa: E402
 from deq_petsc import DEQSolver, FixedPointProblem  # noqa: E402
-from deq_petsc.models import ConvTanhCell  # noqa: E402
-from deq_petsc.reference import torch_anderson  # noqa: E402
+from deq_petsc.science.models import ConvTanhCell  # noqa: E402
+from deq_petsc.core.reference import torch_anderson  # noqa: E402
 
 
 def time_f(f, z, repeat):

@@ -45,7 +45,7 @@ import time
 import numpy as np
 
 import deq_petsc  # noqa: F401  (process set-up)
-from deq_petsc.data.graph_image import node_atomic_numbers
+from deq_petsc.science.data.graph_image import node_atomic_numbers
 
 
 def one_hot_elements(images: np.ndarray, channel: int, max_z: int = 118) -> np.ndarray:
@@ -56,7 +56,7 @@ def one_hot_elements(images: np.ndarray, channel: int, max_z: int = 118) -> np.n
 
 def node_blocks(images: np.ndarray, channels) -> dict:
     """The per-node blocks (see the module docstring) of periodic images."""
-    from deq_petsc.data.descriptors import element_properties
+    from deq_petsc.science.data.descriptors import element_properties
     channels = list(channels)
     z = np.clip(node_atomic_numbers(images, channels.index("element")), 0, 118)
     density = np.diagonal(images[:, channels.index("density")], axis1=1, axis2=2)
@@ -185,7 +185,7 @@ def main():
         p.error("--pairs-globals goes with --pairs")
     import torch
 
-    from deq_petsc.data import load_task
+    from deq_petsc.science.data import load_task
     torch.set_num_threads(args.threads)
     data = load_task(args.task, limit=args.limit or None, seed=args.seed, progress=False)
     images = data.images.float().numpy()
@@ -200,7 +200,7 @@ def main():
         blocks.update(node_blocks(images, data.channels))
     descriptors = None
     if "descriptors" in wanted or args.pairs_globals:
-        from deq_petsc.baseline import task_descriptors
+        from deq_petsc.science.baseline import task_descriptors
         descriptors = task_descriptors(data, progress=False)[0]
         blocks["descriptors"] = np.nan_to_num(descriptors)
     unknown = wanted - set(blocks)

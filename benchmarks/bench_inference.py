@@ -37,11 +37,11 @@ deq_petsc.init([sys.argv[0]])
 import torch  # noqa: E402
 
 from common import child_json  # noqa: E402
-from deq_petsc import solver_sets  # noqa: E402
-from deq_petsc.data.tasks import load_task  # noqa: E402
-from deq_petsc.inference import evaluate, load_model  # noqa: E402
-from deq_petsc.interop import petsc_torch_dtype  # noqa: E402
-from deq_petsc.petsc_options import inserted_defaults  # noqa: E402
+from deq_petsc.core import solver_sets  # noqa: E402
+from deq_petsc.science.data.tasks import load_task  # noqa: E402
+from deq_petsc.science.inference import evaluate, load_model  # noqa: E402
+from deq_petsc.core.interop import petsc_torch_dtype  # noqa: E402
+from deq_petsc.core.petsc_options import inserted_defaults  # noqa: E402
 
 
 def measure(checkpoints, solvers, rtols, max_it, threads, precision=None) -> dict:

@@ -4,7 +4,7 @@ On the forward benchmark's conv cell (default 32 x 16 x 32 x 32), measured side
 by side in one run (best of ``--repeat``, interleaved):
 
 * ``bare f``: the cell alone, ``f(z, x)`` in a loop, in a process whose
-  allocator deq_petsc tuned (:mod:`deq_petsc.allocator`) and, in a child
+  allocator deq_petsc tuned (:mod:`deq_petsc.process.allocator`) and, in a child
   process started with ``DEQ_PETSC_MALLOC=default``, with glibc's defaults;
 * ``Picard``: PETSc ``nrichardson`` (basic line search), time per f evaluation;
 * ``Anderson(5)``: PETSc ``anderson``, time per iteration (one f evaluation
@@ -41,8 +41,9 @@ import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from common import add_cell_arguments, bare_f, child_json, conv_cell as problem  # noqa: E402
-from deq_petsc import DEQSolver, FixedPointProblem, allocator  # noqa: E402
-from deq_petsc.interop import petsc_torch_dtype  # noqa: E402
+from deq_petsc import DEQSolver, FixedPointProblem  # noqa: E402
+from deq_petsc.process import allocator  # noqa: E402
+from deq_petsc.core.interop import petsc_torch_dtype  # noqa: E402
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 SOLVERS = {

@@ -5,7 +5,7 @@ torch; a float64 matrix product in NumPy; a PETSc ``VecNorm``/``VecAXPY`` on
 OpenBLAS) prints a digest of each result, in fresh processes:
 
 * ``native``: the libraries' own kernel choice on this CPU (``DEQ_PETSC_KERNELS=native``);
-* ``pinned``: :func:`deq_petsc.kernels.pin`'s AVX2 paths (the command line's default);
+* ``pinned``: :func:`deq_petsc.process.kernels.pin`'s AVX2 paths (the command line's default);
 * ``haswell``: the probe unpinned under ``qemu-x86_64 -cpu Haswell`` (Debian's
   ``qemu-user``), an AVX2 CPU without AVX-512: what an AVX2 machine computes.
 
@@ -55,7 +55,7 @@ print(torch.backends.cpu.get_cpu_capability(), " ".join(
 TIMING = r"""
 import time, torch
 torch.set_num_threads(1)
-from deq_petsc.models.graph_classifier import ResNetCell
+from deq_petsc.science.models.graph_classifier import ResNetCell
 torch.manual_seed(0)
 cell = ResNetCell(16)
 x, z = torch.randn(64, 16, 32, 32), torch.zeros(64, 16, 32, 32)
@@ -108,7 +108,7 @@ def main() -> int:
                         help="time one f of the demo's cell natively and pinned instead")
     parser.add_argument("--rounds", type=int, default=7, help="with --time (default 7)")
     args = parser.parse_args()
-    from deq_petsc.kernels import PORTABLE, pin
+    from deq_petsc.process.kernels import PORTABLE, pin
 
     base = {k: v for k, v in os.environ.items() if k not in PORTABLE and
             k != "DEQ_PETSC_KERNELS"}

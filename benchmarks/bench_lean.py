@@ -1,4 +1,4 @@
-"""PETSc's Picard and Anderson against the lean types (deq_petsc.lean), on one trained model.
+"""PETSc's Picard and Anderson against the lean types (deq_petsc.core.lean), on one trained model.
 
 The question of issue "Time, not iterations": do saved iterations become saved
 seconds? One batch of test samples through one trained checkpoint (the demo's
@@ -32,10 +32,10 @@ deq_petsc.init([sys.argv[0]])
 import torch  # noqa: E402
 
 from deq_petsc import DEQSolver  # noqa: E402
-from deq_petsc.data.tasks import load_task  # noqa: E402
-from deq_petsc.lean import options as lean  # noqa: E402
-from deq_petsc.run_record import run_record  # noqa: E402
-from deq_petsc.train import load_model  # noqa: E402
+from deq_petsc.science.data.tasks import load_task  # noqa: E402
+from deq_petsc.core.lean import options as lean  # noqa: E402
+from deq_petsc.science.run_record import run_record  # noqa: E402
+from deq_petsc.science.train import load_model  # noqa: E402
 
 PICARD = {"snes_type": "nrichardson", "snes_linesearch_type": "basic"}
 
@@ -76,7 +76,7 @@ def pass_seconds(z: torch.Tensor, repeat: int = 20) -> float:
 
 
 def lean_passes(name: str) -> float | None:
-    """Passes over the state per iteration of a lean set (deq_petsc.lean's docstrings):
+    """Passes over the state per iteration of a lean set (deq_petsc.core.lean's docstrings):
     Picard 4 (F = z - f: 3, its norm: 1), Anderson(m) 2m + 8; None for PETSc's own
     (bench_passes.py counts those)."""
     if not name.startswith("lean"):
@@ -107,7 +107,7 @@ def tiny(repeat: int):
     """Per-iteration time on a small state (a 16 x 64 float64 tanh cell), where the lean
     types' Python per iteration shows and PETSc's own C is faster."""
     from deq_petsc import FixedPointProblem
-    from deq_petsc.models import TanhCell
+    from deq_petsc.science.models import TanhCell
     cell = TanhCell(64, 5, contraction=0.9, seed=3).double()
     x = torch.randn(16, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     problem = FixedPointProblem(cell, x, z_shape=(16, 64), independent_samples=True)

@@ -31,8 +31,8 @@ def worker(args):
     import torch
     from petsc4py import PETSc
 
-    from deq_petsc.parallel import DataParallel, load_task_collectively
-    from deq_petsc.train import TrainConfig, Trainer
+    from deq_petsc.science.parallel import DataParallel, load_task_collectively
+    from deq_petsc.science.train import TrainConfig, Trainer
 
     torch.set_num_threads(args.threads)
     dp = DataParallel()

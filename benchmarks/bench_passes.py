@@ -46,9 +46,9 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from common import add_cell_arguments, bare_f, conv_cell  # noqa: E402
 from deq_petsc import DEQSolver, FixedPointProblem  # noqa: E402
-from deq_petsc.adjoint import DEFAULT_KSP_OPTIONS, ImplicitKSP  # noqa: E402
-from deq_petsc.problem import Linearization  # noqa: E402
-from deq_petsc.solver_sets import SOLVER_SETS, parse_options  # noqa: E402
+from deq_petsc.core.adjoint import DEFAULT_KSP_OPTIONS, ImplicitKSP  # noqa: E402
+from deq_petsc.core.problem import Linearization  # noqa: E402
+from deq_petsc.core.solver_sets import SOLVER_SETS, parse_options  # noqa: E402
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 

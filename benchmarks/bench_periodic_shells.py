@@ -37,7 +37,7 @@ def shells(data) -> list[str]:
 
 def gbm(data, X, label, seed):
     """``deq-petsc baseline``'s fit and choice of rounds on the features ``X``."""
-    from deq_petsc.baseline import BaselineConfig, run_baseline
+    from deq_petsc.science.baseline import BaselineConfig, run_baseline
 
     report = run_baseline(BaselineConfig(features=label, seed=seed, progress=False), data,
                           log=lambda *a, **k: None, X=X)
@@ -49,8 +49,8 @@ def gbm(data, X, label, seed):
 def main():
     from scipy.stats import spearmanr
 
-    from deq_petsc.config import TrainConfig
-    from deq_petsc.data import load_task
+    from deq_petsc.science.config import TrainConfig
+    from deq_petsc.science.data import load_task
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="mof-pore", choices=("mof-pore", "crystals"))

@@ -50,8 +50,8 @@ def smiles_images(data, which, jobs):
     """The molecules ``which`` (indices) drawn from their SMILES (ETKDG + MMFF94), as
     ``predict`` draws one: images of the whole set (zeros elsewhere) and a mask of those
     drawn."""
-    from deq_petsc.data.tasks import make_task, render
-    from deq_petsc.data.workers import map_in_workers
+    from deq_petsc.science.data.tasks import make_task, render
+    from deq_petsc.science.data.workers import map_in_workers
 
     smiles = {r.id: r.payload for r in make_task("polarity").records(None)}
     rendered = map_in_workers(render, [("smiles", smiles[data.ids[i]], 32) for i in which],
@@ -77,7 +77,7 @@ def baseline_with_the_dipole(data, score, test_idx, from_smiles, jobs):
     """``deq-petsc baseline``'s gradient boosting (same settings) on the descriptors, and
     on the descriptors plus the dipole channel's sum: the 3D information the DEQ has, given
     to the reference too. Tested at QM9's positions and drawn from SMILES."""
-    from deq_petsc.baseline import task_descriptors
+    from deq_petsc.science.baseline import task_descriptors
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     X, _ = task_descriptors(data, jobs=jobs, progress=False, log=lambda *a, **k: None)
@@ -111,7 +111,7 @@ def threshold_accuracy(score_train, y_train, score_test, y_test):
 
 
 def accuracy(model, images, labels, channels, removed):
-    from deq_petsc.inference import predict
+    from deq_petsc.science.inference import predict
     images = images.clone()
     for name in removed:
         images[:, list(channels).index(name)] = 0
@@ -120,9 +120,9 @@ def accuracy(model, images, labels, channels, removed):
 
 
 def main():
-    from deq_petsc.config import TrainConfig
-    from deq_petsc.data import load_task
-    from deq_petsc.train import Trainer
+    from deq_petsc.science.config import TrainConfig
+    from deq_petsc.science.data import load_task
+    from deq_petsc.science.train import Trainer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--limit", type=int, default=2000)

@@ -3,7 +3,7 @@ against a float64 model (zero-copy), on the forward benchmark's conv cell.
 
 PETSc here is built with double scalars (the default install); a float32 cell's
 state is cast to float64 on every crossing into a Vec and back, once each way
-per function evaluation (:class:`deq_petsc.interop.TensorLayout`). Reported,
+per function evaluation (:class:`deq_petsc.core.interop.TensorLayout`). Reported,
 side by side in one run (best of ``--repeat`` interleaved): PETSc Anderson
 (m = 5) and the plain-torch Anderson loop in both precisions, to rtol 1e-5 (a
 float32 state cannot go much below ~1e-6), with iterations, time per
@@ -30,9 +30,9 @@ import torch  # noqa: E402
 
 from common import add_cell_arguments  # noqa: E402
 from deq_petsc import DEQSolver, FixedPointProblem  # noqa: E402
-from deq_petsc.interop import TensorLayout  # noqa: E402
-from deq_petsc.models import ConvTanhCell  # noqa: E402
-from deq_petsc.reference import torch_anderson  # noqa: E402
+from deq_petsc.core.interop import TensorLayout  # noqa: E402
+from deq_petsc.science.models import ConvTanhCell  # noqa: E402
+from deq_petsc.core.reference import torch_anderson  # noqa: E402
 
 
 def crossing_time(z, repeat=20):

@@ -23,9 +23,9 @@ deq_petsc.init([sys.argv[0]])
 
 import torch  # noqa: E402
 
-from deq_petsc.data import load_task  # noqa: E402
-from deq_petsc.diagnostics import sample_radii, unit_per_sample as unit  # noqa: E402
-from deq_petsc.train import load_model  # noqa: E402
+from deq_petsc.science.data import load_task  # noqa: E402
+from deq_petsc.core.diagnostics import sample_radii, unit_per_sample as unit  # noqa: E402
+from deq_petsc.science.train import load_model  # noqa: E402
 
 
 def main():

@@ -32,10 +32,10 @@ deq_petsc.init([sys.argv[0]])
 
 import torch  # noqa: E402
 
-from deq_petsc.compare import compare_solves, read_option_sets  # noqa: E402
-from deq_petsc.data import load_task  # noqa: E402
-from deq_petsc.solver_sets import forward_solvers  # noqa: E402
-from deq_petsc.train import TrainConfig, Trainer  # noqa: E402
+from deq_petsc.studies.compare import compare_solves, read_option_sets  # noqa: E402
+from deq_petsc.science.data import load_task  # noqa: E402
+from deq_petsc.core.solver_sets import forward_solvers  # noqa: E402
+from deq_petsc.science.train import TrainConfig, Trainer  # noqa: E402
 
 #: The registry's forward solvers, each once (its deeper Anderson window included).
 SETS = [f"{name}: {forward}" for name, forward in forward_solvers().items()]
@@ -96,12 +96,12 @@ def main():
         ref = next((r for r in runs if r.converged and r.name != "picard"), None)
         rho = float("nan")
         if ref is not None:
-            from deq_petsc.solver import DEQSolver
+            from deq_petsc.core.solver import DEQSolver
             with DEQSolver(prefix="regime_ref_", options={
                     "snes_type": "anderson", "snes_anderson_m": 20, "snes_rtol": 1e-6,
                     "snes_max_it": 300}, check_convergence=False) as solver:
                 z, _ = solver.solve(problem)
-            from deq_petsc.diagnostics import spectral_radius
+            from deq_petsc.core.diagnostics import spectral_radius
             rho = spectral_radius(problem, z, iters=100)
         picard = next(r for r in runs if r.name == "picard")
         row = {"penalty": args.penalty, "value": lam, "spectral_radius": rho,
@@ -124,7 +124,7 @@ def main():
 
 
 def plot(results, path, args):
-    from deq_petsc.plots import finish_figure, subplots
+    from deq_petsc.science.plots import finish_figure, subplots
 
     fig, (ax1, ax2) = subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     names = [r["name"] for r in results[0]["runs"] if r["name"] != "picard"]

@@ -53,7 +53,7 @@ def environments(payload_kind: str, payload: str):
 
     from pymatgen.core import Element
 
-    from deq_petsc.data.graph_image import (BOND_TOLERANCE, covalent_radius,
+    from deq_petsc.science.data.graph_image import (BOND_TOLERANCE, covalent_radius,
                                             electronegativity, structure_from_cif)
     try:
         if payload_kind == "cif_file":
@@ -101,11 +101,11 @@ def environments(payload_kind: str, payload: str):
 
 
 def main():
-    from deq_petsc.baseline import BaselineConfig, run_baseline, task_descriptors
-    from deq_petsc.data import load_task, make_task
-    from deq_petsc.data.cache import DatasetCache
-    from deq_petsc.data.workers import map_in_workers
-    from deq_petsc.metrics import accuracy_stderr
+    from deq_petsc.science.baseline import BaselineConfig, run_baseline, task_descriptors
+    from deq_petsc.science.data import load_task, make_task
+    from deq_petsc.science.data.cache import DatasetCache
+    from deq_petsc.science.data.workers import map_in_workers
+    from deq_petsc.science.metrics import accuracy_stderr
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="crystals", choices=("crystals", "mof-pore"))

@@ -49,12 +49,12 @@ deq_petsc.init([sys.argv[0]])
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from deq_petsc import solver_sets  # noqa: E402
-from deq_petsc.compare import compare_solves, read_option_sets  # noqa: E402
-from deq_petsc.data import load_task  # noqa: E402
-from deq_petsc.problem import FixedPointProblem  # noqa: E402
-from deq_petsc.solver import DEQSolver  # noqa: E402
-from deq_petsc.train import load_model  # noqa: E402
+from deq_petsc.core import solver_sets  # noqa: E402
+from deq_petsc.studies.compare import compare_solves, read_option_sets  # noqa: E402
+from deq_petsc.science.data import load_task  # noqa: E402
+from deq_petsc.core.problem import FixedPointProblem  # noqa: E402
+from deq_petsc.core.solver import DEQSolver  # noqa: E402
+from deq_petsc.science.train import load_model  # noqa: E402
 
 #: The nonlinear solves, as the registry runs them: Picard, the paper's Anderson, a
 #: deeper window, and Newton-Krylov on exact JVPs.
@@ -282,7 +282,7 @@ def summarise(result, radii):
 
 
 def plot(results, radii, path):
-    from deq_petsc.plots import finish_figure, subplots
+    from deq_petsc.science.plots import finish_figure, subplots
 
     fig, axes = subplots(1, len(results) + 1, figsize=(4.2 * (len(results) + 1), 4),
                          constrained_layout=True)

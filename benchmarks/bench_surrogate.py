@@ -1,5 +1,5 @@
 """PETScML's claim on its own ground: TAO's second-order methods against tuned Adam on a
-smooth SciML surrogate, the Bratu task (``deq_petsc.data.pde``), at equal wall time; and
+smooth SciML surrogate, the Bratu task (``deq_petsc.science.data.pde``), at equal wall time; and
 the same study on QM9 property regression (``--task polarity``: the dipole, ``--task
 gap``: the HOMO-LUMO gap) beside gradient boosting on descriptors on the same split.
 
@@ -50,16 +50,16 @@ deq_petsc.init([sys.argv[0]])
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from deq_petsc.baseline import BaselineConfig, run_baseline  # noqa: E402
-from deq_petsc.data import load_task  # noqa: E402
-from deq_petsc.data.pde import FIELD_TASKS  # noqa: E402
-from deq_petsc.data.tasks import TASKS  # noqa: E402
-from deq_petsc.inference import build_model  # noqa: E402
-from deq_petsc.objectives import make_objective  # noqa: E402
-from deq_petsc.run_record import run_record  # noqa: E402
-from deq_petsc.train import TrainConfig  # noqa: E402
-from deq_petsc.train.curvature import ParameterSlices  # noqa: E402
-from deq_petsc.train.tao import TAO_SOLVER_OPTIONS, TAO_ADJOINT_OPTIONS, train_tao  # noqa: E402
+from deq_petsc.science.baseline import BaselineConfig, run_baseline  # noqa: E402
+from deq_petsc.science.data import load_task  # noqa: E402
+from deq_petsc.science.data.pde import FIELD_TASKS  # noqa: E402
+from deq_petsc.science.data.tasks import TASKS  # noqa: E402
+from deq_petsc.science.inference import build_model  # noqa: E402
+from deq_petsc.science.objectives import make_objective  # noqa: E402
+from deq_petsc.science.run_record import run_record  # noqa: E402
+from deq_petsc.science.train import TrainConfig  # noqa: E402
+from deq_petsc.science.train.curvature import ParameterSlices  # noqa: E402
+from deq_petsc.science.train.tao import TAO_SOLVER_OPTIONS, TAO_ADJOINT_OPTIONS, train_tao  # noqa: E402
 
 TAO_METHODS = {
     "lmvm": ("lmvm", "gauss-newton"),
@@ -354,7 +354,7 @@ def seconds_per_product(result: dict) -> str:
 
 
 def plot(results: list[dict], path: str, title: str) -> None:
-    from deq_petsc.plots import finish_figure, subplots
+    from deq_petsc.science.plots import finish_figure, subplots
 
     fig, axes = subplots(1, len(results), figsize=(6.2 * len(results), 4.2),
                          constrained_layout=True, squeeze=False)

@@ -36,8 +36,8 @@ deq_petsc.init([sys.argv[0]])
 import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
-from deq_petsc.data import load_task  # noqa: E402
-from deq_petsc.train import TaoTrainer, TrainConfig, Trainer  # noqa: E402
+from deq_petsc.science.data import load_task  # noqa: E402
+from deq_petsc.science.train import TaoTrainer, TrainConfig, Trainer  # noqa: E402
 
 METHODS = {
     "adam": None,

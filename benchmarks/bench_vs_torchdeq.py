@@ -6,8 +6,8 @@ where acceleration matters; ``random``: a random kernel, fast for everyone).
 Every solver stops on TorchDEQ's own rule, ``max_b ||f(z_b) - z_b|| /
 ||f(z_b)|| < tol`` (``--stop-mode rel``, the default) or ``max_b ||f(z_b) - z_b|| <
 tol`` (``--stop-mode abs``), PETSc's own types through a SNES convergence test
-(:class:`deq_petsc.convergence.PerSampleTest`), so "to tolerance" means the same
-for all. The lean types (:mod:`deq_petsc.lean`, the solver sets' default) keep their
+(:class:`deq_petsc.core.convergence.PerSampleTest`), so "to tolerance" means the same
+for all. The lean types (:mod:`deq_petsc.core.lean`, the solver sets' default) keep their
 own per-sample test, ``||F_b|| <= max(rtol ||F_b^0||, atol)``, which with ``rtol 0,
 atol tol`` is TorchDEQ's abs rule exactly: they race in the abs mode only.
 Reported: iterations, f evaluations (counted by wrapping the cell; the lean types'
@@ -35,8 +35,8 @@ import torch  # noqa: E402
 
 from common import add_cell_arguments  # noqa: E402
 from deq_petsc import DEQSolver, FixedPointProblem  # noqa: E402
-from deq_petsc.convergence import PerSampleTest  # noqa: E402
-from deq_petsc.models import ConvTanhCell  # noqa: E402
+from deq_petsc.core.convergence import PerSampleTest  # noqa: E402
+from deq_petsc.science.models import ConvTanhCell  # noqa: E402
 
 OURS = {
     "petsc anderson(5)": {"snes_type": "anderson", "snes_anderson_m": 5},
@@ -46,9 +46,9 @@ OURS = {
 }
 #: the lean types, each sample stopping at its own tolerance (-deq_sample_stop each)
 LEAN = {
-    "lean anderson(5)": {"snes_type": "python", "snes_python_type": "deq_petsc.lean.Anderson",
+    "lean anderson(5)": {"snes_type": "python", "snes_python_type": "deq_petsc.core.lean.Anderson",
                          "snes_anderson_m": 5, "deq_sample_stop": "each"},
-    "lean picard": {"snes_type": "python", "snes_python_type": "deq_petsc.lean.Picard",
+    "lean picard": {"snes_type": "python", "snes_python_type": "deq_petsc.core.lean.Picard",
                     "deq_sample_stop": "each"},
 }
 

@@ -26,7 +26,7 @@ def conv_cell(args, dtype):
     ``args.contraction``) and an input ``x`` of ``args``' size, in ``dtype``."""
     import torch
 
-    from deq_petsc.models import ConvTanhCell
+    from deq_petsc.science.models import ConvTanhCell
 
     cell = ConvTanhCell(args.channels, args.size, contraction=args.contraction, seed=0,
                         dtype=dtype, symmetric=True)
@@ -71,7 +71,7 @@ def without(data, channels):
 def train_and_test(cfg, data, out_dir) -> tuple[dict, float, float]:
     """``deq-petsc train``'s Trainer on ``data`` quietly: ``(test report, the last epoch's
     validation accuracy, seconds)``; its PETSc objects destroyed whatever happens."""
-    from deq_petsc.train import Trainer
+    from deq_petsc.science.train import Trainer
 
     start = time.perf_counter()
     trainer = Trainer(cfg, data, out_dir, progress=False, log=lambda *a, **k: None)

@@ -9,36 +9,38 @@ command line should reach the options database. The public names below are
 loaded on first use for that reason.
 
 Importing it does set up glibc's malloc for repeated state-sized temporaries
-(:mod:`deq_petsc.allocator`: a float64 ``f`` evaluation 2-2.6x faster);
+(:mod:`deq_petsc.process.allocator`: a float64 ``f`` evaluation 2-2.6x faster);
 ``DEQ_PETSC_MALLOC=default`` leaves the allocator alone.
 """
 
+import importlib.abc
+import importlib.util
 import sys
 from importlib import import_module
 
-from . import allocator as _allocator
+from .process import allocator as _allocator
 
 __version__ = "0.1.0"
 
 _allocator.tune()
 
 _EXPORTS = {
-    "DEQ": "deq_petsc.layer",
-    "LayerStats": "deq_petsc.layer",
-    "AdjointSolver": "deq_petsc.adjoint",
-    "AdjointStats": "deq_petsc.adjoint",
-    "KSPStats": "deq_petsc.adjoint",
-    "SolveOutcome": "deq_petsc.outcome",
-    "spectral_radius": "deq_petsc.diagnostics",
-    "DEQSolver": "deq_petsc.solver",
-    "SolveStats": "deq_petsc.solver",
-    "FixedPointProblem": "deq_petsc.problem",
-    "Linearization": "deq_petsc.problem",
-    "TensorLayout": "deq_petsc.interop",
-    "ResidualJacobian": "deq_petsc.operators",
-    "DEQError": "deq_petsc.errors",
-    "DEQConvergenceError": "deq_petsc.errors",
-    "DEQNonFiniteError": "deq_petsc.errors",
+    "DEQ": "deq_petsc.layer.deq",
+    "LayerStats": "deq_petsc.layer.deq",
+    "AdjointSolver": "deq_petsc.core.adjoint",
+    "AdjointStats": "deq_petsc.core.adjoint",
+    "KSPStats": "deq_petsc.core.adjoint",
+    "SolveOutcome": "deq_petsc.core.outcome",
+    "spectral_radius": "deq_petsc.core.diagnostics",
+    "DEQSolver": "deq_petsc.core.solver",
+    "SolveStats": "deq_petsc.core.solver",
+    "FixedPointProblem": "deq_petsc.core.problem",
+    "Linearization": "deq_petsc.core.problem",
+    "TensorLayout": "deq_petsc.core.interop",
+    "ResidualJacobian": "deq_petsc.core.operators",
+    "DEQError": "deq_petsc.core.errors",
+    "DEQConvergenceError": "deq_petsc.core.errors",
+    "DEQNonFiniteError": "deq_petsc.core.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__", "init"]
@@ -65,6 +67,31 @@ def init(argv=None, comm=None):
         petsc4py.init(argv)
     else:
         petsc4py.init(argv, comm=comm)
+
+
+#: module paths that PETSc option strings and run folders written before the package
+#: moved into layer folders (2026-12) still name: ``-snes_python_type
+#: deq_petsc.lean.Anderson`` resolves to :mod:`deq_petsc.core.lean` itself
+_MOVED = {"deq_petsc.lean": "deq_petsc.core.lean"}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import an old path as the module that now lives elsewhere, on first use (so that
+    importing deq_petsc still does not import petsc4py.PETSc)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in _MOVED:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return import_module(_MOVED[spec.name])
+
+    def exec_module(self, module):
+        """Already executed under its new name."""
+
+
+sys.meta_path.append(_MovedModules())
 
 
 def __getattr__(name):

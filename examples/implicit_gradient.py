@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from deq_petsc import DEQ  # noqa: E402
-from deq_petsc.models import TanhCell  # noqa: E402
+from deq_petsc.science.models import TanhCell  # noqa: E402
 
 torch.manual_seed(0)
 cell = TanhCell(32, 8, contraction=0.9, seed=0)

@@ -10,7 +10,7 @@ petsc4py.init(sys.argv)                 # first, so the command line reaches PET
 
 import torch
 from deq_petsc import DEQ, DEQSolver, FixedPointProblem
-from deq_petsc.models import TanhCell
+from deq_petsc.science.models import TanhCell
 
 cell = TanhCell(64, contraction=0.95)                     # f(z, x) = tanh(W z + U x + b)
 x = torch.randn(16, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

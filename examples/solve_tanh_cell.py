@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from deq_petsc import DEQSolver, FixedPointProblem  # noqa: E402
-from deq_petsc.models import TanhCell  # noqa: E402
+from deq_petsc.science.models import TanhCell  # noqa: E402
 
 opts = PETSc.Options()
 batch = opts.getInt("batch", 16)

@@ -23,8 +23,8 @@ deq_petsc.init([sys.argv[0]] + [a for a in sys.argv[1:] if a.startswith("-petsc"
 import torch  # noqa: E402
 from torchdeq import get_deq  # noqa: E402
 
-from deq_petsc.integrations import torchdeq as petsc_torchdeq  # noqa: E402
-from deq_petsc.models import TanhCell  # noqa: E402
+from deq_petsc.layer import torchdeq as petsc_torchdeq  # noqa: E402
+from deq_petsc.science.models import TanhCell  # noqa: E402
 
 
 def main():

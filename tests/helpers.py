@@ -38,7 +38,7 @@ def synthetic(n=40, channels=2, size=6, seed=0):
     import numpy as np
     import torch
 
-    from deq_petsc.data.tasks import TaskData
+    from deq_petsc.science.data.tasks import TaskData
 
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(n, channels, size, size, generator=g)
@@ -66,7 +66,7 @@ def shared_tempdir(mpi):
 def _petsc_scalar_is_double() -> bool:
     import torch
 
-    from deq_petsc.interop import petsc_torch_dtype
+    from deq_petsc.core.interop import petsc_torch_dtype
     return petsc_torch_dtype() == torch.float64
 
 
@@ -97,7 +97,7 @@ def rock_salts_csv(path, n=10):
 
 
 def synthetic_build(task, limit=None, seed=0, split_by="random", **_):
-    """A stand-in for ``deq_petsc.app._load_data`` (monkeypatch it): ``limit`` of a
+    """A stand-in for ``deq_petsc.cli.commands._load_data`` (monkeypatch it): ``limit`` of a
     40-sample synthetic source in ``seed``'s order, split 80/10/10 (``scaffold``: in the
     reverse order), so another --limit, --seed or --split-by draws another split of the
     same ids, as the real builds do, in milliseconds."""
@@ -105,7 +105,7 @@ def synthetic_build(task, limit=None, seed=0, split_by="random", **_):
 
     import numpy as np
 
-    from deq_petsc.data.tasks import random_split
+    from deq_petsc.science.data.tasks import random_split
 
     full = synthetic(40)
     order = np.random.default_rng(seed).permutation(40)[:limit or 40]
@@ -122,7 +122,7 @@ def cli_in_process(capfd, *argv):
     import signal
     import warnings
 
-    from deq_petsc.cli import main
+    from deq_petsc.cli.main import main
 
     # main() sets up a process: kernel variables (too late to choose kernels here, so
     # later records and subprocesses would inherit a claim), a warnings filter, signal

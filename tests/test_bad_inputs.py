@@ -15,12 +15,12 @@ import torch
 pytest.importorskip("rdkit")
 pytest.importorskip("pymatgen")
 
-from deq_petsc.batch_predict import read_inputs  # noqa: E402
-from deq_petsc.checkpoint import DEQCheckpointError, load_checkpoint  # noqa: E402
-from deq_petsc.cli import build_parser, invalid_argument, split_petsc_args  # noqa: E402
-from deq_petsc.data import PERIODIC_CHANNELS, cif_image, smiles_image  # noqa: E402
-from deq_petsc.data.cache import DatasetCache  # noqa: E402
-from deq_petsc.errors import DEQCacheError, DEQInputError, DEQOptionsError  # noqa: E402
+from deq_petsc.science.batch_predict import read_inputs  # noqa: E402
+from deq_petsc.science.checkpoint import DEQCheckpointError, load_checkpoint  # noqa: E402
+from deq_petsc.cli.main import build_parser, invalid_argument, split_petsc_args  # noqa: E402
+from deq_petsc.science.data import PERIODIC_CHANNELS, cif_image, smiles_image  # noqa: E402
+from deq_petsc.science.data.cache import DatasetCache  # noqa: E402
+from deq_petsc.core.errors import DEQCacheError, DEQInputError, DEQOptionsError  # noqa: E402
 from helpers import (NACL_CIF as NACL, cli_in_process, final_line, rock_salts_csv,  # noqa: E402
                      synthetic_build)
 
@@ -102,7 +102,7 @@ def test_bad_cifs(text, message):
 
 
 def test_periodic_structures_beyond_the_atom_bound_are_refused_before_rendering(monkeypatch):
-    from deq_petsc.data import graph_image
+    from deq_petsc.science.data import graph_image
     monkeypatch.setattr(graph_image, "MAX_ATOMS", 1)
     with pytest.raises(DEQInputError, match="structure with 2 atoms: over the 1 a periodic "):
         cif_image(NACL)
@@ -131,7 +131,7 @@ def _never_blocks(call, seconds=10):
 def _special_files(tmp_path):
     """A folder, a FIFO, a sparse file over the CIF size bound and a missing name."""
     import os
-    from deq_petsc.data.graph_image import MAX_CIF_BYTES
+    from deq_petsc.science.data.graph_image import MAX_CIF_BYTES
     (tmp_path / "folder.cif").mkdir()
     os.mkfifo(tmp_path / "fifo.cif")
     with open(tmp_path / "huge.cif", "wb") as fh:
@@ -146,7 +146,7 @@ def _special_files(tmp_path):
     ("missing.cif", "no such CIF file: {p}"),
 ])
 def test_cif_files_that_are_not_read(tmp_path, name, message):
-    from deq_petsc.data.graph_image import read_cif
+    from deq_petsc.science.data.graph_image import read_cif
     path = _special_files(tmp_path) / name
     with pytest.raises(DEQInputError) as err:
         _never_blocks(lambda: read_cif(path))
@@ -216,14 +216,14 @@ def test_a_batch_whose_solve_fails_is_solved_one_input_at_a_time(monkeypatch):
     not the batch's answers."""
     from types import SimpleNamespace
 
-    from deq_petsc.batch_predict import _solve
-    from deq_petsc.errors import DEQNonFiniteError
+    from deq_petsc.science.batch_predict import _solve
+    from deq_petsc.core.errors import DEQNonFiniteError
 
     def predict(model, images, batch_size):
         if (images.flatten(1).amax(1) > 1).any():
             raise DEQNonFiniteError("the fixed-point solve produced NaN/Inf")
         return torch.zeros(len(images), 2), (1.0, 1, 0.0, 0)
-    monkeypatch.setattr("deq_petsc.inference.predict", predict)
+    monkeypatch.setattr("deq_petsc.science.inference.predict", predict)
     images = torch.zeros(4, 1, 2, 2)
     images[2] += 5
     rows = _solve(None, SimpleNamespace(name="classify", classes=("low", "high")), images, 256)
@@ -252,7 +252,7 @@ def test_a_batch_whose_solve_fails_is_solved_one_input_at_a_time(monkeypatch):
 ])
 def test_csv_cells_that_would_run_as_formulas_are_escaped(tmp_path, value, written):
     import csv
-    from deq_petsc.atomic import write_csv
+    from deq_petsc.process.atomic import write_csv
     write_csv(tmp_path / "out.csv", [{"name": value, "=col": 1}])
     with open(tmp_path / "out.csv", newline="") as fh:
         header, row = list(csv.reader(fh))
@@ -266,7 +266,7 @@ def test_csv_cells_that_would_run_as_formulas_are_escaped(tmp_path, value, writt
     (["..", "é"], ["polarity-...png", "polarity-_.png"]),
 ])
 def test_png_names_from_record_ids_stay_inside_their_folder(tmp_path, ids, names):
-    from deq_petsc.app import _png_path
+    from deq_petsc.cli.commands import _png_path
     taken: set = set()
     paths = [_png_path(tmp_path, "polarity", i, taken) for i in ids]
     assert [p.name for p in paths] == names
@@ -275,7 +275,7 @@ def test_png_names_from_record_ids_stay_inside_their_folder(tmp_path, ids, names
 
 def test_a_png_name_that_leads_out_through_a_link_is_refused(tmp_path):
     import os
-    from deq_petsc.app import _png_path
+    from deq_petsc.cli.commands import _png_path
     (tmp_path / "png").mkdir()
     os.symlink(tmp_path / "victim.png", tmp_path / "png" / "polarity-x.png")
     with pytest.raises(DEQInputError, match="polarity-x.png there leads outside the folder"):
@@ -381,7 +381,7 @@ def test_no_elements_is_judged_by_the_cell_the_run_will_have():
     """train's default cell (pair) needs elements; a resumed run's cell is its checkpoint's
     unless --cell is typed, so re-running a --no-elements run's command with --resume is
     not refused for a cell it will not use."""
-    from deq_petsc.cli import explicit_flags
+    from deq_petsc.cli.main import explicit_flags
 
     def problem(*argv):
         parser = build_parser()
@@ -423,12 +423,12 @@ def synthetic_checkpoints(tmp_path_factory):
     the same checkpoint as one written before training ids were recorded."""
     out = tmp_path_factory.mktemp("evaluate")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("deq_petsc.app._load_data", synthetic_build)
-        from deq_petsc.cli import main
+        mp.setattr("deq_petsc.cli.commands._load_data", synthetic_build)
+        from deq_petsc.cli.main import main
         assert main(["train", *SYNTH, "--out", str(out / "run")]) == 0
     state = load_checkpoint(out / "run" / "checkpoint.pt")
     assert len(state.pop("train_ids")) == 32
-    from deq_petsc.checkpoint import save_checkpoint
+    from deq_petsc.science.checkpoint import save_checkpoint
     return {"new": out / "run" / "checkpoint.pt",
             "old": save_checkpoint(state, out / "before-ids.pt")}
 
@@ -447,8 +447,8 @@ def synthetic_checkpoints(tmp_path_factory):
 def test_evaluate_never_scores_training_samples_as_held_out(synthetic_checkpoints,
                                                             monkeypatch, capfd, which, flags,
                                                             message):
-    monkeypatch.setattr("deq_petsc.app._load_data", synthetic_build)
-    monkeypatch.setattr("deq_petsc.inference.require_current_images", lambda *a: None)
+    monkeypatch.setattr("deq_petsc.cli.commands._load_data", synthetic_build)
+    monkeypatch.setattr("deq_petsc.science.inference.require_current_images", lambda *a: None)
     checkpoint = synthetic_checkpoints[which]
     code, text = cli_in_process(capfd, "evaluate", "--checkpoint", checkpoint, *flags)
     assert "Traceback" not in text, text
@@ -503,7 +503,7 @@ def test_evaluate_uses_the_csv_the_model_was_trained_on(tmp_path, monkeypatch, c
 ])
 def test_bad_solver_options(petsc_options, options, message):
     from deq_petsc import DEQSolver, FixedPointProblem
-    from deq_petsc.models import TanhCell
+    from deq_petsc.science.models import TanhCell
     petsc_options({f"bad_{k}": v for k, v in options.items()})
     cell = TanhCell(4, contraction=0.5)
     with DEQSolver(prefix="bad_") as solver:
@@ -518,7 +518,7 @@ def test_bad_solver_options(petsc_options, options, message):
     ({"deq_phantom_damping": "2"}, "-bada_deq_phantom_damping 2.0: must be in"),
 ])
 def test_bad_adjoint_options(petsc_options, options, message):
-    from deq_petsc.adjoint import AdjointSolver
+    from deq_petsc.core.adjoint import AdjointSolver
     petsc_options({f"bada_{k}": v for k, v in options.items()})
     with pytest.raises(DEQOptionsError) as err:
         AdjointSolver(prefix="bada_")
@@ -526,7 +526,7 @@ def test_bad_adjoint_options(petsc_options, options, message):
 
 
 def test_bad_trainer_option(petsc_options):
-    from deq_petsc.options_spec import TAO_TRAINER
+    from deq_petsc.core.options_spec import TAO_TRAINER
     petsc_options({"badt_train_hessian": "bfgs"})
     with pytest.raises(DEQOptionsError, match="-badt_train_hessian bfgs: must be one of "
                                               "gauss-newton, exact"):

@@ -11,7 +11,7 @@ pytest.importorskip("sklearn")
 
 from pymatgen.core import Lattice, Structure  # noqa: E402
 
-from deq_petsc.data.descriptors import (describe, molecule_descriptors, names,  # noqa: E402
+from deq_petsc.science.data.descriptors import (describe, molecule_descriptors, names,  # noqa: E402
                                         structure_descriptors)
 from helpers import rock_salts_csv, run_cli  # noqa: E402
 
@@ -85,7 +85,7 @@ def test_baseline_command_on_the_same_split_as_the_deq(cache_dir, tmp_path):
 
 
 def test_baseline_on_crystals(cache_dir, tmp_path):
-    from deq_petsc.data.tasks import default_crystals_csv
+    from deq_petsc.science.data.tasks import default_crystals_csv
     if default_crystals_csv() is None:
         pytest.skip("no crystal data set beside the project")
     r = run_cli("baseline", "--task", "crystals", "--limit", "600", "--out", tmp_path,
@@ -99,8 +99,8 @@ def test_baseline_on_crystals(cache_dir, tmp_path):
 def test_descriptors_of_another_seed_are_rearranged_not_recomputed(tmp_path, monkeypatch):
     """A full build's descriptors for a second seed are the first's rows in the second's
     order (``load_task`` rearranges the images alike), equal to computing them anew."""
-    import deq_petsc.baseline as baseline
-    from deq_petsc.data import load_task
+    import deq_petsc.science.baseline as baseline
+    from deq_petsc.science.data import load_task
     csv = rock_salts_csv(tmp_path / "mine.csv")
     cache, other = tmp_path / "cache", tmp_path / "other"
     load = dict(csv=csv, progress=False)

@@ -129,7 +129,7 @@ def test_argument_errors_come_before_torch_and_petsc_are_imported():
     """A typo in a flag is answered in a fraction of a second (importing torch: ~2 s)."""
     import subprocess
     import sys
-    code = ("import sys; from deq_petsc.cli import main\n"
+    code = ("import sys; from deq_petsc.cli.main import main\n"
             "try: main(['train', '--task', 'polarity', '--epochs', '0'])\n"
             "except SystemExit as e: assert e.code == 2\n"
             "heavy = sorted(m for m in ('torch', 'petsc4py.PETSc', 'rdkit') if m in sys.modules)\n"
@@ -211,7 +211,7 @@ def test_image_workers_die_with_their_parent():
     import sys
     import time
 
-    script = ("import time\nfrom deq_petsc.data.workers import map_in_workers\n"
+    script = ("import time\nfrom deq_petsc.science.data.workers import map_in_workers\n"
               "map_in_workers(time.sleep, [(60,)] * 64, desc='x', n_jobs=2, progress=False)\n")
     parent = subprocess.Popen([sys.executable, "-c", script])
     try:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from deq_petsc import FixedPointProblem
-from deq_petsc.compare import (OptionSet, compare_solves, markdown_table, read_option_sets,
+from deq_petsc.studies.compare import (OptionSet, compare_solves, markdown_table, read_option_sets,
                                default_option_sets)
-from deq_petsc.models import TanhCell
+from deq_petsc.science.models import TanhCell
 
 from helpers import run_cli, double_scalars
 
@@ -89,7 +89,7 @@ def test_compare_training_runs_each_set_and_plots_against_time(tmp_path):
 def test_demo_seeds_aggregates_every_number_with_its_spread():
     """Two seeds' summaries -> mean, sample sd, range per set and metric; one-model ratios
     only where both solves converged; the table shows mean ± sd."""
-    from deq_petsc.demo_seeds import METRICS, aggregate, format_seeds, parse_seeds
+    from deq_petsc.studies.demo_seeds import METRICS, aggregate, format_seeds, parse_seeds
 
     def summary(acc, secs, picard_evals, anderson_converged=True):
         row = {m: 0.5 for m in METRICS}

@@ -14,11 +14,11 @@ pytest.importorskip("pymatgen")
 from pymatgen.core import Lattice, Structure  # noqa: E402
 from rdkit import Chem  # noqa: E402
 
-from deq_petsc.data import (PERIODIC_CHANNELS, cif_image, load_task, make_task,  # noqa: E402
+from deq_petsc.science.data import (PERIODIC_CHANNELS, cif_image, load_task, make_task,  # noqa: E402
                             mol_from_smiles, molecule_image, render_png, smiles_image,
                             structure_image)
-from deq_petsc.data.tasks import default_crystals_csv  # noqa: E402
-from deq_petsc.errors import DEQInputError  # noqa: E402
+from deq_petsc.science.data.tasks import default_crystals_csv  # noqa: E402
+from deq_petsc.core.errors import DEQInputError  # noqa: E402
 from helpers import rock_salts_csv, run_cli  # noqa: E402
 
 
@@ -84,7 +84,7 @@ ACETYLENE = ("['C','C','H','H']\n"
 
 
 def test_qm9_positions_are_read_as_python_writes_numbers():
-    from deq_petsc.data.tasks import qm9_geometry
+    from deq_petsc.science.data.tasks import qm9_geometry
     elements, xyz = qm9_geometry(ACETYLENE)
     assert elements == ["C", "C", "H", "H"] and xyz.shape == (4, 3)
     assert xyz[0].tolist() == [0.5995394918, 0.0, 1.0]
@@ -93,8 +93,8 @@ def test_qm9_positions_are_read_as_python_writes_numbers():
 def test_a_molecule_at_its_dft_positions_does_not_depend_on_numbering_or_orientation():
     from scipy.spatial.transform import Rotation
 
-    from deq_petsc.data import xyz_image
-    from deq_petsc.data.tasks import qm9_geometry
+    from deq_petsc.science.data import xyz_image
+    from deq_petsc.science.data.tasks import qm9_geometry
     elements, xyz = qm9_geometry(LACTONITRILE)
     g = xyz_image(elements, xyz)
     assert g.info["geometry"] == "given" and g.info["smiles"] == "C[C@@H](O)C#N"  # stereo from 3D
@@ -128,8 +128,8 @@ def test_a_smiles_gets_a_deterministic_conformer():
 
 
 def test_unreadable_positions_are_a_clear_error():
-    from deq_petsc.data import xyz_image
-    from deq_petsc.data.tasks import render
+    from deq_petsc.science.data import xyz_image
+    from deq_petsc.science.data.tasks import render
     with pytest.raises(DEQInputError, match="no neutral molecule fits"):      # a methyl radical
         xyz_image(["C", "H", "H", "H"], [[0, 0, 0], [1.09, 0, 0], [-.5, .9, 0], [-.5, -.9, 0]])
     with pytest.raises(DEQInputError, match="unknown element"):
@@ -307,7 +307,7 @@ def test_source_fingerprints_follow_content_not_place_or_time(tmp_path):
     byte makes new ones."""
     import os
     import shutil
-    from deq_petsc.data.cache import fingerprint
+    from deq_petsc.science.data.cache import fingerprint
 
     a = tmp_path / "a" / "crystals.csv.gz"
     a.parent.mkdir()
@@ -360,7 +360,7 @@ def test_bad_inputs_in_a_users_csv_are_counted_not_fatal(cache_dir, tmp_path):
 def test_another_seed_of_a_full_build_is_rearranged_not_rendered(tmp_path, monkeypatch):
     """With every record used, --seed only reorders the records (and so the split): a
     second seed is the first's images rearranged, identical to rendering them anew."""
-    import deq_petsc.data.tasks as tasks
+    import deq_petsc.science.data.tasks as tasks
     csv = rock_salts_csv(tmp_path / "mine.csv")           # two rows skipped, with reasons
     cache = tmp_path / "cache"
     first = load_task("crystals", csv=csv, cache_dir=cache, progress=False, seed=0)

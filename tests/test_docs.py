@@ -97,7 +97,7 @@ def test_every_marked_command_exists_and_parses(block):
 
 def _parses(argv):
     """The command line as deq-petsc reads it: our flags by argparse, the rest PETSc's."""
-    from deq_petsc.cli import build_parser, split_petsc_args
+    from deq_petsc.cli.main import build_parser, split_petsc_args
     args, petsc = split_petsc_args(build_parser(), argv)
     assert args.command_name
 
@@ -132,8 +132,8 @@ def test_the_comparison_masks_times_and_nothing_else(docs, printed, same):
 
 
 def test_compare_help_lists_exactly_the_sets_compare_runs():
-    from deq_petsc.cli import build_parser
-    from deq_petsc.compare import DEFAULT_SETS
+    from deq_petsc.cli.main import build_parser
+    from deq_petsc.studies.compare import DEFAULT_SETS
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     text = " ".join(sub.choices["compare"].description.split())
@@ -142,7 +142,7 @@ def test_compare_help_lists_exactly_the_sets_compare_runs():
 
 
 def test_the_image_channels_the_docs_name_are_the_images():
-    from deq_petsc.data.graph_image import MOLECULE_CHANNELS, PERIODIC_CHANNELS
+    from deq_petsc.science.data.graph_image import MOLECULE_CHANNELS, PERIODIC_CHANNELS
     text = (ROOT / "docs" / "data.md").read_text()
     assert f"| {len(MOLECULE_CHANNELS)} x 32 x 32," in text
     assert f"| {len(PERIODIC_CHANNELS)} x 16 x 16," in text

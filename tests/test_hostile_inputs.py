@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deq_petsc.checkpoint import FORMAT, save_checkpoint
-from deq_petsc.cli import build_parser, explicit_flags, invalid_argument, split_petsc_args
-from deq_petsc.errors import DEQConvergenceError, DEQInputError, DEQOptionsError
+from deq_petsc.science.checkpoint import FORMAT, save_checkpoint
+from deq_petsc.cli.main import build_parser, explicit_flags, invalid_argument, split_petsc_args
+from deq_petsc.core.errors import DEQConvergenceError, DEQInputError, DEQOptionsError
 from helpers import cli_in_process, final_line, synthetic_build
 
 #: a tiny DEQ on helpers.synthetic_build's 40 samples (contractive cell: no element channel)
@@ -81,7 +81,7 @@ def test_refused_before_any_work(tmp_path, capfd, row, argv, message):
 def test_a_colon_in_a_set_name_and_sets_that_parse(tmp_path):
     """Row 111: a set's name ends at the first colon before an option, so names with
     colons of their own (a URL) can be written; good sets and files pass."""
-    from deq_petsc.solver_sets import read_option_sets
+    from deq_petsc.core.solver_sets import read_option_sets
     sets = read_option_sets(['=HYPERLINK("http://x"): -snes_type anderson', "b:-snes_type "
                              "ngmres", "-snes_type nrichardson", "# comment", "default:"])
     assert [(s.name, s.options) for s in sets] == [
@@ -97,7 +97,7 @@ def test_a_colon_in_a_set_name_and_sets_that_parse(tmp_path):
 # -- runs that fail: exit 1, one line, nothing lost -------------------------------------------
 @pytest.fixture
 def synthetic_data(monkeypatch):
-    monkeypatch.setattr("deq_petsc.app._load_data", synthetic_build)
+    monkeypatch.setattr("deq_petsc.cli.commands._load_data", synthetic_build)
 
 
 @pytest.mark.parametrize("row, flags, message", [
@@ -115,7 +115,7 @@ def test_train_refuses_a_build_it_cannot_train_on(tmp_path, capfd, monkeypatch, 
                                                   row, flags, message):
     """Rows 71, 72, 77: refused right after the data is loaded, before any training; the
     run folder gets nothing."""
-    monkeypatch.setattr("deq_petsc.devices.available_memory",
+    monkeypatch.setattr("deq_petsc.core.devices.available_memory",
                         lambda: (100_000, "the address-space limit (ulimit -v)"))
     out = tmp_path / "run"
     code, text = cli_in_process(capfd, "train", *SYNTH, "--epochs", "1", "--out", out, *flags)
@@ -210,7 +210,7 @@ class _Ranks:
 ])
 def test_compare_task_leaves_no_rank_empty(synthetic_data, batch, limit, message):
     """Row 164 (mpiexec -n 2 compare --task ... --batch 1): refused, as _cell_problem does."""
-    from deq_petsc.app import _task_problem
+    from deq_petsc.cli.commands import _task_problem
     args = Namespace(task="polarity", limit=limit, seed=0, cache_dir=None, checkpoint=None,
                      width=4, batch=batch, device="cpu")
     with pytest.raises(DEQInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -220,7 +220,7 @@ def test_compare_task_leaves_no_rank_empty(synthetic_data, batch, limit, message
 def _full_disk(monkeypatch, where: str, after: int = 0):
     """The atomic writes that ``where`` imports fail with ENOSPC after ``after`` succeed,
     as on a full disk (the write inside atomic_write raises)."""
-    from deq_petsc.atomic import atomic_write
+    from deq_petsc.process.atomic import atomic_write
     calls = []
 
     @contextlib.contextmanager
@@ -235,8 +235,8 @@ def _full_disk(monkeypatch, where: str, after: int = 0):
 
 def test_a_full_disk_while_saving_a_checkpoint(tmp_path, capfd, monkeypatch, synthetic_data):
     """Row 166: epoch 2's checkpoint cannot be written; epoch 1's stays, one line, exit 1."""
-    from deq_petsc.checkpoint import load_checkpoint
-    _full_disk(monkeypatch, "deq_petsc.checkpoint", after=1)
+    from deq_petsc.science.checkpoint import load_checkpoint
+    _full_disk(monkeypatch, "deq_petsc.science.checkpoint", after=1)
     out = tmp_path / "run"
     code, text = cli_in_process(capfd, "train", *SYNTH, "--epochs", "2", "--out", out)
     assert code == 1 and "Traceback" not in text, text
@@ -248,7 +248,7 @@ def test_a_full_disk_while_saving_a_checkpoint(tmp_path, capfd, monkeypatch, syn
 
 def test_a_full_disk_while_writing_a_csv(tmp_path, capfd, monkeypatch):
     """Row 167's class: a CSV of results (write_csv) on a full disk: one line naming it."""
-    _full_disk(monkeypatch, "deq_petsc.atomic")
+    _full_disk(monkeypatch, "deq_petsc.process.atomic")
     out = tmp_path / "cmp"
     code, text = cli_in_process(capfd, "compare", "--size", "4", "--channels", "2", "--batch",
                                 "2", "--set", "a: -snes_type anderson", "--out", out)
@@ -260,8 +260,8 @@ def test_a_full_disk_while_writing_a_csv(tmp_path, capfd, monkeypatch):
 def test_an_os_error_without_errno_is_not_hidden(monkeypatch):
     """The OSError branch names the system's refusals; one raised by code (no errno) is a
     bug and keeps its traceback."""
-    import deq_petsc.app as app
-    from deq_petsc.cli import main
+    import deq_petsc.cli.commands as app
+    from deq_petsc.cli.main import main
 
     def broken(args):
         raise OSError("a bug, not the disk")
@@ -275,7 +275,7 @@ def test_an_iterate_that_never_moves_is_named(petsc_options):
     """Row 93: -snes_anderson_beta 0 takes zero steps; the hint says so instead of 'try a
     faster method'."""
     from deq_petsc import DEQSolver, FixedPointProblem
-    from deq_petsc.models import TanhCell
+    from deq_petsc.science.models import TanhCell
     petsc_options({"stk_snes_type": "anderson", "stk_snes_anderson_beta": "0",
                    "stk_snes_max_it": "5"})
     with DEQSolver(prefix="stk_") as solver:
@@ -288,7 +288,7 @@ def test_an_iterate_that_never_moves_is_named(petsc_options):
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
 def test_phantom_damping_outside_its_range(petsc_options, value):
     """Row 100: NaN passed every comparison of the range check."""
-    from deq_petsc.adjoint import AdjointSolver
+    from deq_petsc.core.adjoint import AdjointSolver
     petsc_options({"phd_deq_method": "phantom", "phd_deq_phantom_damping": value})
     with pytest.raises(DEQOptionsError, match="-phd_deq_phantom_damping .*: must be in"):
         AdjointSolver(prefix="phd_")
@@ -299,7 +299,7 @@ def test_a_cache_entry_without_one_of_its_arrays_is_rebuilt(tmp_path, capsys):
     line on stderr), not a KeyError on every load until --rebuild."""
     import json
 
-    from deq_petsc.data.tasks import load_task
+    from deq_petsc.science.data.tasks import load_task
     first = load_task("polarity", limit=20, seed=3, cache_dir=tmp_path, progress=False)
     meta_file = tmp_path / "polarity" / Path(first.cache_path).name / "meta.json"
     meta = json.loads(meta_file.read_text())

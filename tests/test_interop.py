@@ -7,7 +7,7 @@ import pytest
 import torch
 from petsc4py import PETSc
 
-from deq_petsc.interop import TensorLayout, petsc_torch_dtype, shares_memory, vec_local_view
+from deq_petsc.core.interop import TensorLayout, petsc_torch_dtype, shares_memory, vec_local_view
 from helpers import double_scalars
 
 
@@ -133,8 +133,8 @@ def test_cuda_tensor_goes_through_host_explicitly():
 
 @double_scalars
 def test_device_detection_and_crossings():
-    from deq_petsc.devices import crossing, describe, resolve_device
-    from deq_petsc.errors import DEQInputError
+    from deq_petsc.core.devices import crossing, describe, resolve_device
+    from deq_petsc.core.errors import DEQInputError
 
     d = describe()
     assert d["petsc_scalar"] == "float64" and d["torch_cuda"] == torch.cuda.is_available()

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from deq_petsc.interop import TensorLayout
-from deq_petsc.models import ConvTanhCell, TanhCell
-from deq_petsc.operators import ResidualJacobian, create_residual_jacobian
-from deq_petsc.problem import FixedPointProblem
+from deq_petsc.core.interop import TensorLayout
+from deq_petsc.science.models import ConvTanhCell, TanhCell
+from deq_petsc.core.operators import ResidualJacobian, create_residual_jacobian
+from deq_petsc.core.problem import FixedPointProblem
 
 from conftest import assert_close
 from helpers import double_scalars

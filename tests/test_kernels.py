@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from deq_petsc.kernels import PORTABLE, mode, pin
+from deq_petsc.process.kernels import PORTABLE, mode, pin
 
 AVX2 = {"avx2", "fma", "sse4_2"}
 
@@ -27,7 +27,7 @@ def test_pin_sets_the_portable_kernels_the_user_left_unset(environ, flags, expec
 
 
 def test_a_cpu_whose_flags_are_unknown_is_left_alone(monkeypatch):
-    import deq_petsc.kernels as kernels
+    import deq_petsc.process.kernels as kernels
     monkeypatch.setattr(kernels, "cpu_flags", lambda: None)
     environ = {}
     assert pin(environ) == {} and environ == {}
@@ -71,7 +71,7 @@ def test_the_pinned_kernels_are_the_ones_torch_computes_with():
 
 
 def test_the_version_line_says_which_kernels():
-    from deq_petsc.kernels import describe
+    from deq_petsc.process.kernels import describe
     assert describe(dict(PORTABLE)) == "portable (AVX2 paths)"
     assert describe({"DEQ_PETSC_KERNELS": "native"}) == "native (this CPU's own choice)"
     assert describe({"DEQ_PETSC_KERNELS": "native", "OPENBLAS_CORETYPE": "Zen"}) == \

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from deq_petsc import DEQ, DEQConvergenceError
-from deq_petsc.errors import DEQError, DEQInputError, DEQOptionsError
-from deq_petsc.diagnostics import SavedTensorBytes
-from deq_petsc.models import TanhCell
+from deq_petsc.core.errors import DEQError, DEQInputError, DEQOptionsError
+from deq_petsc.core.diagnostics import SavedTensorBytes
+from deq_petsc.science.models import TanhCell
 
 from conftest import assert_close
 from test_solver import CONFIGS, TIGHT

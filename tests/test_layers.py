@@ -9,27 +9,34 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "deq_petsc"
 
-#: layer -> modules (relative to deq_petsc; a package name covers its submodules)
+#: layer -> folders and modules (dotted, relative to deq_petsc; a package covers its
+#: submodules). The folders are the layers' order: process < core < layer < science <
+#: studies < cli; inside science, models < data < shared < inference < training.
 LAYERS = {
-    1: ["allocator", "atomic", "blas_threads", "c_output", "callbacks", "convergence", "devices",
-        "kernels", "diagnostics", "errors", "interop", "operators", "options_spec", "outcome",
-        "petsc_options", "problem", "progress", "reference", "solver", "adjoint",
-        "solver_sets", "lean"],
-    2: ["layer", "integrations"],
-    3: ["models"],
-    4: ["data"],
-    5: ["config", "objectives", "metrics", "checkpoint", "parallel", "plots", "run_record"],
-    6: ["inference", "batch_predict", "baseline"],
-    7: ["train", "compare", "demo", "demo_seeds"],
-    8: ["cli", "app"],
+    0: ["process"],
+    1: ["core"],
+    2: ["layer"],
+    3: ["science.models"],
+    4: ["science.data"],
+    5: ["science.config", "science.objectives", "science.metrics", "science.checkpoint",
+        "science.parallel", "science.plots", "science.run_record"],
+    6: ["science.inference", "science.batch_predict", "science.baseline"],
+    7: ["science.train", "studies"],
+    8: ["cli"],
 }
-LAYER_NAMES = {1: "PETSc core", 2: "the layer", 3: "models", 4: "data",
-               5: "shared by inference and training", 6: "inference", 7: "training",
+LAYER_NAMES = {0: "process set-up", 1: "PETSc core", 2: "the layer", 3: "models", 4: "data",
+               5: "shared by inference and training", 6: "inference", 7: "training and studies",
                8: "command line"}
+#: a folder whose own __init__ spans several layers: placed at its lowest (it imports nothing)
+FOLDER_INITS = {"science": 3}
+#: what may sit at the top of deq_petsc/: the folders above and the package's __init__
+TOP_LEVEL = {"__init__.py", "process", "core", "layer", "science", "studies", "cli"}
 
 
 def _layer(module: str) -> int | None:
     """The layer of ``module`` (dotted, relative to the package); None: not placed."""
+    if module in FOLDER_INITS:
+        return FOLDER_INITS[module]
     for level, names in LAYERS.items():
         for name in names:
             if module == name or module.startswith(name + "."):
@@ -59,7 +66,9 @@ def _imports(module: str, path: Path) -> set[str]:
                 else:
                     found.update(".".join(base + [a.name]) for a in node.names)
             elif node.module and node.module.startswith("deq_petsc."):
-                found.add(node.module[len("deq_petsc."):])
+                base = node.module[len("deq_petsc."):]
+                found.add(base)             # and its names, which may be modules
+                found.update(f"{base}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             found.update(a.name[len("deq_petsc."):] for a in node.names
                          if a.name.startswith("deq_petsc."))
@@ -85,6 +94,18 @@ def test_no_module_imports_a_layer_above_it():
 
 def test_the_check_sees_lazy_and_relative_imports():
     """The reader itself: a function-level relative import is found and placed."""
-    deps = _imports("demo", PACKAGE / "demo.py")
-    assert "solver_sets" in deps and "data" in deps          # top-level and lazy ones
-    assert _layer("train.trainer") == 7 and _layer("data.tasks") == 4
+    deps = _imports("studies.demo", PACKAGE / "studies" / "demo.py")
+    assert "core.solver_sets" in deps and "science.data" in deps   # top-level and lazy ones
+    assert _layer("science.train.trainer") == 7 and _layer("science.data.tasks") == 4
+
+
+def test_a_folder_spanning_layers_imports_nothing_itself():
+    for folder in FOLDER_INITS:
+        assert not _imports(folder, PACKAGE / folder / "__init__.py")
+
+
+def test_the_top_of_the_package_is_its_layers():
+    """The layers are folders: a module at the top of deq_petsc/ would be one without."""
+    top = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"}
+    assert top == TOP_LEVEL, f"at the top of deq_petsc/ only the layers' folders: {top - TOP_LEVEL}"
+    assert len(top) <= 8

@@ -1,4 +1,4 @@
-"""The lean SNES types (deq_petsc.lean): PETSc's iterates, per-sample stopping, no casts."""
+"""The lean SNES types (deq_petsc.core.lean): PETSc's iterates, per-sample stopping, no casts."""
 
 import numpy as np
 import pytest
@@ -7,9 +7,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from deq_petsc import DEQSolver, FixedPointProblem
-from deq_petsc.errors import DEQConvergenceError, DEQNonFiniteError, DEQOptionsError
-from deq_petsc.lean import options as lean
-from deq_petsc.models import TanhCell
+from deq_petsc.core.errors import DEQConvergenceError, DEQNonFiniteError, DEQOptionsError
+from deq_petsc.core.lean import options as lean
+from deq_petsc.science.models import TanhCell
 
 PICARD = {"snes_type": "nrichardson", "snes_linesearch_type": "basic"}
 TIGHT = {"snes_rtol": 1e-10, "snes_max_it": 500}
@@ -184,7 +184,7 @@ def test_a_lean_picard_step_preconditions_petscs_anderson():
     z_ref, ref = _solve(problem, {**base, "npc_snes_type": "nrichardson",
                                   "npc_snes_linesearch_type": "basic"})
     z, got = _solve(problem, {**base, "npc_snes_type": "python",
-                              "npc_snes_python_type": "deq_petsc.lean.Picard",
+                              "npc_snes_python_type": "deq_petsc.core.lean.Picard",
                               "npc_deq_sample_stop": "batch"})
     assert got.converged and ref.converged
     assert torch.allclose(z, z_ref, rtol=0, atol=1e-9)
@@ -192,7 +192,7 @@ def test_a_lean_picard_step_preconditions_petscs_anderson():
 
 
 def test_a_convergence_test_set_by_code_is_refused_not_fed_stale_vectors():
-    from deq_petsc.convergence import PerSampleTest
+    from deq_petsc.core.convergence import PerSampleTest
     _, _, problem = _problem(batch=3)
     with DEQSolver(prefix="lt_", options=lean("anderson")) as solver:
         solver.snes.setConvergenceTest(PerSampleTest(3, 1e-6, "abs", max_it=50))
@@ -234,5 +234,21 @@ def test_a_half_precision_anderson_does_not_overflow_its_inner_products():
 def test_a_python_type_that_does_not_import_is_named_in_one_line():
     _, _, problem = _problem(batch=2)
     with pytest.raises(DEQOptionsError, match="ModuleNotFoundError: No module named "
-                                              "'deq_petsc.lean.Nope'"):
-        _solve(problem, {"snes_type": "python", "snes_python_type": "deq_petsc.lean.Nope"})
+                                              "'deq_petsc.core.lean.Nope'"):
+        _solve(problem, {"snes_type": "python", "snes_python_type": "deq_petsc.core.lean.Nope"})
+
+
+def test_the_path_option_strings_named_before_the_folders_still_resolves():
+    """``-snes_python_type deq_petsc.lean.Anderson`` (run folders and scripts written
+    before the package moved into layer folders) is the same type as its new path."""
+    _, _, problem = _problem(batch=3)
+    new = {**lean("anderson"), **TIGHT}
+    old = {**new, "snes_python_type": "deq_petsc.lean.Anderson"}
+    assert new["snes_python_type"] == "deq_petsc.core.lean.Anderson"
+    z_new, s_new = _solve(problem, new)
+    z_old, s_old = _solve(problem, old)
+    assert s_old.converged and s_old.iterations == s_new.iterations
+    assert torch.equal(z_old, z_new)
+    import deq_petsc.core.lean
+    import deq_petsc.lean
+    assert deq_petsc.lean is deq_petsc.core.lean

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from deq_petsc.models.graph_classifier import (ClassifierConfig, GraphImageClassifier,
+from deq_petsc.science.models.graph_classifier import (ClassifierConfig, GraphImageClassifier,
                                                Injection)
 
 
@@ -53,9 +53,9 @@ def test_a_checkpoint_from_before_the_injection_class_loads():
 def test_a_run_from_before_graph_sums_resumes_without_them():
     from dataclasses import asdict
 
-    from deq_petsc.checkpoint import DEQCheckpointError
-    from deq_petsc.config import TrainConfig
-    from deq_petsc.train.run_folder import resumed_config
+    from deq_petsc.science.checkpoint import DEQCheckpointError
+    from deq_petsc.science.config import TrainConfig
+    from deq_petsc.science.train.run_folder import resumed_config
     saved = asdict(TrainConfig(task="polarity", limit=150))
     del saved["sums"]                               # written before the field existed
     cfg, notes = resumed_config(TrainConfig(task="polarity"), saved, set(), "D")
@@ -99,9 +99,9 @@ def test_element_embeddings_give_each_entry_the_two_elements_it_joins():
 def test_a_run_from_before_element_embeddings_resumes_without_them():
     from dataclasses import asdict
 
-    from deq_petsc.checkpoint import DEQCheckpointError
-    from deq_petsc.config import TrainConfig
-    from deq_petsc.train.run_folder import resumed_config
+    from deq_petsc.science.checkpoint import DEQCheckpointError
+    from deq_petsc.science.config import TrainConfig
+    from deq_petsc.science.train.run_folder import resumed_config
     saved = asdict(TrainConfig(task="crystals", limit=150))
     del saved["elements"]
     cfg, notes = resumed_config(TrainConfig(task="crystals"), saved, set(), "D")

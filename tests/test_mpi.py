@@ -72,7 +72,7 @@ def test_a_failure_on_one_rank_ends_the_job_and_keeps_the_checkpoint(tmp_path):
     assert r.returncode != 0 and "FAIL" not in r.stdout
     assert "error on rank 1 of 2: RuntimeError: injected failure in the cell on rank 1" in r.stderr
     assert "aborting all ranks" in r.stderr
-    from deq_petsc.train import load_checkpoint
+    from deq_petsc.science.train import load_checkpoint
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1     # epoch 2 never landed
 
 

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from deq_petsc import options_spec
-from deq_petsc.errors import DEQOptionsError
-from deq_petsc.problem import JVP_MODES
+from deq_petsc.core import options_spec
+from deq_petsc.core.errors import DEQOptionsError
+from deq_petsc.core.problem import JVP_MODES
 from helpers import ROOT, run_cli
 
 PACKAGE = ROOT / "deq_petsc"
@@ -14,7 +14,7 @@ PACKAGE = ROOT / "deq_petsc"
 
 def test_the_options_reference_is_generated_from_the_spec():
     assert (ROOT / "docs" / "options.md").read_text() == options_spec.markdown(), \
-        "docs/options.md is stale: python -m deq_petsc.options_spec > docs/options.md"
+        "docs/options.md is stale: python -m deq_petsc.core.options_spec > docs/options.md"
 
 
 def test_no_own_option_is_read_around_the_spec():
@@ -36,7 +36,7 @@ def test_every_own_option_is_listed_by_help(tmp_path):
     assert data.returncode == 0, data.stdout + data.stderr
     text = r.stdout + data.stdout
     prefixes = {"DEQSolver": "", "AdjointSolver": "adjoint_", "DEQ": "", "TaoTrainer": "",
-                "deq_petsc.lean": "", "deq_petsc.data.pde": ""}
+                "deq_petsc.core.lean": "", "deq_petsc.science.data.pde": ""}
     for group in options_spec.GROUPS:
         assert f"{group.title} options" in text, group.title
         for o in group.options:

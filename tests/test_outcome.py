@@ -9,10 +9,10 @@ from torch import nn
 
 from deq_petsc import (AdjointSolver, AdjointStats, DEQSolver, FixedPointProblem, KSPStats,
                        SolveOutcome, SolveStats)
-from deq_petsc.adjoint import DEFAULT_KSP_OPTIONS, FIXED_STEPS, ImplicitKSP
-from deq_petsc.models import TanhCell
-from deq_petsc.objectives import Regression
-from deq_petsc.train.tao import TaoResult, train_tao
+from deq_petsc.core.adjoint import DEFAULT_KSP_OPTIONS, FIXED_STEPS, ImplicitKSP
+from deq_petsc.science.models import TanhCell
+from deq_petsc.science.objectives import Regression
+from deq_petsc.science.train.tao import TaoResult, train_tao
 from helpers import double_scalars
 
 FORWARD = {"snes_rtol": 1e-10, "snes_stol": 0, "snes_max_it": 500}

@@ -4,8 +4,8 @@ contractive whatever its weights, and its DEQ's gradient that of the unrolled ce
 import pytest
 import torch
 
-from deq_petsc.models.graph_classifier import ClassifierConfig, GraphImageClassifier
-from deq_petsc.models.pair_network import PairCell, PairInjection
+from deq_petsc.science.models.graph_classifier import ClassifierConfig, GraphImageClassifier
+from deq_petsc.science.models.pair_network import PairCell, PairInjection
 
 N, CHANNELS, ELEMENT = 6, 5, 3
 SPECIES = ([8, 26], [3, 9, 17, 35], [6, 1, 8])
@@ -156,9 +156,9 @@ def test_a_pair_cell_run_trains_and_its_checkpoint_answers_the_same(tmp_path):
     use it: the loss falls, and the reloaded model (entry standardisation and mask
     included) gives the trained model's outputs."""
     pytest.importorskip("rdkit")
-    from deq_petsc.data import load_task
-    from deq_petsc.inference import load_model
-    from deq_petsc.train import Trainer, TrainConfig
+    from deq_petsc.science.data import load_task
+    from deq_petsc.science.inference import load_model
+    from deq_petsc.science.train import Trainer, TrainConfig
     data = load_task("polarity", limit=160, seed=1, cache_dir=tmp_path / "cache",
                      progress=False)
     trainer = Trainer(TrainConfig(task="polarity", epochs=2, batch_size=32, width=8,

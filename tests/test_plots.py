@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from deq_petsc.data.graph_image import (CHANNEL_MEANINGS, MOLECULE_CHANNELS, PANELS_PER_ROW,
+from deq_petsc.science.data.graph_image import (CHANNEL_MEANINGS, MOLECULE_CHANNELS, PANELS_PER_ROW,
                                         PERIODIC_CHANNELS, graph_from_image, render_png,
                                         smiles_image)
-from deq_petsc.plots import integer_ticks, reliability_figure, subplots
+from deq_petsc.science.plots import integer_ticks, reliability_figure, subplots
 
 
 def _png_size(path) -> tuple[int, int]:

@@ -23,7 +23,7 @@ def trained(tmp_path_factory):
     cache = root / "cache"
     models = {}
     for task in ("polarity", "crystals"):
-        from deq_petsc.data.tasks import default_crystals_csv
+        from deq_petsc.science.data.tasks import default_crystals_csv
         if task == "crystals" and default_crystals_csv() is None:
             continue
         r = run_cli("train", "--task", task, "--limit", "100", "--epochs", "1", "--width", "4",
@@ -117,7 +117,7 @@ def test_a_folder_of_cifs(trained, tmp_path):
 
 
 def test_a_checkpoint_of_an_older_representation_is_refused_in_one_line(trained, tmp_path):
-    from deq_petsc.checkpoint import load_checkpoint, save_checkpoint
+    from deq_petsc.science.checkpoint import load_checkpoint, save_checkpoint
     state = load_checkpoint(trained["polarity"])
     state["task"]["channels"] = ["bonds", "topology", "polarity", "element", "charge"]
     old = save_checkpoint(state, tmp_path / "old.pt")
@@ -147,13 +147,13 @@ def test_a_solve_stopped_at_its_cap_is_said_on_every_path(trained, tmp_path):
     assert [row["inexact"] for row in rows_of(out)] == ["True", "True"]
     # the library says it too, as a warning a caller can catch or silence
     import torch
-    from deq_petsc.errors import DEQCappedSolveWarning
-    from deq_petsc.inference import load_model, predict
+    from deq_petsc.core.errors import DEQCappedSolveWarning
+    from deq_petsc.science.inference import load_model, predict
     model, _ = load_model(trained["polarity"], solver_options={"snes_max_it": 1,
                                                                "snes_rtol": 1e-12})
     try:
-        from deq_petsc.data import smiles_image
-        from deq_petsc.data.tasks import stored_image
+        from deq_petsc.science.data import smiles_image
+        from deq_petsc.science.data.tasks import stored_image
         images = torch.stack([torch.from_numpy(stored_image(smiles_image(s)))
                               for s in ("CCO", "CC(=O)O", "c1ccccc1O")])
         with pytest.warns(DEQCappedSolveWarning, match="1 of 1 forward solves stopped"):

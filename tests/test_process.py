@@ -4,8 +4,8 @@ import io
 import subprocess
 import sys
 
-from deq_petsc import allocator
-from deq_petsc.progress import LineProgress, progress
+from deq_petsc.process import allocator
+from deq_petsc.process.progress import LineProgress, progress
 
 from helpers import run_cli
 
@@ -17,7 +17,7 @@ def test_importing_deq_petsc_keeps_large_temporaries_off_mmap():
 
 
 def test_the_allocator_can_be_left_alone():
-    code = ("import deq_petsc, deq_petsc.allocator as a; "
+    code = ("import deq_petsc, deq_petsc.process.allocator as a; "
             "print(a.status()); print(a.large_blocks_are_mapped())")
     for env in ({"DEQ_PETSC_MALLOC": "default"},
                 {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}):
@@ -82,8 +82,8 @@ def test_petsc_blas_runs_on_one_thread():
     import pytest
     if "OPENBLAS_NUM_THREADS" in os.environ:
         pytest.skip("the user's OPENBLAS_NUM_THREADS is respected")
-    import deq_petsc.interop  # noqa: F401  (PETSc loaded, its BLAS set)
-    from deq_petsc import blas_threads
+    import deq_petsc.core.interop  # noqa: F401  (PETSc loaded, its BLAS set)
+    from deq_petsc.process import blas_threads
     libs = [p for p in blas_threads.loaded_openblas() if "scipy_openblas" not in p]
     assert libs, "PETSc's OpenBLAS should be loaded"
     counts = {p: blas_threads.threads(p) for p in libs}
@@ -93,7 +93,7 @@ def test_petsc_blas_runs_on_one_thread():
 def test_atomic_files_get_the_users_umask(tmp_path):
     import os
 
-    from deq_petsc.atomic import write_json
+    from deq_petsc.process.atomic import write_json
     old = os.umask(0o022)
     try:
         path = write_json(tmp_path / "report.json", {"a": 1})

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("rdkit")
 pytest.importorskip("sklearn")
 
-from deq_petsc.data.descriptors import names  # noqa: E402
-from deq_petsc.data.tasks import EV_PER_HARTREE, make_task  # noqa: E402
+from deq_petsc.science.data.descriptors import names  # noqa: E402
+from deq_petsc.science.data.tasks import EV_PER_HARTREE, make_task  # noqa: E402
 from helpers import ROOT, run_cli  # noqa: E402
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from deq_petsc import DEQ
-from deq_petsc.train import TrainConfig, Trainer
+from deq_petsc.science.train import TrainConfig, Trainer
 
 from helpers import synthetic
 

@@ -11,8 +11,8 @@ import torch
 
 pytest.importorskip("rdkit")
 
-from deq_petsc.checkpoint import DEQCheckpointError  # noqa: E402
-from deq_petsc.train.run_folder import MARKER, OUTPUTS, RunFolder  # noqa: E402
+from deq_petsc.science.checkpoint import DEQCheckpointError  # noqa: E402
+from deq_petsc.science.train.run_folder import MARKER, OUTPUTS, RunFolder  # noqa: E402
 from helpers import cli_in_process, final_line, run_cli, synthetic_build  # noqa: E402
 
 TINY = ("--task", "polarity", "--width", "4", "--no-progress")
@@ -69,8 +69,8 @@ def test_resume_keeps_the_runs_settings_and_applies_typed_ones(cache_dir, tmp_pa
 def test_resume_refuses_what_changes_the_data_or_the_model(field, flag, value):
     from dataclasses import asdict, replace
 
-    from deq_petsc.train import TrainConfig
-    from deq_petsc.train.run_folder import resumed_config
+    from deq_petsc.science.train import TrainConfig
+    from deq_petsc.science.train.run_folder import resumed_config
     run = TrainConfig(task="polarity", limit=150, width=4)
     mine = replace(run, **{field: value})
     with pytest.raises(DEQCheckpointError, match=f"--resume: --{flag} {value} differs from the "
@@ -142,7 +142,7 @@ SYNTH = ("--task", "polarity", "--cell", "contractive", "--width", "4", "--batch
 
 @pytest.fixture
 def fake_data(monkeypatch):
-    monkeypatch.setattr("deq_petsc.app._load_data", synthetic_build)
+    monkeypatch.setattr("deq_petsc.cli.commands._load_data", synthetic_build)
 
 
 def outputs_of(out):
@@ -259,7 +259,7 @@ def test_options_petsc_rejects_end_the_run_before_its_data_is_built(
     """A source can take minutes to build: a typo in a PETSc option must not wait for it."""
     def build(*args, **kwargs):
         raise AssertionError("the data was built before the options were read")
-    monkeypatch.setattr("deq_petsc.app._load_data", build)
+    monkeypatch.setattr("deq_petsc.cli.commands._load_data", build)
     petsc_options(options)
     code, text = cli_in_process(capfd, "train", *SYNTH, "--out", tmp_path / "run", *flags)
     assert code == 2 and message in final_line(text), text
@@ -317,7 +317,7 @@ def test_a_second_demo_into_one_out_is_refused(tmp_path, monkeypatch, capfd, ear
     def no_data(*args, **kwargs):
         raise DEQCheckpointError("the data were asked for")
 
-    monkeypatch.setattr("deq_petsc.app._load_data", no_data)
+    monkeypatch.setattr("deq_petsc.cli.commands._load_data", no_data)
     (tmp_path / earlier).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / earlier).write_text("the first demo's")
     code, text = cli_in_process(capfd, "demo", "--out", tmp_path, "--no-progress")

@@ -13,10 +13,10 @@ import torch
 from petsc4py import PETSc
 
 import deq_petsc
-from deq_petsc.petsc_options import inserted_defaults
-from deq_petsc.run_record import options_text, run_record, solver_options
-from deq_petsc.train import Trainer, TrainConfig
-from deq_petsc.train.run_folder import resumed_solver_options
+from deq_petsc.core.petsc_options import inserted_defaults
+from deq_petsc.science.run_record import options_text, run_record, solver_options
+from deq_petsc.science.train import Trainer, TrainConfig
+from deq_petsc.science.train.run_folder import resumed_solver_options
 
 from helpers import synthetic
 
@@ -105,7 +105,7 @@ def test_resume_restores_the_runs_solver_options_under_the_command_line(petsc_op
 
 
 def test_evaluate_out_is_a_file_checked_before_any_work(tmp_path, capsys):
-    from deq_petsc.cli import build_parser, invalid_argument, split_petsc_args
+    from deq_petsc.cli.main import build_parser, invalid_argument, split_petsc_args
     with pytest.raises(SystemExit):
         split_petsc_args(build_parser(), ["evaluate", "--checkpoint", "c", "--out",
                                           str(tmp_path)])

@@ -7,9 +7,9 @@ import torch
 from petsc4py import PETSc
 
 from deq_petsc import DEQConvergenceError, DEQNonFiniteError, DEQSolver, FixedPointProblem
-from deq_petsc.errors import DEQError, DEQOptionsError
-from deq_petsc.models import TanhCell
-from deq_petsc.reference import torch_anderson
+from deq_petsc.core.errors import DEQError, DEQOptionsError
+from deq_petsc.science.models import TanhCell
+from deq_petsc.core.reference import torch_anderson
 
 from conftest import assert_close
 from helpers import double_scalars
@@ -318,7 +318,7 @@ def test_an_exception_in_the_cell_surfaces_as_itself():
 @double_scalars
 def test_per_sample_stopping_rule(stop_mode):
     """TorchDEQ's rule: stop at the first iterate where every sample's residual is < tol."""
-    from deq_petsc.convergence import PerSampleTest
+    from deq_petsc.core.convergence import PerSampleTest
 
     cell = TanhCell(10, 3, contraction=0.9, seed=7)
     x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
@@ -347,5 +347,5 @@ def test_per_sample_stopping_rule(stop_mode):
     (False, "DIVERGED_LINE_SEARCH", True, True, False),
 ])
 def test_one_acceptance_policy_for_every_solve(converged, reason, accept, finite, used):
-    from deq_petsc.convergence import solve_accepted
+    from deq_petsc.core.convergence import solve_accepted
     assert solve_accepted(converged, reason, accept, finite) is used

@@ -12,13 +12,13 @@ from scipy.integrate import trapezoid
 from scipy.optimize import root
 from torch.func import functional_call
 
-from deq_petsc.data.pde import BratuSettings, load_field_task
-from deq_petsc.errors import DEQInputError, DEQOptionsError
-from deq_petsc.inference import build_model
-from deq_petsc.objectives import FieldRegression, make_objective
-from deq_petsc.train import TrainConfig
-from deq_petsc.train.curvature import GaussNewton, ParameterSlices
-from deq_petsc.train.tao import train_tao
+from deq_petsc.science.data.pde import BratuSettings, load_field_task
+from deq_petsc.core.errors import DEQInputError, DEQOptionsError
+from deq_petsc.science.inference import build_model
+from deq_petsc.science.objectives import FieldRegression, make_objective
+from deq_petsc.science.train import TrainConfig
+from deq_petsc.science.train.curvature import GaussNewton, ParameterSlices
+from deq_petsc.science.train.tao import train_tao
 
 from conftest import assert_close
 from helpers import double_scalars, run_cli
@@ -263,7 +263,7 @@ def test_brgn_residual_jacobian_is_the_gradients_half(small_bratu):
     (a Jacobian scaled for one value per sample would be sqrt(49) too large here)."""
     from petsc4py import PETSc
 
-    from deq_petsc.train.tao_problem import ParameterVector, TrainingProblem
+    from deq_petsc.science.train.tao_problem import ParameterVector, TrainingProblem
 
     model, obj, X, y = _model(small_bratu, "explicit", width=6)
     params = ParameterVector(ParameterSlices(model))
@@ -299,8 +299,9 @@ def test_resume_keeps_the_pde_settings_and_refuses_other_data(tmp_path):
 
 
 def test_the_command_lines_task_lists_are_the_data_modules():
-    from deq_petsc import cli, demo
-    from deq_petsc.data import pde, tasks
+    from deq_petsc.cli import main as cli
+    from deq_petsc.studies import demo
+    from deq_petsc.science.data import pde, tasks
     assert cli.FIELD_TASKS == list(pde.FIELD_TASKS)
     assert cli.IMAGE_TASKS == list(tasks.TASKS)
     assert set(demo.TASK_EPOCHS) == set(demo.SAMPLES) == set(tasks.TASKS)

@@ -9,13 +9,13 @@ from scipy.optimize import minimize
 from torch import nn
 from torch.func import functional_call
 
-from deq_petsc.errors import DEQConvergenceError, DEQOptionsError
-from deq_petsc.inference import build_model
-from deq_petsc.objectives import Classification, Regression
-from deq_petsc.train import TaoTrainer, TrainConfig
-from deq_petsc.train.curvature import ExactHessian, GaussNewton, OutputJacobian, ParameterSlices
-from deq_petsc.train.tao import train_tao
-from deq_petsc.train.tao_problem import ParameterVector, TrainingProblem
+from deq_petsc.core.errors import DEQConvergenceError, DEQOptionsError
+from deq_petsc.science.inference import build_model
+from deq_petsc.science.objectives import Classification, Regression
+from deq_petsc.science.train import TaoTrainer, TrainConfig
+from deq_petsc.science.train.curvature import ExactHessian, GaussNewton, OutputJacobian, ParameterSlices
+from deq_petsc.science.train.tao import train_tao
+from deq_petsc.science.train.tao_problem import ParameterVector, TrainingProblem
 
 from conftest import assert_close
 from helpers import run_cli, synthetic, double_scalars
@@ -253,7 +253,7 @@ def test_tao_reaches_the_logistic_regression_optimum(tao_type, petsc_options):
 ])
 def test_a_line_search_out_of_progress_at_a_stationary_point_is_an_optimum(reason, f, g,
                                                                            expected):
-    from deq_petsc.train.tao import at_stationary_point
+    from deq_petsc.science.train.tao import at_stationary_point
     history = [(0, 0.5, 1.0, 0.0), (22, f, g, 0.1)]     # (its, f, ||g||, seconds)
     assert at_stationary_point(reason, f, g, history) is expected
     # a gradient within TAO's own tolerances is stationary whatever the floor
@@ -325,7 +325,7 @@ def test_one_tao_serves_every_epoch_and_repeats_fresh_ones(tmp_path, petsc_optio
     """The TAO trainer keeps one TaoTraining for every epoch (a fresh seeded draw each
     time); the weights equal those of separate train_tao calls, one per epoch, as a
     resumed run makes its first epoch."""
-    from deq_petsc.train.tao import TAO_ADJOINT_OPTIONS, TAO_SOLVER_OPTIONS, TaoTraining
+    from deq_petsc.science.train.tao import TAO_ADJOINT_OPTIONS, TAO_SOLVER_OPTIONS, TaoTraining
     data = synthetic(n=50)
     petsc_options({"tao_type": tao_type, "tao_max_it": 3})
     cfg = TrainConfig(task="polarity", width=4, seed=2, objective="regress", dtype="float64",
@@ -407,7 +407,7 @@ def test_train_cli_with_tao(tmp_path):
 def test_an_exception_in_any_tao_callback_surfaces_as_itself(petsc_options, monkeypatch):
     """Objective, Hessian product or residual-Jacobian product: the original error, not a
     bare PETSc error code."""
-    from deq_petsc.train import curvature
+    from deq_petsc.science.train import curvature
 
     X, y, _ = _least_squares()
     monkeypatch.setattr(curvature.OutputJacobian, "jvp",

@@ -9,8 +9,8 @@ torchdeq = pytest.importorskip("torchdeq")
 from torchdeq import get_deq  # noqa: E402
 from torchdeq.solver import get_solver  # noqa: E402
 
-from deq_petsc.errors import DEQNonFiniteError, DEQOptionsError  # noqa: E402
-from deq_petsc.integrations import torchdeq as petsc_torchdeq  # noqa: E402
+from deq_petsc.core.errors import DEQNonFiniteError, DEQOptionsError  # noqa: E402
+from deq_petsc.layer import torchdeq as petsc_torchdeq  # noqa: E402
 
 from conftest import assert_close  # noqa: E402
 from helpers import double_scalars

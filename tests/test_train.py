@@ -10,9 +10,9 @@ import torch
 
 pytest.importorskip("rdkit")
 
-from deq_petsc.checkpoint import DEQCheckpointError  # noqa: E402
-from deq_petsc.data import load_task  # noqa: E402
-from deq_petsc.train import Trainer, TrainConfig, load_checkpoint  # noqa: E402
+from deq_petsc.science.checkpoint import DEQCheckpointError  # noqa: E402
+from deq_petsc.science.data import load_task  # noqa: E402
+from deq_petsc.science.train import Trainer, TrainConfig, load_checkpoint  # noqa: E402
 
 from helpers import run_cli  # noqa: E402
 
@@ -118,7 +118,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 def test_checkpoints_hold_plain_data_only(tmp_path):
     import numpy as np
 
-    from deq_petsc.train import save_checkpoint
+    from deq_petsc.science.train import save_checkpoint
 
     state = {"epoch": 2, "history": [{"loss": np.float32(0.5), "its": np.int64(3)}],
              "classes": ("a", "b"), "weights": torch.ones(2), "arr": np.arange(3)}
@@ -146,7 +146,7 @@ def test_train_cli_passes_petsc_options_and_predicts(cache_dir, tmp_path):
     record = json.loads((out / "run.json").read_text())
     assert record["petsc_options"]["snes_type"] == "ngmres" and record["settings"]["limit"] == 120
     # and the kernels it computed with: the portable ones unless the test's caller chose
-    from deq_petsc.kernels import PORTABLE, cpu_flags
+    from deq_petsc.process.kernels import PORTABLE, cpu_flags
     if "DEQ_PETSC_KERNELS" not in os.environ and {"avx2", "fma"} <= (cpu_flags() or set()):
         environment = record["machine"]["environment"]
         assert {k: environment[k] for k in PORTABLE} == \
@@ -220,9 +220,9 @@ def test_quick_demo_writes_a_summary_with_every_field(cache_dir, tmp_path):
     # Picard adjoint stops at its cap, and the summary counts none as converged
     assert summary["solvers"]["picard"]["adjoint_converged_fraction"] == 0.0
     assert summary["solvers"]["anderson"]["adjoint_converged_fraction"] == 1.0
-    assert "-snes_python_type deq_petsc.lean.Picard" in summary["solvers"]["picard"]["options"]
+    assert "-snes_python_type deq_petsc.core.lean.Picard" in summary["solvers"]["picard"]["options"]
     # each set's options as applied (the user's over the set's), read back in training
-    from deq_petsc.solver_sets import parse_options
+    from deq_petsc.core.solver_sets import parse_options
     anderson = summary["solvers"]["anderson"]
     assert parse_options(anderson["options"])["snes_anderson_m"] == "3"
     assert parse_options(anderson["set_options"])["snes_anderson_m"] == "5"
@@ -247,7 +247,7 @@ def test_quick_demo_writes_a_summary_with_every_field(cache_dir, tmp_path):
 
 
 def test_time_to_the_first_sets_final_accuracy():
-    from deq_petsc.demo import _time_to_reference
+    from deq_petsc.studies.demo import _time_to_reference
     hist = {"picard": [{"elapsed": 10, "val_acc": 0.55}, {"elapsed": 20, "val_acc": 0.62},
                        {"elapsed": 30, "val_acc": 0.60}],
             "anderson": [{"elapsed": 4, "val_acc": 0.61}, {"elapsed": 8, "val_acc": 0.66}],
@@ -268,7 +268,7 @@ def test_time_to_the_first_sets_final_accuracy():
 
 
 def test_the_sets_are_compared_on_the_hardest_model_that_attracts():
-    from deq_petsc.demo import shared_model_name
+    from deq_petsc.studies.demo import shared_model_name
     assert shared_model_name({"picard": 0.954, "anderson": 0.858, "gmres": 0.923}) == "picard"
     assert shared_model_name({"picard": 1.2, "anderson": 0.97, "gmres": 0.99}) == "gmres"
     assert shared_model_name({"picard": 1.2, "anderson": 1.05}) == "anderson"   # none attracts
@@ -286,7 +286,7 @@ def test_an_iteration_capped_inference_is_said_loudly(cache_dir, tmp_path):
 
 
 def test_calibration_is_measured_against_hand_computed_bins():
-    from deq_petsc.metrics import calibration
+    from deq_petsc.science.metrics import calibration
     # four samples, two classes: confidences 0.55, 0.65, 0.95, 0.95
     p = np.array([[0.55, 0.45], [0.35, 0.65], [0.95, 0.05], [0.05, 0.95]])
     y = np.array([1, 1, 0, 0])          # right: second and third; wrong: first and fourth
@@ -300,7 +300,7 @@ def test_calibration_is_measured_against_hand_computed_bins():
 
 
 def test_an_accuracy_comes_with_its_standard_error():
-    from deq_petsc.metrics import classification_report
+    from deq_petsc.science.metrics import classification_report
     cm = np.array([[70, 30], [40, 60]])             # 130 right of 200
     r = classification_report(cm, ["a", "b"])
     assert r["accuracy"] == 0.65
@@ -308,7 +308,7 @@ def test_an_accuracy_comes_with_its_standard_error():
 
 
 def test_the_demo_runs_the_same_protocol_on_crystals(cache_dir, tmp_path):
-    from deq_petsc.data.tasks import default_crystals_csv
+    from deq_petsc.science.data.tasks import default_crystals_csv
     if default_crystals_csv() is None:
         pytest.skip("shared/data/mp_crystals_bandgap.csv.gz not beside the project")
     out = tmp_path / "demo"
@@ -322,7 +322,7 @@ def test_the_demo_runs_the_same_protocol_on_crystals(cache_dir, tmp_path):
 
 
 def test_the_demo_trains_each_task_for_its_own_default_epochs():
-    from deq_petsc.demo import TASK_EPOCHS, DemoConfig
+    from deq_petsc.studies.demo import TASK_EPOCHS, DemoConfig
     assert DemoConfig().epochs == TASK_EPOCHS["polarity"] == 3
     assert DemoConfig(task="mof-pore").epochs == 12
     assert DemoConfig(task="crystals", epochs=2).epochs == 2        # the user's wins

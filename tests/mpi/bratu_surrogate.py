@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
-from deq_petsc.data.pde import BratuSettings, _build, load_field_task  # noqa: E402
-from deq_petsc.train import TaoTrainer, TrainConfig  # noqa: E402
+from deq_petsc.science.data.pde import BratuSettings, _build, load_field_task  # noqa: E402
+from deq_petsc.science.train import TaoTrainer, TrainConfig  # noqa: E402
 from helpers import TIGHT_ADJOINT, TIGHT_SOLVER, shared_tempdir  # noqa: E402
 
 comm = PETSc.COMM_WORLD

@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from deq_petsc import DEQ  # noqa: E402
-from deq_petsc.models import TanhCell  # noqa: E402
+from deq_petsc.science.models import TanhCell  # noqa: E402
 
 comm = PETSc.COMM_WORLD
 mpi = comm.tompi4py()

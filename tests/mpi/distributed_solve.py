@@ -1,6 +1,6 @@
 """Run under mpiexec -n 2: one state Vec over COMM_WORLD (each rank owns part of
 the batch) must give the serial answer for Picard, Anderson and Newton-Krylov, and
-for the lean types under each stopping rule (deq_petsc.lean)."""
+for the lean types under each stopping rule (deq_petsc.core.lean)."""
 
 import sys
 
@@ -12,8 +12,8 @@ import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from deq_petsc import DEQSolver, FixedPointProblem  # noqa: E402
-from deq_petsc.lean import options as lean  # noqa: E402
-from deq_petsc.models import TanhCell  # noqa: E402
+from deq_petsc.core.lean import options as lean  # noqa: E402
+from deq_petsc.science.models import TanhCell  # noqa: E402
 
 CONFIGS = {
     "picard": {"snes_type": "nrichardson", "snes_linesearch_type": "basic"},

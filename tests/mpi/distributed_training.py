@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
-from deq_petsc.train import TaoTrainer, TrainConfig, Trainer  # noqa: E402
+from deq_petsc.science.train import TaoTrainer, TrainConfig, Trainer  # noqa: E402
 from helpers import TIGHT_ADJOINT, TIGHT_SOLVER, shared_tempdir, synthetic  # noqa: E402
 
 comm = PETSc.COMM_WORLD

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
-from deq_petsc.parallel import abort_on_error  # noqa: E402
-from deq_petsc.train import TrainConfig, Trainer  # noqa: E402
+from deq_petsc.science.parallel import abort_on_error  # noqa: E402
+from deq_petsc.science.train import TrainConfig, Trainer  # noqa: E402
 from helpers import synthetic  # noqa: E402
 
 out = Path(sys.argv[1])

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
-from deq_petsc.allocator import large_blocks_are_mapped  # noqa: E402
-from deq_petsc.parallel import DataParallel  # noqa: E402
-from deq_petsc.train import TrainConfig, Trainer, predict  # noqa: E402
+from deq_petsc.process.allocator import large_blocks_are_mapped  # noqa: E402
+from deq_petsc.science.parallel import DataParallel  # noqa: E402
+from deq_petsc.science.train import TrainConfig, Trainer, predict  # noqa: E402
 from helpers import TIGHT_ADJOINT, TIGHT_SOLVER, shared_tempdir, synthetic  # noqa: E402
 
 comm = PETSc.COMM_WORLD

@@ -1,1 +1,0 @@
-"""Bridges to other DEQ libraries (optional dependencies, imported only on use)."""
