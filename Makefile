@@ -28,6 +28,8 @@ demo:
 docs: env
 	.venv/bin/python -m deq_petsc.core.options_spec > docs/options.md.tmp
 	mv docs/options.md.tmp docs/options.md
+	.venv/bin/python -m deq_petsc.cli.settings_doc > docs/settings.md.tmp
+	mv docs/settings.md.tmp docs/settings.md
 	.venv/bin/python docs/regenerate.py $(ARGS)
 
 bench-forward: env

@@ -75,7 +75,7 @@ def test_resume_refuses_what_changes_the_data_or_the_model(field, flag, value):
     mine = replace(run, **{field: value})
     with pytest.raises(DEQCheckpointError, match=f"--resume: --{flag} {value} differs from the "
                                                  f"run in D"):
-        resumed_config(mine, asdict(run), {flag.replace("-", "_")}, "D")
+        resumed_config(mine, asdict(run), {field}, "D")     # the flag's dest: the field
     # the same value left untyped is the checkpoint's, silently
     assert resumed_config(mine, asdict(run), set(), "D") == (run, [])
 

@@ -298,14 +298,12 @@ def test_resume_keeps_the_pde_settings_and_refuses_other_data(tmp_path):
     assert "(cache: " in good.stdout and "7x7 DMDA" in good.stdout and "epoch   2" in good.stdout
 
 
-def test_the_command_lines_task_lists_are_the_data_modules():
+def test_the_command_lines_task_lists_are_the_registries():
     from deq_petsc.cli import main as cli
-    from deq_petsc.studies import demo
     from deq_petsc.science.data import pde, tasks
-    assert cli.FIELD_TASKS == list(pde.FIELD_TASKS)
-    assert cli.IMAGE_TASKS == list(tasks.TASKS)
-    assert set(demo.TASK_EPOCHS) == set(demo.SAMPLES) == set(tasks.TASKS)
-    assert set(cli.TASKS) == set(cli.IMAGE_TASKS) | set(pde.FIELD_TASKS)
+    assert cli.field_tasks() == pde.FIELD_TASKS.names() == ["bratu"]
+    assert cli.image_tasks() == tasks.TASKS.names()
+    assert {"polarity", "gap", "mof-pore", "crystals"} <= set(cli.image_tasks())
 
 
 def test_the_trainer_study_runs_end_to_end(tmp_path):

@@ -322,7 +322,7 @@ def test_the_demo_runs_the_same_protocol_on_crystals(cache_dir, tmp_path):
 
 
 def test_the_demo_trains_each_task_for_its_own_default_epochs():
-    from deq_petsc.studies.demo import TASK_EPOCHS, DemoConfig
-    assert DemoConfig().epochs == TASK_EPOCHS["polarity"] == 3
+    from deq_petsc.studies.demo import DemoConfig, task_epochs
+    assert DemoConfig().epochs == task_epochs("polarity") == 3
     assert DemoConfig(task="mof-pore").epochs == 12
     assert DemoConfig(task="crystals", epochs=2).epochs == 2        # the user's wins

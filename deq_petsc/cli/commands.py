@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from petsc4py import PETSc
 
-from deq_petsc.core.errors import DEQError, DEQInputError
+from deq_petsc.core.errors import DEQInputError
 
 
 def say(*lines):
@@ -155,30 +155,13 @@ def run_baseline(args) -> int:
 
 
 # -- training -----------------------------------------------------------------------------
-def _train_config(args, task, kind="deq", depth=None):
-    """The run's settings from the flags; what a flag left unset is the task's default (a
-    PDE surrogate: 64 units, 3 layers, float64, its field objective)."""
-    from deq_petsc.science.config import TrainConfig
-    from deq_petsc.science.data.pde import FIELD_TASKS
-    field = task in FIELD_TASKS
-    trainer = getattr(args, "trainer", "adam")
-    dtype = getattr(args, "dtype", None) or ("float64" if trainer == "tao" or field
-                                             else "float32")
-    return TrainConfig(task=task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
-                       seed=args.seed, width=args.width or (64 if field else 16), kind=kind,
-                       depth=depth if depth is not None else (3 if field else 8),
-                       limit=args.limit, split_by=getattr(args, "split_by", None) or "random",
-                       jac_reg=args.jac_reg, cell="dense" if field else args.cell,
-                       sums=args.sums,
-                       elements=args.elements, spectral_reg=args.spectral_reg,
-                       spectral_target=args.spectral_target,
-                       spectral_steps=args.spectral_steps,
-                       gamma=args.gamma,
-                       objective=getattr(args, "objective", None) or ("field" if field
-                                                                      else "classify"),
-                       dtype=dtype, tao_batch=getattr(args, "tao_batch", 0),
-                       device=getattr(args, "device", "cpu"), csv=_absolute(args))
+def _train_config(args):
+    """The run's settings from the flags (their declarations: :mod:`deq_petsc.science.config`);
+    what a flag left unset is the task's and trainer's default (a PDE surrogate: 64 units, 3
+    layers, float64, its field objective; TAO: float64)."""
+    from deq_petsc.science.config import TrainConfig, from_args
+    return from_args(TrainConfig, args, csv=_absolute(args)).for_task(
+        getattr(args, "trainer", "adam"))
 
 
 def _absolute(args) -> str | None:
@@ -242,8 +225,8 @@ def _check_typed_options(args, prefix: str = "") -> None:
 
     adjoint = prefix + "adjoint_"
     method = ADJOINT.read(adjoint, deq_method="snes" if PETSc.Options(adjoint).hasName(
-        "snes_type") else "ksp")["deq_method"] if args.model == "deq" else ""
-    _check_solver_options(prefix, DEFAULT_OPTIONS if args.model == "deq" else None, adjoint,
+        "snes_type") else "ksp")["deq_method"] if args.kind == "deq" else ""
+    _check_solver_options(prefix, DEFAULT_OPTIONS if args.kind == "deq" else None, adjoint,
                           method, DEFAULT_KSP_OPTIONS, tao=args.trainer == "tao")
 
 
@@ -284,7 +267,7 @@ def run_train(args) -> int:
     folder = RunFolder(out, overwrite=args.overwrite, active=PETSc.COMM_WORLD.getRank() == 0)
     folder.check(resume=args.resume)          # refused before any work, nothing touched
     _check_typed_options(args)                # before the data is built
-    cfg, notes = _train_config(args, args.task, args.model, args.depth), []
+    cfg, notes = _train_config(args), []
     # Nothing of an old run is moved before the data is loaded, the trainer (its model and
     # solvers) built and its options read: folder.start() moves the old outputs aside only
     # then, and they come back if the new run fails before its first checkpoint.
@@ -321,7 +304,7 @@ def run_train(args) -> int:
             trainer.fit()
             report = trainer.finish()
             plot = ("confusion.png, reliability.png" if "confusion" in report else "parity.png")
-            say(f"test split ({args.task} {trainer.objective.name}, {args.model}, "
+            say(f"test split ({args.task} {trainer.objective.name}, {args.kind}, "
                 f"{trainer.name}):",
                 _report(report, trainer.objective, _solver_line(trainer.model)),
                 f"wrote {out}/checkpoint.pt, metrics.csv, curves.png, {plot}, report.json, "
@@ -547,22 +530,11 @@ def _predict_many(args, model, state, molecular: bool) -> int:
 
 # -- the main job ---------------------------------------------------------------------------
 def run_demo(args) -> int:
+    from deq_petsc.science.config import from_args
     from deq_petsc.studies.demo import DemoConfig, format_summary, run_demo as demo
 
     _refuse_earlier_demo(Path(args.out), args.overwrite)
-    cfg = DemoConfig(task=args.task, limit=args.limit, seed=args.seed, epochs=args.epochs,
-                     batch_size=args.batch_size, lr=args.lr, width=args.width, cell=args.cell,
-                     gamma=args.gamma, sums=args.sums, elements=args.elements,
-                     jac_reg=args.jac_reg,
-                     spectral_reg=args.spectral_reg,
-                     spectral_target=args.spectral_target,
-                     spectral_steps=args.spectral_steps, train_rtol=args.rtol,
-                     train_max_it=args.max_it, solvers=tuple(args.solvers.split(",")),
-                     target_accuracy=args.target_accuracy, time_budget=args.time_budget or None,
-                     inference_max_it=args.inference_max_it,
-                     out=args.out, cache_dir=args.cache_dir, progress=not args.no_progress,
-                     device=args.device, baseline=not args.no_baseline,
-                     extra={"lr_schedule": args.lr_schedule, "weight_decay": args.weight_decay})
+    cfg = from_args(DemoConfig, args)
     if args.quick:
         cfg.limit, cfg.epochs, cfg.width, cfg.inference_max_it = 100, 1, 4, 100
         cfg.time_budget = None
@@ -776,7 +748,7 @@ def _compare_training(args, sets) -> int:
 
     data = _load_data(args.task, args.limit, args.seed, cache_dir=args.cache_dir,
                       progress=not args.no_progress)
-    cfg = _train_config(args, args.task)
+    cfg = _train_config(args)
     cfg.dtype = "float64" if args.trainer == "tao" else "float32"
     _check_trainable(cfg, data)
     out = Path(args.out)

@@ -15,11 +15,18 @@ import os
 import signal
 import sys
 
-#: the graph-image science tasks (deq_petsc.science.data.tasks)
-IMAGE_TASKS = ["polarity", "gap", "mof-pore", "crystals"]
-#: the PDE surrogate tasks (deq_petsc.science.data.pde): data, train and evaluate take them
-FIELD_TASKS = ["bratu"]
-TASKS = IMAGE_TASKS + FIELD_TASKS
+
+def image_tasks() -> list[str]:
+    """The graph-image tasks, read from their registry when the parser is built (a task
+    registered by a plug-in is a choice of every command)."""
+    from deq_petsc.science.data.tasks import TASKS     # numpy, no torch or PETSc
+    return TASKS.names()
+
+
+def field_tasks() -> list[str]:
+    """The PDE surrogate tasks (data, train and evaluate take them), from their registry."""
+    from deq_petsc.science.data.pde import FIELD_TASKS
+    return FIELD_TASKS.names()
 
 
 def _command(sub, name, help, description):
@@ -30,78 +37,66 @@ def _command(sub, name, help, description):
     return p
 
 
-def _data_arguments(p, required_task=True, limit_default=None, tasks=TASKS):
-    p.add_argument("--task", required=required_task, choices=tasks, default=None)
-    p.add_argument("--limit", type=int, default=limit_default,
-                   help="random subset of the source; 0 for all of it"
-                        + ("; bratu: parameter draws solved (0: 4000)" if "bratu" in tasks
-                           else "") + " (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=None if not required_task else 0,
-                   help="subset, split and initialisation seed (default: 0)")
-    p.add_argument("--split-by", choices=["random", "scaffold"], default=None,
-                   help="train/val/test 80/10/10 at random, or (molecules) by Bemis-Murcko "
-                        "scaffold: test molecules with ring systems training never saw "
-                        "(default: random; evaluate: the checkpoint's)")
-    p.add_argument("--csv", help="crystals only: a CSV with material_id, band_gap, cif")
+def _settings(p, cls, names, required=(), choices=None, **defaults):
+    """The flags of ``cls``'s declared settings ``names`` (:mod:`deq_petsc.science.config`),
+    with this command's defaults and choices; each flag's dest is the field's name, and its
+    range check goes with the parser (``invalid_argument``)."""
+    from dataclasses import MISSING
+
+    from deq_petsc.science.config import declared, flag_of, value_type
+    table, checks = declared(cls), dict(p.get_default("checks") or {})
+    for name in names:
+        f, s = table[name]
+        flag, default = flag_of(cls, name), defaults.get(name, f.default)
+        if value_type(f) is bool:
+            if s.negative:
+                p.add_argument("--no-" + flag[2:], dest=name, action="store_false", help=s.help)
+            else:
+                p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                               default=default, help=s.help + " (default: %(default)s)")
+            continue
+        if isinstance(default, tuple):
+            default = ",".join(default)          # argparse parses a text default
+        shown = (f" (default: {s.unset})" if default in (None, MISSING) and s.unset else
+                 "" if default in (None, MISSING) else " (default: %(default)s)")
+        p.add_argument(flag, dest=name, type=s.parse or value_type(f),
+                       choices=(choices or {}).get(name, s.choices) or None,
+                       required=name in required, help=s.help + shown,
+                       default=None if default is MISSING else default)
+        if s.check:
+            checks[name] = (s.check, s.must_be, flag)
+    p.set_defaults(checks=checks)
+
+
+def _data_arguments(p, required_task=True, tasks=None, **defaults):
+    """Which data: the task, its subset, seed, split and source (declared in TrainConfig),
+    and where its images are built and kept."""
+    from deq_petsc.science.config import TrainConfig
+    _settings(p, TrainConfig, ["task", "limit", "seed", "split_by", "csv"],
+              required=["task"] if required_task else [],
+              choices={"task": tasks or image_tasks() + field_tasks()},
+              split_by=None, **{"task": None, "seed": 0 if required_task else None,
+                                "limit": None, **defaults})
     p.add_argument("--cache-dir", help="default: $DEQ_PETSC_CACHE or ~/.cache/deq_petsc")
     p.add_argument("--jobs", type=int, default=None, help="image-building processes (2)")
 
 
-def _training_arguments(p, epochs=10, width=16, cell="contractive", jac_reg=0.0,
-                        spectral_reg=0.0, spectral_target=0.9, spectral_steps=4,
-                        elements=True, epochs_help="(default: %(default)s)"):
-    p.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
-    p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam's step size (default: %(default)s)")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
-                   help="cosine: each epoch's step size lr (1 + cos(pi e / epochs)) / 2, "
-                        "from lr in the first epoch towards 0 (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=0.0,
-                   help="Adam's L2 weight decay (default: %(default)s)")
-    p.add_argument("--width", type=int, default=width,
-                   help="channels of the state" + (" (default: %(default)s)" if width else
-                                                    " (default: 16; bratu: 64 units)"))
-    p.add_argument("--cell", choices=["contractive", "resnet", "pair"], default=cell,
-                   help="contractive: tanh(gamma W2 relu(W1 z) + x), Lip <= gamma by "
-                        "construction; resnet: the implicit-layers tutorial cell; pair: "
-                        "every node pair with its two elements through shared weights, "
-                        "message passing along rows and columns, Lip <= gamma, blind to "
-                        "the nodes' order (docs/training.md) (default: %(default)s)")
-    p.add_argument("--gamma", type=float, default=0.9,
-                   help="Lipschitz bound of the contractive and pair cells "
-                        "(default: %(default)s)")
-    p.add_argument("--no-sums", dest="sums", action="store_false",
-                   help="inject the image alone, without its graph sums (per-channel sums "
-                        "of atoms and of pairs: total charge, the dipole, ...) as a bias")
-    p.add_argument("--elements", action=argparse.BooleanOptionalAction, default=elements,
-                   help="learn a vector per element (atom embedding) and add, at every entry "
-                        "of the image, those of the two nodes it joins (default: %(default)s)")
-    p.add_argument("--jac-reg", type=float, default=jac_reg,
-                   help="weight of a Jacobian-norm penalty, for cells that are not contractive "
-                        "by construction (default: %(default)s)")
-    p.add_argument("--spectral-reg", type=float, default=spectral_reg,
-                   help="weight of a penalty on the spectral radius of J_f at z* above "
-                        "--spectral-target (per-sample power iteration; default: %(default)s)")
-    p.add_argument("--spectral-target", type=float, default=spectral_target,
-                   help="the radius the spectral penalty holds the cell below "
-                        "(default: %(default)s)")
-    p.add_argument("--spectral-steps", type=int, default=spectral_steps,
-                   help="power-iteration steps of the penalty's radius estimate per batch; "
-                        "fewer underestimate the radius (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _device_argument(p)
+#: the settings of a training run that train, compare --train and the demo take as flags
+TRAINING = ["epochs", "batch_size", "lr", "lr_schedule", "weight_decay", "width", "cell",
+            "gamma", "sums", "elements", "jac_reg", "spectral_reg", "spectral_target",
+            "spectral_steps", "device"]
 
 
-def _device_argument(p):
-    p.add_argument("--device", default="cpu",
-                   help="torch device of the model: cpu or cuda[:N] (default: cpu); with a "
-                        "CPU-only PETSc the state crosses to the host once per evaluation")
+def _training_arguments(p, cls=None, progress_flag=True, **defaults):
+    """The training settings' flags (with this command's defaults) and --no-progress, unless
+    ``cls`` declares its own (the demo's ``progress``)."""
+    from deq_petsc.science.config import TrainConfig
+    _settings(p, cls or TrainConfig, TRAINING, **defaults)
+    if progress_flag:
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from deq_petsc.studies.demo import TASK_EPOCHS, DemoConfig   # PETSc-free: its defaults are the demo's flags
-    from deq_petsc.core.solver_sets import SOLVER_SETS, compare_defaults   # PETSc-free: help lists the sets
-    DEMO = DemoConfig()
     parser = argparse.ArgumentParser(
         prog="deq-petsc", allow_abbrev=False, add_help=False,
         description="Deep Equilibrium Models solved by PETSc. Single-dash options go to "
@@ -109,7 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--help", action="help", help="show this help message and exit")
     parser.add_argument("--version", action="store_true", help="print versions and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_demo_command, _train_command, _evaluate_command, _predict_command,
+                _data_command, _baseline_command, _compare_command, _solve_command):
+        add(sub)
+    return parser
 
+
+def _demo_command(sub):
+    from deq_petsc.studies.demo import DemoConfig   # PETSc-free: its declarations are the flags
+    from deq_petsc.core.solver_sets import SOLVER_SETS   # PETSc-free: help lists the sets
     p = _command(sub, "demo", "the main job: train the polarity scientist once per solver set "
                  "and compare them",
                  "Train the DEQ polarity classifier on a QM9 subset once per named solver set "
@@ -119,48 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
                  "target validation accuracy, test accuracy, converged fractions, iterations, "
                  "spectral radius of J_f, inference cost to rtol 1e-4; writes summary.json, "
                  "comparison.png and residuals.png.")
-    p.add_argument("--task", choices=IMAGE_TASKS, default=DEMO.task,
-                   help="the science task (default: %(default)s; the others: the same "
-                        "protocol on crystals or MOFs)")
-    p.add_argument("--limit", type=int, default=DEMO.limit,
-                   help="samples of the task's source, 0 for all (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=DEMO.seed)
+    _settings(p, DemoConfig, ["task", "limit", "seed", "out", "solvers", "train_rtol",
+                              "train_max_it", "target_accuracy", "inference_max_it",
+                              "time_budget", "baseline", "cache_dir", "progress"],
+              choices={"task": image_tasks()})
     p.add_argument("--seeds", metavar="S1,S2,...",
                    help="run the demo once per seed (its own subset, split and weights) into "
                         "OUT/seed-<k> and report every number as mean and spread over them "
                         "(OUT/seeds.json): what the README's numbers come from")
-    p.add_argument("--out", default=DEMO.out, help="output folder (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier demo in OUT (its summary and checkpoints)")
-    p.add_argument("--solvers", default=",".join(DEMO.solvers),
-                   help="comma-separated solver sets (default: %(default)s)")
-    p.add_argument("--rtol", type=float, default=DEMO.train_rtol,
-                   help="forward and adjoint relative tolerance in training (default: "
-                        "%(default)s)")
-    p.add_argument("--max-it", type=int, default=DEMO.train_max_it,
-                   help="forward and adjoint iteration cap in training (default: %(default)s)")
-    p.add_argument("--target-accuracy", type=float, default=DEMO.target_accuracy,
-                   help="validation accuracy whose time to reach is reported (default: 0.70)")
-    p.add_argument("--inference-max-it", type=int, default=DEMO.inference_max_it,
-                   help="iteration cap of the inference solves to rtol "
-                        f"{DEMO.inference_rtol:g} (default: %(default)s; near radius 1 Picard "
-                        "needs more: a capped solve is reported as not converged)")
-    p.add_argument("--time-budget", type=float, default=DEMO.time_budget,
-                   help="seconds of training per solver set: each stops after the first epoch "
-                        "that ends past it (default: none, every set trains --epochs epochs)")
-    p.add_argument("--no-baseline", action="store_true",
-                   help="skip the gradient-boosting reference on the same split (deq-petsc "
-                        "baseline)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny run (100 molecules, 1 epoch, width 4) that checks everything works")
-    p.add_argument("--cache-dir")
-    _training_arguments(p, epochs=None, epochs_help="per solver set (default: "
-                        + ", ".join(f"{t} {n}" for t, n in TASK_EPOCHS.items()) + ")",
-                        width=DEMO.width, cell=DEMO.cell,
-                        jac_reg=DEMO.jac_reg, spectral_reg=DEMO.spectral_reg,
-                        spectral_target=DEMO.spectral_target,
-                        spectral_steps=DEMO.spectral_steps, elements=DEMO.elements)
+    _training_arguments(p, DemoConfig, progress_flag=False)
 
+
+def _train_command(sub):
     p = _command(sub, "train", "train a DEQ (or its explicit twin) on a science task",
                  "Train a graph-image model to classify a task's labels or regress its DFT "
                  "target, with a torch optimizer (Adam, the default) or a PETSc TAO solver "
@@ -169,34 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
                  "backward -adjoint_* options. Writes checkpoint.pt (every epoch, atomically), "
                  "metrics.csv/json, curves.png, and at the end report.json and confusion.png "
                  "(classification) or parity.png (regression).")
-    _data_arguments(p, limit_default=2000)
+    _data_arguments(p, limit=2000)
     # the pair cell: best on the solids, level on polarity (docs/training.md, "At width 16");
-    # compare --task keeps the convolutional cell, whose solves give solvers more to do
+    # compare --task keeps the convolutional cell, whose solves give solvers more to do.
+    # None: the task's and trainer's default (TrainConfig.for_task)
     _training_arguments(p, cell="pair", width=None)
-    p.add_argument("--objective", choices=["classify", "regress", "field"], default=None,
-                   help="classify the task's labels, or regress the DFT number they come "
-                        "from (dipole, LCD, band gap) with an MSE loss (default: classify); "
-                        "field: bratu's solution field (its only objective)")
+    # and every other declared setting with a flag: a new one is a field of TrainConfig
+    from deq_petsc.science.config import TrainConfig, declared, flag_of
+    given = {a.dest for a in p._actions}
+    _settings(p, TrainConfig, [n for n in declared(TrainConfig)
+                               if flag_of(TrainConfig, n) and n not in given],
+              objective=None, dtype=None, depth=None)
     p.add_argument("--trainer", choices=["adam", "tao"], default="adam",
                    help="torch Adam over mini-batches, or a PETSc TAO solve per epoch on "
                         "--tao-batch samples, chosen by -tao_type (default: adam)")
-    p.add_argument("--tao-batch", type=int, default=0,
-                   help="TAO only: samples per epoch's objective (a fresh seeded draw each "
-                        "epoch); 0 for the whole training split (default: 0)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default=None,
-                   help="the model's precision (default: float32 for adam, float64 for tao, "
-                        "whose line searches need an accurate objective, and for bratu)")
-    p.add_argument("--model", choices=["deq", "explicit"], default="deq",
-                   help="DEQ, or the same cell applied --depth times (bratu: an MLP of "
-                        "--depth tanh layers) (default: deq)")
-    p.add_argument("--depth", type=int, default=None,
-                   help="explicit model's depth (default: 8; bratu: 3)")
     p.add_argument("--out", help="run folder (default: runs/<task>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUT that already holds a run (or other outputs); "
                         "the old run is replaced once the new one has its first checkpoint")
 
+
+def _evaluate_command(sub):
     p = _command(sub, "evaluate", "test a trained model, with the solver the options choose",
                  "Accuracy, per-class report, forward iterations and time per sample of a "
                  "checkpoint on a split of its task; the forward solver is chosen by options, "
@@ -208,8 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", dest="out_file", metavar="FILE", type=_json_file,
                    help="also write the report as JSON, with the PETSc options used, the "
                         "forward solver read back and the run record (versions, machine)")
-    _device_argument(p)
+    from deq_petsc.science.config import TrainConfig
+    _settings(p, TrainConfig, ["device"])
 
+
+def _predict_command(sub):
     p = _command(sub, "predict", "ask a trained model about new molecules or structures",
                  "Polarity models take --smiles; mof-pore and crystals models take --cif. "
                  "--input asks about many at once: a CSV with a 'smiles' column (and "
@@ -228,15 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, help="image-building processes (2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _data_command(sub):
     p = _command(sub, "data", "build (or load from the cache) a task's graph images",
                  "Build the graph-image data set of a science task from its DFT source, print "
                  "its class balance per split and what was skipped, and optionally write a "
                  "few images as PNGs.")
-    _data_arguments(p, limit_default=None)
+    _data_arguments(p)
     p.add_argument("--rebuild", action="store_true", help="ignore an existing cache entry")
     p.add_argument("--png", metavar="DIR", help="write the first few images here as PNGs")
     p.add_argument("--png-count", type=int, default=3)
 
+
+def _baseline_command(sub):
     p = _command(sub, "baseline", "the reference a DEQ must beat: gradient boosting on "
                  "descriptors, same split",
                  "Fit scikit-learn's HistGradientBoostingClassifier (Regressor with "
@@ -247,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "Morgan counts (molecules), composition statistics and density, volume per "
                  "atom, packing, space group (crystals, MOFs); --features images: the DEQ's "
                  "own graph images, flattened. Writes OUT/baseline.json.")
-    _data_arguments(p, limit_default=2000, tasks=IMAGE_TASKS)
+    _data_arguments(p, limit=2000, tasks=image_tasks())
     p.add_argument("--features", choices=["descriptors", "images"], default="descriptors",
                    help="(default: %(default)s)")
     p.add_argument("--objective", choices=["classify", "regress"], default="classify",
@@ -259,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "runs/baseline-<task>-regress)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _compare_command(sub):
+    from deq_petsc.core.solver_sets import compare_defaults   # PETSc-free: help lists the sets
+    from deq_petsc.science.config import TrainConfig
     p = _command(sub, "compare", "run named PETSc option sets on one DEQ problem: table, CSV, plots",
                  "Solve the same fixed point with every option set, each under its own options "
                  "prefix, from z = 0 to the same tolerance, and write a Markdown table "
@@ -276,26 +258,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="(default: %(default)s)")
     p.add_argument("--repeat", type=int, default=1, help="run the sets in turn this many "
                    "times and keep each one's fastest run (default: %(default)s)")
-    p.add_argument("--task", choices=IMAGE_TASKS, help="a science task's test images instead of "
+    p.add_argument("--task", choices=image_tasks(), help="a science task's test images instead of "
                    "the random conv-cell problem")
     p.add_argument("--checkpoint", help="with --task: the trained model to take the cell from")
-    p.add_argument("--limit", type=int, default=500, help="with --task (default: %(default)s)")
+    _settings(p, TrainConfig, ["limit"], limit=500)
     p.add_argument("--cache-dir")
     p.add_argument("--train", action="store_true",
                    help="with --task: train once per option set (the sets' -snes_* options "
                         "drive the DEQ's solves, -tao_* the TAO trainer) and compare accuracy "
                         "and training time; plots loss and validation metric against time")
     p.add_argument("--trainer", choices=["adam", "tao"], default="adam")
-    p.add_argument("--objective", choices=["classify", "regress"], default="classify")
+    _settings(p, TrainConfig, ["objective"], choices={"objective": ("classify", "regress")})
     _training_arguments(p, epochs=2)
     _cell_arguments(p, batch=32, device=False)
 
+
+def _solve_command(sub):
     p = _command(sub, "solve", "solve one small convolutional DEQ cell and print the stats",
                  "Solve z = tanh(conv(z) + x) for a random batch with a PETSc SNES. Solver, "
                  "tolerances and monitors come from PETSc options; -snes_monitor and "
                  "-snes_converged_reason are on unless you set them.")
     _cell_arguments(p)
-    return parser
 
 
 def _json_file(text: str) -> str:
@@ -311,15 +294,15 @@ def _json_file(text: str) -> str:
 
 
 def _cell_arguments(p, batch=8, device=True):
+    """The random conv-cell problem of solve and compare (its seed and device as a run's)."""
+    from deq_petsc.science.config import TrainConfig
     p.add_argument("--batch", type=int, default=batch, help="batch size (default: %(default)s)")
     p.add_argument("--channels", type=int, default=8, help="channels (default: %(default)s)")
     p.add_argument("--size", type=int, default=16, help="image side (default: %(default)s)")
     p.add_argument("--contraction", type=float, default=0.95,
                    help="Lipschitz constant of the cell, < 1 (default: %(default)s)")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    if device:
-        _device_argument(p)
-    p.add_argument("--seed", type=int, default=0)
+    _settings(p, TrainConfig, ["seed"] + (["device"] if device else []))
 
 
 def split_petsc_args(parser: argparse.ArgumentParser, argv: list[str]):
@@ -438,30 +421,10 @@ def option_set_lines(args) -> list[str]:
 
 #: Our flags' valid ranges, checked before any work starts (a typo must not build all of
 #: QM9 or train an epoch before it is found). flag -> (test, what it must be).
-_RANGES = {
-    "limit": (lambda v: v >= 0, "0 (all of the source) or a positive number of records"),
-    "epochs": (lambda v: v >= 1, "at least 1"),
-    "batch_size": (lambda v: v >= 1, "at least 1"),
-    "eval_batch_size": (lambda v: v >= 1, "at least 1"),
-    "width": (lambda v: v >= 4 and v % 4 == 0, "a positive multiple of 4 (4 GroupNorm groups)"),
-    "depth": (lambda v: v >= 1, "at least 1"),
-    "lr": (lambda v: 0 < v < float("inf"), "a positive number"),
-    # numpy's legacy and scikit-learn's generators (the baseline) take seeds below 2**32
-    "seed": (lambda v: 0 <= v < 2**32, "a non-negative integer below 2**32"),
-    "jac_reg": (lambda v: v >= 0, "non-negative"),
-    # above 1 Adam's L2 term outweighs any loss: the weights shrink to 0, a constant model
-    "weight_decay": (lambda v: 0 <= v <= 1, "non-negative and at most 1 (above, the decay "
-                     "outweighs the loss and every weight shrinks to 0; 1e-5 to 1e-2 is usual)"),
-    "spectral_reg": (lambda v: v >= 0, "non-negative"),
-    "spectral_target": (lambda v: v > 0, "positive"),
-    "spectral_steps": (lambda v: v >= 1, "at least 1"),
-    "gamma": (lambda v: 0 < v < 1, "in (0, 1)"),
+_RANGES = {                  # the run settings' own ranges are declared with them
     "rtol": (lambda v: 0 < v < 1, "in (0, 1)"),
     "max_it": (lambda v: v >= 1, "at least 1"),
-    "inference_max_it": (lambda v: v >= 1, "at least 1"),
-    "time_budget": (lambda v: v >= 0, "non-negative (0: no budget)"),
-    "target_accuracy": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "tao_batch": (lambda v: v >= 0, "0 (all) or a positive number of samples"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
     "jobs": (lambda v: v >= 1, "at least 1"),
     "repeat": (lambda v: v >= 1, "at least 1"),
     "max_iter": (lambda v: v >= 1, "at least 1"),
@@ -487,12 +450,15 @@ def invalid_argument(args) -> str | None:
     import math
     from pathlib import Path
 
-    for name, (ok, what) in _RANGES.items():
+    declared = getattr(args, "checks", {})
+    ranges = {**{n: (ok, what, f"--{n.replace('_', '-')}") for n, (ok, what) in _RANGES.items()
+                 if n not in declared}, **declared}
+    for name, (ok, what, flag) in ranges.items():
         value = getattr(args, name, None)
         if value is None:
             continue
         if isinstance(value, float) and math.isnan(value) or not ok(value):
-            return f"--{name.replace('_', '-')} {value}: must be {what}"
+            return f"{flag} {value}: must be {what}"
     for flag in ("out", "png"):                   # folders written into: --out, data --png
         folder = getattr(args, flag, None)
         if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
@@ -548,10 +514,10 @@ def _solvers_problem(args) -> str | None:
     demo builds its 2,000 molecules."""
     from deq_petsc.core.solver_sets import SOLVER_SETS
 
-    text = getattr(args, "solvers", None)
-    if text is None:
+    names = getattr(args, "solvers", None)       # parsed by its declaration: a tuple
+    if names is None:
         return None
-    names = text.split(",")
+    text = ",".join(names)
     bad = next((n for n in names if n not in SOLVER_SETS), None)
     if bad is not None:
         return (f"--solvers {text}: {'an empty name' if not bad else repr(bad)} is not a "
@@ -598,23 +564,26 @@ def _state_size_problem(args) -> str | None:
 
 def _objective_problem(args) -> str | None:
     """``train --objective``: a PDE task regresses its field, a science task never does."""
+    from deq_petsc.science.config import TrainConfig, flag_of
+
     objective, task = getattr(args, "objective", None), getattr(args, "task", None)
-    if getattr(args, "command_name", None) == "train" and task in FIELD_TASKS:
+    fields = field_tasks()
+    if getattr(args, "command_name", None) == "train" and task in fields:
         images_only = {"cell", "sums", "elements", "split_by"} & getattr(args, "explicit",
                                                                           set())
         if images_only:
-            flag = {"cell": "--cell", "sums": "--no-sums", "elements": "--elements",
-                    "split_by": "--split-by"}[sorted(images_only)[0]]
+            name = sorted(images_only)[0]
+            flag = "--no-sums" if name == "sums" else flag_of(TrainConfig, name)
             return (f"{flag}: a flag of the graph-image tasks; {task}'s surrogate is set by "
                     f"--model, --width, --depth and --gamma, its draws split at random")
     if objective is None or task is None:
         return None
-    if task in FIELD_TASKS and objective != "field":
+    if task in fields and objective != "field":
         return (f"--objective {objective}: {task}'s targets are solution fields, not labels "
                 f"or one DFT number: its objective is field (the default for it)")
-    if task not in FIELD_TASKS and objective == "field":
+    if task not in fields and objective == "field":
         return (f"--objective field: {task} has no solution field; field is the objective "
-                f"of {', '.join(FIELD_TASKS)} (use classify or regress)")
+                f"of {', '.join(fields)} (use classify or regress)")
     return None
 
 

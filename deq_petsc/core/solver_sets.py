@@ -19,6 +19,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from .registry import Registry
+
 
 @dataclass(frozen=True)
 class SolverSet:
@@ -136,8 +138,10 @@ _NO_DTOL = "-snes_divergence_tolerance unlimited"
 #: batch's graph): its stopping test is PETSc's, on the whole batch, as before.
 _BATCH_STOP = "-deq_sample_stop batch"
 
-#: The registry, in the order tables show it.
-SOLVER_SETS = {s.name: s for s in (
+#: The registry, in the order tables show it; an installed package adds sets through the
+#: entry-point group ``deq_petsc.solver_sets`` (a SolverSet each).
+SOLVER_SETS: Registry[SolverSet] = Registry("solver set", group="deq_petsc.solver_sets")
+for _set in (
     SolverSet("picard", f"{_PICARD} {_NO_DTOL}",
               f"-deq_method snes {_PICARD} {_BATCH_STOP} {_NO_DTOL}",
               "forward iteration both ways: the paper's baseline"),
@@ -168,7 +172,9 @@ SOLVER_SETS = {s.name: s for s in (
               "-deq_method ksp -ksp_type gmres",
               "PETSc's Anderson with a Picard step as nonlinear preconditioner, GMRES "
               "adjoint"),
-)}
+):
+    SOLVER_SETS.register(_set)
+del _set
 
 
 def forward_solvers() -> dict:
@@ -187,7 +193,5 @@ def compare_defaults() -> dict:
 
 
 def get(name: str) -> SolverSet:
-    try:
-        return SOLVER_SETS[name]
-    except KeyError:
-        raise KeyError(f"no solver set {name!r}; known: {', '.join(SOLVER_SETS)}") from None
+    """The set ``name``; an unknown name is a KeyError (and ValueError) listing the known."""
+    return SOLVER_SETS[name]

@@ -25,11 +25,12 @@ defaults before it initialises PETSc with the command line).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from deq_petsc.core import solver_sets
 from deq_petsc.process.atomic import write_json
+from deq_petsc.science.config import TrainConfig, again, setting
 from deq_petsc.science.metrics import accuracy_stderr
 
 #: The demo's model and protocol (chosen by measurement: docs/solvers.md).
@@ -39,56 +40,71 @@ DEFAULT_SOLVERS = ("picard", "anderson", "anderson20-gmres")
 REFERENCE_SOLVERS = ("petsc-picard", "petsc-anderson")
 
 
-#: Epochs per solver set by default: polarity's 32 x 32 images take 20-45 s an epoch on
-#: 2 cores, the periodic tasks' 16 x 16 ones 5-15 s, and 3 epochs left the MOF models
-#: barely trained (docs/solvers.md).
-TASK_EPOCHS = {"polarity": 3, "gap": 3, "crystals": 12, "mof-pore": 12}
+def task_epochs(task: str) -> int:
+    """Epochs per solver set by default: the task's own (``Task.demo_epochs``)."""
+    from deq_petsc.science.data.tasks import TASKS
+    return TASKS[task].demo_epochs
 
-#: What a task's samples are called in the report.
-SAMPLES = {"polarity": "molecules", "gap": "molecules", "crystals": "crystals",
-           "mof-pore": "MOFs"}
+
+def samples(task: str) -> str:
+    """What a task's samples are called in the report (``molecules``)."""
+    from deq_petsc.science.data.tasks import TASKS
+    return TASKS[task].samples if task in TASKS else "samples"
 
 
 @dataclass
-class DemoConfig:
-    task: str = "polarity"
-    limit: int = 2000
-    seed: int = 0
+class DemoConfig(TrainConfig):
+    """The demo's settings: a training run (the fields of TrainConfig, with the demo's
+    defaults), trained once per solver set, then compared."""
+    task: str = again(TrainConfig, "task", "polarity")
+    limit: int | None = again(TrainConfig, "limit", 2000)
     # The same epochs for every set, not the same seconds: a time budget gave 5 epochs
     # on one 2-core machine and 2-3 on a slower one, and the comparison with it
-    # (docs/solvers.md); time to the target is measured either way. None: TASK_EPOCHS
-    epochs: int | None = None
-    batch_size: int = 64
-    lr: float = 3e-3
-    width: int = 16
-    cell: str = "resnet"
-    gamma: float = 0.9               # the contractive cell's bound (with cell="contractive")
-    sums: bool = True                # the images' graph sums in the injection
-    elements: bool = False           # learned element embeddings in the injection
-    jac_reg: float = 0.0
+    # (docs/solvers.md); time to the target is measured either way. None: the task's
+    epochs: int | None = again(TrainConfig, "epochs", None, help="epochs per solver set",
+                               unset="the task's: 3 for molecules, 12 for crystals and MOFs")
+    cell: str = again(TrainConfig, "cell", "resnet")
+    elements: bool = again(TrainConfig, "elements", False)
     # The spectral penalty keeps the trained equilibria attracting: unpenalised, every
     # set's model ended with rho(J_f) 1.04-1.41 and no solver reached 1e-4 at inference
     # (docs/solvers.md)
-    spectral_reg: float = 100.0
-    spectral_target: float = 0.95
-    spectral_steps: int = 4
-    solvers: tuple = DEFAULT_SOLVERS
-    train_rtol: float = 1e-2
-    train_max_it: int = 25
-    target_accuracy: float = 0.70
-    inference_rtol: float = 1e-4
-    inference_max_it: int = 200
-    time_budget: float | None = None  # seconds of training per solver set (--time-budget)
-    out: str = "runs/demo"
-    cache_dir: str | None = None
-    progress: bool = True
-    device: str = "cpu"
-    baseline: bool = True             # gradient boosting on descriptors, same split
-    extra: dict = field(default_factory=dict)   # more TrainConfig fields
+    spectral_reg: float = again(TrainConfig, "spectral_reg", 100.0)
+    spectral_target: float = again(TrainConfig, "spectral_target", 0.95)
+    solvers: tuple = setting(DEFAULT_SOLVERS, "comma-separated solver sets",
+                             parse=lambda text: tuple(text.split(",")))
+    train_rtol: float = setting(1e-2, "forward and adjoint relative tolerance in training",
+                                flag="rtol", check=lambda v: 0 < v < 1, must_be="in (0, 1)")
+    train_max_it: int = setting(25, "forward and adjoint iteration cap in training",
+                                flag="max_it", check=lambda v: v >= 1, must_be="at least 1")
+    target_accuracy: float = setting(0.70, "validation accuracy whose time to reach is "
+                                     "reported", check=lambda v: 0 <= v <= 1,
+                                     must_be="in [0, 1]")
+    inference_rtol: float = setting(1e-4, "relative tolerance of the inference solves",
+                                    flag=None)
+    inference_max_it: int = setting(
+        200, "iteration cap of the inference solves (near radius 1 Picard needs more: a "
+        "capped solve is reported as not converged)", check=lambda v: v >= 1,
+        must_be="at least 1")
+    time_budget: float | None = setting(
+        None, "seconds of training per solver set: each stops after the first epoch that "
+        "ends past it; 0: none", check=lambda v: v >= 0, must_be="non-negative (0: no budget)",
+        unset="none, every set trains --epochs epochs")
+    out: str = setting("runs/demo", "output folder")
+    cache_dir: str | None = setting(None, "the data cache", unset="$DEQ_PETSC_CACHE or "
+                                    "~/.cache/deq_petsc")
+    progress: bool = setting(True, "no progress bars", negative=True)
+    baseline: bool = setting(True, "skip the gradient-boosting reference on the same split "
+                             "(deq-petsc baseline)", negative=True)
 
     def __post_init__(self):
         if self.epochs is None:
-            self.epochs = TASK_EPOCHS[self.task]
+            self.epochs = task_epochs(self.task)
+        if not self.time_budget:
+            self.time_budget = None
+
+    def training(self) -> TrainConfig:
+        """One solver set's training run: this config's TrainConfig fields."""
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})
 
 
 def prefix_of(name: str) -> str:
@@ -110,7 +126,7 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
 
     from deq_petsc.science.data import load_task
     from deq_petsc.core.petsc_options import inserted_defaults
-    from deq_petsc.science.train import TrainConfig, Trainer
+    from deq_petsc.science.train import Trainer
     from deq_petsc.science.plots import plot_comparison
     from deq_petsc.science.run_record import run_record
 
@@ -119,14 +135,7 @@ def run_demo(cfg: DemoConfig, data=None, log=print) -> dict:
                          cache_dir=cfg.cache_dir, progress=cfg.progress)
     out = Path(cfg.out)
     sets = [solver_sets.get(name) for name in cfg.solvers]
-    train_cfg = TrainConfig(task=cfg.task, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                            lr=cfg.lr, seed=cfg.seed, width=cfg.width, cell=cfg.cell,
-                            gamma=cfg.gamma, sums=cfg.sums, elements=cfg.elements,
-                            jac_reg=cfg.jac_reg,
-                            limit=cfg.limit,
-                            spectral_reg=cfg.spectral_reg, spectral_target=cfg.spectral_target,
-                            spectral_steps=cfg.spectral_steps,
-                            device=cfg.device, **cfg.extra)
+    train_cfg = cfg.training()
     summary = {"task": cfg.task, "target_accuracy": cfg.target_accuracy,
                "config": asdict(cfg), "solvers": {}}
     histories = {}
@@ -333,7 +342,7 @@ def _shared_model_solves(cfg, sets, checkpoint, images, out) -> dict:
         model.destroy()
     if PETSc.COMM_WORLD.getRank() == 0:
         plot_residuals(runs, out / "residuals.png",
-                       title=f"one batch of {len(images)} test {SAMPLES[cfg.task]} through the "
+                       title=f"one batch of {len(images)} test {samples(cfg.task)} through the "
                              f"{checkpoint.parent.name} model, to rtol {cfg.inference_rtol:g}")
     return {"model": checkpoint.parent.name, "batch": len(images),
             "rtol": cfg.inference_rtol,
@@ -378,8 +387,8 @@ def format_summary(summary: dict) -> str:
                      f"per sample, {bound}{base['seconds'] / s['seconds']:.2f}x wall time)")
         parts.append(f"  {name}: {s['reason']} after {s['iterations']} its, "
                      f"{per_sample:.1f} f evals per sample, {s['seconds']:.3f} s{ratio}")
-    samples = SAMPLES.get(summary["task"], "samples")
-    lines.append(f"one batch of {shared['batch']} test {samples} through the {shared['model']} "
+    noun = samples(summary["task"])
+    lines.append(f"one batch of {shared['batch']} test {noun} through the {shared['model']} "
                  f"model, to rtol {shared['rtol']:g}:")
     lines += parts
     if summary.get("baseline"):
@@ -400,9 +409,9 @@ def format_summary(summary: dict) -> str:
             lines.append(f"  not resolved: {ref['solver']} changed its validation accuracy by "
                          f"{gain:+.3f} after its first epoch, less than one standard error "
                          f"({ref['val_accuracy_stderr']:.3f} on {ref['val_samples']} "
-                         f"{samples}): these times do not rank the sets")
+                         f"{noun}): these times do not rank the sets")
     first = next(iter(rows.values()))
-    lines.append(f"test accuracies are measured on {first['test_samples']} {samples}: standard "
+    lines.append(f"test accuracies are measured on {first['test_samples']} {noun}: standard "
                  f"error about {first['test_accuracy_stderr']:.3f}, so smaller differences "
                  f"between sets are noise")
     lines.append(f"majority-class baseline {first['majority_baseline']:.3f}; "

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deq_petsc.core.errors import DEQCacheError, DEQInputError
+from deq_petsc.core.registry import Registry
 from .cache import DatasetCache, cache_key
 from .tasks import SPLITS, random_split
 
@@ -417,5 +418,7 @@ def load_field_task(name: str = "bratu", limit: int | None = None, seed: int = 0
                      cache_path=str(path), newton_its=float(meta["newton_its"]))
 
 
-#: the tasks whose data this module makes, by name
-FIELD_TASKS = {"bratu": load_field_task}
+#: the PDE surrogate tasks, by name: a loader ``(name, limit=, seed=, cache_dir=, comm=,
+#: progress=, rebuild=) -> FieldData`` each (the registry idiom of the graph-image tasks)
+FIELD_TASKS: Registry = Registry("field task", group="deq_petsc.field_tasks")
+FIELD_TASKS.register(load_field_task, name="bratu")

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from deq_petsc.core.errors import DEQCacheError, DEQInputError
+from deq_petsc.core.registry import Registry
 from .cache import DatasetCache, cache_key, file_stamp, fingerprint
 from .graph_image import (MOLECULE_CHANNELS, MOLECULE_SIZE, PERIODIC_CHANNELS, PERIODIC_SIZE,
                           cif_image, read_cif, smiles_image, xyz_image)
@@ -98,12 +99,46 @@ class Record:
 
 
 # -- tasks -------------------------------------------------------------------------------
+def _keeps_the_protocol(name: str, task) -> None:
+    """What a registered task must be: a Task with a known kind and payload, its classes
+    and target named, its source and labels implemented."""
+    if not (isinstance(task, type) and issubclass(task, Task)):
+        raise TypeError(f"task {name!r}: register a subclass of Task")
+    if task.kind not in REPRESENTATION_VERSION or task.payload not in PAYLOADS:
+        raise ValueError(f"task {name!r}: kind must be one of {sorted(REPRESENTATION_VERSION)} "
+                         f"and payload one of {sorted(PAYLOADS)}")
+    if len(getattr(task, "classes", ())) < 2 or not getattr(task, "target_name", ""):
+        raise ValueError(f"task {name!r}: needs two or more classes and a target_name")
+    missing = [m for m in ("params", "records", "label") if getattr(task, m) is getattr(Task, m)]
+    if missing:
+        raise TypeError(f"task {name!r}: implement {', '.join(missing)}")
+
+
+#: what a record's payload may be: SMILES, CIF text, or a CIF file's path
+PAYLOADS = ("smiles", "cif", "cif_file")
+
+
 class Task:
+    """A graph-image task: the protocol a plug-in implements, then registers with
+    ``@TASKS.register`` (one module; no other file names a task).
+
+    A task says what its inputs are (``kind``: drawn as molecules or periodic structures,
+    which fixes the image, the descriptors of the baseline and what ``predict`` takes:
+    ``--smiles`` or ``--cif``; ``payload``: a record's input is SMILES, CIF text or a CIF
+    file), where they come from (:meth:`records`, with :meth:`params`, everything the
+    cache key needs) and what is predicted (:meth:`label` of a record's DFT ``target``,
+    one of ``classes``; the target itself when regressed, named ``target_name``). The
+    splits, rendering, cache, baseline and command line are the same for every task.
+    """
     name: str
     kind: str             # "molecule" or "periodic"
     payload: str          # what a Record's payload is: "smiles", "cif" (text) or "cif_file"
     classes: tuple[str, ...]
     target_name: str
+    #: what its samples are called in reports ("molecules")
+    samples: str = "samples"
+    #: epochs per solver set of ``deq-petsc demo --task NAME`` when --epochs is not given
+    demo_epochs: int = 3
 
     @property
     def size(self) -> int:
@@ -123,15 +158,21 @@ class Task:
         raise NotImplementedError
 
 
+#: the graph-image tasks, by name: a module adds its own with ``@TASKS.register``, an
+#: installed package through the entry-point group ``deq_petsc.tasks``
+TASKS: Registry[type[Task]] = Registry("task", check=_keeps_the_protocol,
+                                       group="deq_petsc.tasks")
+
 #: QM9 gives orbital energies in Hartree
 EV_PER_HARTREE = 27.211386245988
 #: the QM9 columns every QM9 task reads (one parse, shared by the tasks)
 QM9_COLUMNS = ("Index", "SMILES", "Dipole_debye", "HOMO_LUMO_gap_au", "Elements", "XYZ_Ang")
 
 
+@TASKS.register
 class PolarityTask(Task):
     name, kind, target_name = "polarity", "molecule", "dipole (D)"
-    payload = "smiles"
+    payload, samples = "smiles", "molecules"
     classes = ("weakly polar", "strongly polar")
     #: the QM9 column of the target, its unit's factor, and the threshold's key in params
     column, scale, threshold_key = "Dipole_debye", 1.0, "threshold_debye"
@@ -159,6 +200,7 @@ class PolarityTask(Task):
         return int(target > self.threshold)
 
 
+@TASKS.register
 class GapTask(PolarityTask):
     """QM9's HOMO-LUMO gap: a smooth electronic property of the same molecules, drawn the
     same way (QM9's DFT positions), mostly to be regressed (``--objective regress``): the
@@ -187,9 +229,13 @@ def _qm9_columns(stamped: tuple, columns: tuple[str, ...]) -> tuple[list, ...]:
     return tuple(df[c].tolist() for c in columns)
 
 
+@TASKS.register
 class MofPoreTask(Task):
     name, kind, target_name = "mof-pore", "periodic", "LCD (A)"
-    payload = "cif_file"
+    payload, samples = "cif_file", "MOFs"
+    # polarity's 32 x 32 images take 20-45 s an epoch on 2 cores, the periodic tasks'
+    # 16 x 16 ones 5-15 s, and 3 epochs left the MOF models barely trained (docs/solvers.md)
+    demo_epochs = 12
     classes = ("LCD < 5 A", "5 <= LCD < 8 A", "LCD >= 8 A")
 
     def __init__(self, edges=(5.0, 8.0)):
@@ -234,9 +280,10 @@ class MofPoreTask(Task):
         return int(np.searchsorted(self.edges, target, side="right"))
 
 
+@TASKS.register
 class CrystalsTask(Task):
     name, kind, target_name = "crystals", "periodic", "PBE band gap (eV)"
-    payload = "cif"
+    payload, samples, demo_epochs = "cif", "crystals", 12
     classes = ("metal", "semiconductor", "insulator")
 
     def __init__(self, csv=None, metal_cutoff: float = 0.0, insulator_gap: float = 3.0):
@@ -273,15 +320,10 @@ class CrystalsTask(Task):
         return 1 if target < self.insulator_gap else 2
 
 
-TASKS = {"polarity": PolarityTask, "gap": GapTask, "mof-pore": MofPoreTask,
-         "crystals": CrystalsTask}
-
-
 def make_task(name: str, **options) -> Task:
-    try:
-        return TASKS[name](**options)
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}") from None
+    """The registered task ``name`` with its options (an unknown name: a ValueError
+    naming the known ones)."""
+    return TASKS[name](**options)
 
 
 # -- building one image (runs in worker processes) ---------------------------------------

@@ -32,10 +32,11 @@ import os
 import re
 import shutil
 import socket
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from ..checkpoint import DEQCheckpointError
+from ..config import ALWAYS_RECORDED, declared, flag_of
 from deq_petsc.core.errors import DEQInputError
 
 
@@ -52,13 +53,6 @@ OUTPUTS = ("checkpoint.pt", "metrics.json", "metrics.csv", "report.json", "run.j
 MARKER = ".deq-petsc-run"
 #: Where ``--overwrite`` keeps the old run's outputs until the new run has a checkpoint.
 REPLACED = ".replaced-"
-#: TrainConfig fields that fix the data build or the model: a resume must keep them.
-FIXED_ON_RESUME = ("task", "limit", "seed", "split_by", "csv", "kind", "depth", "width",
-                   "cell", "gamma", "sums", "elements", "objective", "dtype")
-#: what a checkpoint written before a field existed trained with
-BEFORE_THE_FIELD = {"sums": False, "elements": False}
-#: command-line flag of a TrainConfig field, where the names differ
-FLAG_OF = {"kind": "model"}
 
 
 class RunFolder:
@@ -215,16 +209,18 @@ def resumed_config(cfg, saved: dict, explicit: set[str], where: str):
     ``train_config``; ``explicit``: the flags the user typed (argparse dests).
     """
     changes, notes = {}, []
-    for f in fields(cfg):
-        if f.name not in saved and f.name not in BEFORE_THE_FIELD:
+    # the settings' declarations say which fix the data build or the model (a resume must
+    # keep them) and what a checkpoint written before a field existed trained with
+    for name, (_, setting) in declared(type(cfg)).items():
+        before = setting.before_the_field
+        if name not in saved and before is ALWAYS_RECORDED:
             continue
-        flag = FLAG_OF.get(f.name, f.name)
-        mine, theirs = getattr(cfg, f.name), saved.get(f.name, BEFORE_THE_FIELD.get(f.name))
-        if flag not in explicit or mine == theirs:
-            changes[f.name] = theirs
+        mine, theirs = getattr(cfg, name), saved.get(name, before)
+        if name not in explicit or mine == theirs:
+            changes[name] = theirs
             continue
-        shown = "--" + flag.replace("_", "-")
-        if f.name in FIXED_ON_RESUME:
+        shown = flag_of(type(cfg), name) or name
+        if setting.fixed_on_resume:
             raise RunFolderRefused(
                 f"--resume: {shown} {mine} differs from the run in {where} ({shown} "
                 f"{theirs}); a resumed run keeps its data and model: drop {shown}, or start "
