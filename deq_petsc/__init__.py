@@ -84,11 +84,17 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return importlib.util.spec_from_loader(fullname, self)
         return None
 
+    _specs: dict = {}
+
     def create_module(self, spec):
-        return import_module(_MOVED[spec.name])
+        module = import_module(_MOVED[spec.name])
+        self._specs[module.__name__] = module.__spec__
+        return module
 
     def exec_module(self, module):
-        """Already executed under its new name."""
+        """Already executed under its new name; the import machinery has just given it the
+        alias's spec, so it gets its own back (its relative imports and reload read it)."""
+        module.__spec__ = self._specs.pop(module.__name__, module.__spec__)
 
 
 sys.meta_path.append(_MovedModules())

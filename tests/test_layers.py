@@ -1,7 +1,8 @@
 """The package's layers (docs/architecture.md) hold: no module imports one above it.
 
 Read from the source, imports inside functions included, so a lazy import
-cannot hide an upward dependency; a new module must be given its layer here.
+cannot hide an upward dependency; a module's folder gives its layer (inside science/, a
+new module must be placed here).
 """
 
 import ast
@@ -21,16 +22,30 @@ LAYERS = {
     5: ["science.config", "science.objectives", "science.metrics", "science.checkpoint",
         "science.parallel", "science.plots", "science.run_record"],
     6: ["science.inference", "science.batch_predict", "science.baseline"],
-    7: ["science.train", "studies"],
-    8: ["cli"],
+    7: ["science.train"],
+    8: ["studies"],
+    9: ["cli"],
 }
 LAYER_NAMES = {0: "process set-up", 1: "PETSc core", 2: "the layer", 3: "models", 4: "data",
-               5: "shared by inference and training", 6: "inference", 7: "training and studies",
-               8: "command line"}
+               5: "shared by inference and training", 6: "inference", 7: "training",
+               8: "studies", 9: "command line"}
 #: a folder whose own __init__ spans several layers: placed at its lowest (it imports nothing)
 FOLDER_INITS = {"science": 3}
 #: what may sit at the top of deq_petsc/: the folders above and the package's __init__
 TOP_LEVEL = {"__init__.py", "process", "core", "layer", "science", "studies", "cli"}
+
+
+def _exported() -> dict[str, str]:
+    """The public names of ``deq_petsc`` and the modules they come from (its _EXPORTS)."""
+    init = ast.parse((PACKAGE / "__init__.py").read_text())
+    for node in ast.walk(init):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_EXPORTS":
+            table = ast.literal_eval(node.value)
+            return {name: module[len("deq_petsc."):] for name, module in table.items()}
+    return {}
+
+
+_EXPORTED = _exported()
 
 
 def _layer(module: str) -> int | None:
@@ -65,6 +80,9 @@ def _imports(module: str, path: Path) -> set[str]:
                     found.add(".".join(base + [node.module]))
                 else:
                     found.update(".".join(base + [a.name]) for a in node.names)
+            elif node.module == "deq_petsc":     # a folder, or a public name: its module
+                found.update(_EXPORTED.get(a.name, a.name) for a in node.names
+                             if a.name not in ("__version__", "init"))
             elif node.module and node.module.startswith("deq_petsc."):
                 base = node.module[len("deq_petsc."):]
                 found.add(base)             # and its names, which may be modules
@@ -97,6 +115,8 @@ def test_the_check_sees_lazy_and_relative_imports():
     deps = _imports("studies.demo", PACKAGE / "studies" / "demo.py")
     assert "core.solver_sets" in deps and "science.data" in deps   # top-level and lazy ones
     assert _layer("science.train.trainer") == 7 and _layer("science.data.tasks") == 4
+    assert _layer("studies.demo") == 8 > _layer("science.train")      # studies above training
+    assert _EXPORTED["DEQ"] == "layer.deq"       # from deq_petsc import DEQ: the layer
 
 
 def test_a_folder_spanning_layers_imports_nothing_itself():
@@ -106,6 +126,8 @@ def test_a_folder_spanning_layers_imports_nothing_itself():
 
 def test_the_top_of_the_package_is_its_layers():
     """The layers are folders: a module at the top of deq_petsc/ would be one without."""
-    top = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"}
+    # a folder with no module left (a checkout's __pycache__ of moved modules) is no entry
+    top = {p.name for p in PACKAGE.iterdir()
+           if p.name != "__pycache__" and (p.is_file() or any(p.rglob("*.py")))}
     assert top == TOP_LEVEL, f"at the top of deq_petsc/ only the layers' folders: {top - TOP_LEVEL}"
     assert len(top) <= 8

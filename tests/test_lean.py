@@ -252,3 +252,4 @@ def test_the_path_option_strings_named_before_the_folders_still_resolves():
     import deq_petsc.core.lean
     import deq_petsc.lean
     assert deq_petsc.lean is deq_petsc.core.lean
+    assert deq_petsc.core.lean.__spec__.name == "deq_petsc.core.lean"     # its own, kept

@@ -7,8 +7,9 @@ from dataclasses import fields
 import pytest
 
 from deq_petsc.cli.main import build_parser, invalid_argument
-from deq_petsc.cli.settings_doc import DemoConfig
-from deq_petsc.science.config import TrainConfig, declared, flag_of, from_args, markdown
+from deq_petsc.cli.settings_doc import settings_markdown
+from deq_petsc.science.config import TrainConfig, declared, flag_of, from_args
+from deq_petsc.studies.demo import DemoConfig
 from deq_petsc.science.train.run_folder import RunFolderRefused, resumed_config
 from helpers import ROOT
 
@@ -25,7 +26,7 @@ def test_every_field_of_a_run_is_declared():
 
 
 def test_the_settings_reference_is_generated_from_the_declarations():
-    assert (ROOT / "docs" / "settings.md").read_text() == markdown(TrainConfig, DemoConfig), \
+    assert (ROOT / "docs" / "settings.md").read_text() == settings_markdown(), \
         "docs/settings.md is stale: python -m deq_petsc.cli.settings_doc > docs/settings.md"
 
 

@@ -37,46 +37,59 @@ def _command(sub, name, help, description):
     return p
 
 
-def _settings(p, cls, names, required=(), choices=None, **defaults):
+def _settings(p, cls, names, required=(), how=None, **defaults):
     """The flags of ``cls``'s declared settings ``names`` (:mod:`deq_petsc.science.config`),
-    with this command's defaults and choices; each flag's dest is the field's name, and its
-    range check goes with the parser (``invalid_argument``)."""
+    with this command's defaults and, in ``how``, what this command says otherwise of a
+    setting (``{"limit": {"help": ...}}``: any field of its Setting). Each flag's dest is
+    the field's name; the parser keeps which dests are settings (``from_args`` reads them)
+    and their range checks (``invalid_argument``)."""
     from dataclasses import MISSING
+    from dataclasses import replace as changed
 
     from deq_petsc.science.config import declared, flag_of, value_type
-    table, checks = declared(cls), dict(p.get_default("checks") or {})
+    table = declared(cls)
+    checks = dict(p.get_default("checks") or {})
+    settings = list(p.get_default("settings") or [])
     for name in names:
         f, s = table[name]
+        s = changed(s, **(how or {}).get(name, {}))
         flag, default = flag_of(cls, name), defaults.get(name, f.default)
+        settings.append(name)
         if value_type(f) is bool:
             if s.negative:
-                p.add_argument("--no-" + flag[2:], dest=name, action="store_false", help=s.help)
+                p.add_argument("--no-" + flag[2:], dest=name, action="store_false",
+                               default=default, help=s.help)
             else:
                 p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                default=default, help=s.help + " (default: %(default)s)")
             continue
         if isinstance(default, tuple):
             default = ",".join(default)          # argparse parses a text default
-        shown = (f" (default: {s.unset})" if default in (None, MISSING) and s.unset else
-                 "" if default in (None, MISSING) else " (default: %(default)s)")
+        unset = default is None or default is MISSING
+        shown = (f" (default: {s.unset})" if unset and s.unset else
+                 "" if unset else " (default: %(default)s)")
         p.add_argument(flag, dest=name, type=s.parse or value_type(f),
-                       choices=(choices or {}).get(name, s.choices) or None,
-                       required=name in required, help=s.help + shown,
+                       choices=s.choices or None, required=name in required,
+                       metavar=None if s.choices else flag[2:].upper().replace("-", "_"),
+                       help=s.help + shown,
                        default=None if default is MISSING else default)
         if s.check:
             checks[name] = (s.check, s.must_be, flag)
-    p.set_defaults(checks=checks)
+    p.set_defaults(checks=checks, settings=settings)
 
 
-def _data_arguments(p, required_task=True, tasks=None, **defaults):
+def _data_arguments(p, required_task=True, tasks=None, how=None, **defaults):
     """Which data: the task, its subset, seed, split and source (declared in TrainConfig),
     and where its images are built and kept."""
     from deq_petsc.science.config import TrainConfig
+    tasks = tasks or image_tasks() + field_tasks()
+    how = {"task": {"choices": tuple(tasks)}, **(how or {})}
+    if "bratu" not in tasks:
+        how.setdefault("limit", {"help": "random subset of the source, 0 for all of it"})
     _settings(p, TrainConfig, ["task", "limit", "seed", "split_by", "csv"],
-              required=["task"] if required_task else [],
-              choices={"task": tasks or image_tasks() + field_tasks()},
-              split_by=None, **{"task": None, "seed": 0 if required_task else None,
-                                "limit": None, **defaults})
+              required=["task"] if required_task else [], how=how,
+              **{"task": None, "seed": 0 if required_task else None, "limit": None,
+                 "split_by": None, **defaults})
     p.add_argument("--cache-dir", help="default: $DEQ_PETSC_CACHE or ~/.cache/deq_petsc")
     p.add_argument("--jobs", type=int, default=None, help="image-building processes (2)")
 
@@ -88,8 +101,8 @@ TRAINING = ["epochs", "batch_size", "lr", "lr_schedule", "weight_decay", "width"
 
 
 def _training_arguments(p, cls=None, progress_flag=True, **defaults):
-    """The training settings' flags (with this command's defaults) and --no-progress, unless
-    ``cls`` declares its own (the demo's ``progress``)."""
+    """The training settings' flags (with this command's defaults), and --no-progress
+    unless ``progress_flag`` is off (the demo declares its own ``progress``)."""
     from deq_petsc.science.config import TrainConfig
     _settings(p, cls or TrainConfig, TRAINING, **defaults)
     if progress_flag:
@@ -122,10 +135,14 @@ def _demo_command(sub):
                  "target validation accuracy, test accuracy, converged fractions, iterations, "
                  "spectral radius of J_f, inference cost to rtol 1e-4; writes summary.json, "
                  "comparison.png and residuals.png.")
+    from deq_petsc.science.data.tasks import TASKS
     _settings(p, DemoConfig, ["task", "limit", "seed", "out", "solvers", "train_rtol",
                               "train_max_it", "target_accuracy", "inference_max_it",
                               "time_budget", "baseline", "cache_dir", "progress"],
-              choices={"task": image_tasks()})
+              how={"task": {"choices": tuple(image_tasks()),
+                            "help": "the science task (the others: the same protocol on "
+                                    "another task's images)"},
+                   "limit": {"help": "samples of the task's source, 0 for all"}})
     p.add_argument("--seeds", metavar="S1,S2,...",
                    help="run the demo once per seed (its own subset, split and weights) into "
                         "OUT/seed-<k> and report every number as mean and spread over them "
@@ -134,7 +151,9 @@ def _demo_command(sub):
                    help="replace an earlier demo in OUT (its summary and checkpoints)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny run (100 molecules, 1 epoch, width 4) that checks everything works")
-    _training_arguments(p, DemoConfig, progress_flag=False)
+    _training_arguments(p, DemoConfig, progress_flag=False, how={"epochs": {
+        "unset": ", ".join(f"{name} {task.demo_epochs}"
+                           for name, task in TASKS.registered().items())}})
 
 
 def _train_command(sub):
@@ -258,17 +277,21 @@ def _compare_command(sub):
     p.add_argument("--out", default="runs/compare", help="(default: %(default)s)")
     p.add_argument("--repeat", type=int, default=1, help="run the sets in turn this many "
                    "times and keep each one's fastest run (default: %(default)s)")
-    p.add_argument("--task", choices=image_tasks(), help="a science task's test images instead of "
-                   "the random conv-cell problem")
+    _settings(p, TrainConfig, ["task"], task=None, how={"task": {
+        "choices": tuple(image_tasks()),
+        "help": "a science task's test images instead of the random conv-cell problem"}})
     p.add_argument("--checkpoint", help="with --task: the trained model to take the cell from")
-    _settings(p, TrainConfig, ["limit"], limit=500)
+    _settings(p, TrainConfig, ["limit"], limit=500,
+              how={"limit": {"help": "with --task: samples of the task's source"}})
     p.add_argument("--cache-dir")
     p.add_argument("--train", action="store_true",
                    help="with --task: train once per option set (the sets' -snes_* options "
                         "drive the DEQ's solves, -tao_* the TAO trainer) and compare accuracy "
                         "and training time; plots loss and validation metric against time")
     p.add_argument("--trainer", choices=["adam", "tao"], default="adam")
-    _settings(p, TrainConfig, ["objective"], choices={"objective": ("classify", "regress")})
+    _settings(p, TrainConfig, ["objective"], how={"objective": {
+        "choices": ("classify", "regress"), "help": "with --train: classify the task's labels, "
+        "or regress the DFT number they come from"}})
     _training_arguments(p, epochs=2)
     _cell_arguments(p, batch=32, device=False)
 
@@ -302,7 +325,9 @@ def _cell_arguments(p, batch=8, device=True):
     p.add_argument("--contraction", type=float, default=0.95,
                    help="Lipschitz constant of the cell, < 1 (default: %(default)s)")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    _settings(p, TrainConfig, ["seed"] + (["device"] if device else []))
+    _settings(p, TrainConfig, ["seed"] + (["device"] if device else []),
+              how={"seed": {"help": "seed of the random problem (and of compare --train's "
+                                    "runs)"}})
 
 
 def split_petsc_args(parser: argparse.ArgumentParser, argv: list[str]):
@@ -637,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     init([parser.prog] + petsc_args)
     from petsc4py import PETSc
 
-    from . import commands as app
+    from . import commands
     from deq_petsc.core.errors import DEQError
     from deq_petsc.core.devices import resolve_device
     from deq_petsc.science.parallel import abort_on_error, threads_per_rank
@@ -645,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     if "-help" in petsc_args and PETSc.COMM_WORLD.getRank() == 0:
         getattr(args, "parser", parser).print_help()
     if args.version:
-        PETSc.Sys.Print(app.versions())
+        PETSc.Sys.Print(commands.versions())
         return 0
     if args.command is None:
         if "-help" not in petsc_args:
@@ -664,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if getattr(args, "device", None) is not None:   # checked once, before any work
                 args.device = str(resolve_device(args.device))
-            return app.COMMANDS[args.command_name](args)
+            return commands.COMMANDS[args.command_name](args)
         except (DEQError, FileNotFoundError, ImportError, KeyboardInterrupt,
                 PETSc.Error) as err:
             if PETSc.COMM_WORLD.getSize() > 1:

@@ -140,7 +140,13 @@ _BATCH_STOP = "-deq_sample_stop batch"
 
 #: The registry, in the order tables show it; an installed package adds sets through the
 #: entry-point group ``deq_petsc.solver_sets`` (a SolverSet each).
-SOLVER_SETS: Registry[SolverSet] = Registry("solver set", group="deq_petsc.solver_sets")
+def _is_a_set(name: str, entry) -> None:
+    if not isinstance(entry, SolverSet):
+        raise TypeError(f"solver set {name!r}: register a SolverSet")
+
+
+SOLVER_SETS: Registry[SolverSet] = Registry("solver set", check=_is_a_set,
+                                            group="deq_petsc.solver_sets")
 for _set in (
     SolverSet("picard", f"{_PICARD} {_NO_DTOL}",
               f"-deq_method snes {_PICARD} {_BATCH_STOP} {_NO_DTOL}",

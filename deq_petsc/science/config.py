@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any, Callable
 
-#: a field that every checkpoint records (``Setting.before_the_field``)
-ALWAYS_RECORDED = object()
+#: ``Setting.before_the_field`` of a field whose absence from an old checkpoint says nothing
+#: of how it trained: a resumed run keeps this command line's value
+KEEP_MINE = object()
 #: what a field's type annotation (a string, under ``from __future__ import annotations``)
 #: reads from the command line
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -43,7 +44,7 @@ class Setting:
     #: is refused rather than noted
     fixed_on_resume: bool = False
     #: what a checkpoint written before the field existed trained with
-    before_the_field: Any = ALWAYS_RECORDED
+    before_the_field: Any = KEEP_MINE
     #: how the flag's text becomes the value, where the type alone does not say
     parse: Callable[[str], Any] | None = None
 
@@ -75,8 +76,14 @@ def flag_of(cls, name: str) -> str | None:
 
 
 def value_type(f: Field):
-    """The type the command line converts a field's text to (``int | None``: int)."""
-    return _TYPES.get(str(f.type).split("|")[0].strip(), str)
+    """The type the command line converts a field's text to (``int | None``: int); a
+    field of another type must say how in its ``Setting.parse``."""
+    if isinstance(f.type, type):
+        return f.type
+    kind = _TYPES.get(str(f.type).split("|")[0].strip())
+    if kind is None and f.metadata["setting"].parse is None:
+        raise TypeError(f"setting {f.name}: of type {f.type}, give Setting.parse")
+    return kind
 
 
 def _positive(v):
@@ -169,72 +176,76 @@ class TrainConfig:
                               "(recorded as an absolute path)", fixed_on_resume=True)
 
     def for_task(self, trainer: str = "adam") -> "TrainConfig":
-        """The settings left unset (None) made the task's and trainer's defaults: a PDE
-        surrogate's 64 units, 3 layers, dense cell, field objective and float64; float64 for
-        TAO, whose line searches need an accurate objective; otherwise the declared ones."""
+        """This config with the settings left unset (None) made the task's and trainer's
+        defaults: a PDE surrogate's 64 units, 3 layers, field objective and float64;
+        float64 for TAO, whose line searches need an accurate objective; otherwise the
+        declared ones. A PDE surrogate's cell is always the dense one."""
         from .data.pde import FIELD_TASKS
 
         field_task = self.task in FIELD_TASKS
         unset = {f.name: f.default for f in fields(self) if getattr(self, f.name) is None
-                 and f.default is not MISSING}
-        unset.pop("limit", None)
-        unset.pop("csv", None)
-        if self.width is None and field_task:
-            unset["width"] = 64
-        if self.depth is None and field_task:
-            unset["depth"] = 3
-        if self.objective is None and field_task:
-            unset["objective"] = "field"
+                 and f.default is not None and f.default is not MISSING}
+        if field_task:
+            unset.update({name: value for name, value in
+                          (("width", 64), ("depth", 3), ("objective", "field"))
+                          if getattr(self, name) is None})
+            unset["cell"] = "dense"
         if self.dtype is None and (trainer == "tao" or field_task):
             unset["dtype"] = "float64"
-        if field_task:
-            unset["cell"] = "dense"
         return replace(self, **unset)
 
 
 def from_args(cls, args, **given):
     """``cls`` from the parsed command line: every declared field the command has a flag
-    for (its dest is the field's name), then ``given``; the rest keep their defaults."""
-    found = {name: getattr(args, name) for name in declared(cls) if hasattr(args, name)}
+    for (its dest is the field's name; ``args.settings`` lists them), then ``given``; the
+    rest keep their defaults. Another flag of the same name (compare's conv-cell
+    ``--dtype``) is not a setting of the run."""
+    flagged = getattr(args, "settings", ())
+    found = {name: getattr(args, name) for name in declared(cls) if name in flagged}
     return cls(**{**found, **given})
 
 
-def markdown(*classes) -> str:
-    """The settings table of ``docs/settings.md``, one section per class."""
+def markdown(sections) -> str:
+    """The settings tables of ``docs/settings.md``: ``sections`` is ``(cls, command,
+    defaults, resume)`` each, ``defaults`` the command's default of each flag as text
+    (what ``deq-petsc COMMAND --help`` says), ``resume`` whether the command resumes."""
     lines = ["# Run settings", "",
              "Generated from the declarations in `deq_petsc/science/config.py` and "
              "`deq_petsc/studies/demo.py` by",
              "`python -m deq_petsc.cli.settings_doc > docs/settings.md` (a test checks the "
              "file is current).",
-             "A flag's default is the command's (`deq-petsc train --help`); *fixed*: a "
-             "resumed training run (`train --resume`) keeps the checkpoint's value and refuses another one; "
-             "the others may change on resume and are noted."]
+             "*Fixed*: a resumed training run (`train --resume`) keeps the checkpoint's value "
+             "and refuses another one; the others may change on resume and are noted. A "
+             "`--no-` flag's text says what typing it does."]
     shown = {}
-    for cls in classes:
+    for cls, command, defaults, resume in sections:
         first = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split()).replace("``", "`")
         base = [c.__name__ for c in cls.__mro__[1:] if c.__name__ in shown]
         lines += ["", f"## {cls.__name__}", "", first + (
             f" Every {base[0]} setting above, with these added or with another default:"
-            if base else ""), "", "| setting | flag | type | default | resume | what |",
-            "|---|---|---|---|---|---|"]
+            if base else ""), "",
+            f"| setting | flag | type | default of `{command}` |"
+            + (" resume |" if resume else "") + " what |",
+            "|---|---|---|---|" + ("---|" if resume else "") + "---|"]
         for name, (f, s) in declared(cls).items():
             if any(name in shown[b] and shown[b][name] == f.default for b in base):
                 continue                          # inherited as it is: listed above
-            lines.append(_markdown_row(cls, name, f, s))
+            lines.append(_markdown_row(cls, name, f, s, defaults, resume))
         shown[cls.__name__] = {name: f.default for name, (f, _) in declared(cls).items()}
     return "\n".join(lines) + "\n"
 
 
-def _markdown_row(cls, name: str, f: Field, s: Setting) -> str:
+def _markdown_row(cls, name: str, f: Field, s: Setting, defaults: dict, resume: bool) -> str:
     flag = flag_of(cls, name)
     if flag and s.negative:
         flag = "--no-" + flag[2:]
-    default = "(required)" if f.default is MISSING else f"`{f.default!r}`"
-    if f.default is None and s.unset:
-        default += f": {s.unset}"
+    if name in defaults:
+        default = defaults[name]
+    else:                                 # no flag on the command: the declaration's
+        default = "(required)" if f.default is MISSING else f"`{f.default!r}`"
     choices = f" ({', '.join(s.choices)})" if s.choices else ""
     what = s.help + choices + (f"; must be {s.must_be}" if s.must_be else "")
     what = what.replace("|", "\\|")
+    fixed = (" fixed |" if s.fixed_on_resume else " may change |") if resume else ""
     return (f"| `{name}` | {f'`{flag}`' if flag else '-'} | {str(f.type).replace('|', 'or')} "
-            f"| {default} | {'fixed' if s.fixed_on_resume else 'may change'} | {what} |")
-
+            f"| {default} |{fixed} {what} |")

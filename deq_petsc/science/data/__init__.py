@@ -1,4 +1,4 @@
-"""Graph-image data sets for the three science tasks (needs the ``data`` extra).
+"""Graph-image data sets for the science tasks (needs the ``data`` extra).
 
     from deq_petsc.science.data import load_task
     data = load_task("polarity", limit=2000, seed=0)

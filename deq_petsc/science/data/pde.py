@@ -420,5 +420,14 @@ def load_field_task(name: str = "bratu", limit: int | None = None, seed: int = 0
 
 #: the PDE surrogate tasks, by name: a loader ``(name, limit=, seed=, cache_dir=, comm=,
 #: progress=, rebuild=) -> FieldData`` each (the registry idiom of the graph-image tasks)
-FIELD_TASKS: Registry = Registry("field task", group="deq_petsc.field_tasks")
+FIELD_TASKS: Registry = Registry(
+    "field task", group="deq_petsc.field_tasks",
+    check=lambda name, loader: None if callable(loader) else _not_a_loader(name))
+
+
+def _not_a_loader(name: str):
+    raise TypeError(f"field task {name!r}: register a loader function")
+
+
+
 FIELD_TASKS.register(load_field_task, name="bratu")

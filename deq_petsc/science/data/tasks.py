@@ -104,7 +104,11 @@ def _keeps_the_protocol(name: str, task) -> None:
     and target named, its source and labels implemented."""
     if not (isinstance(task, type) and issubclass(task, Task)):
         raise TypeError(f"task {name!r}: register a subclass of Task")
-    if task.kind not in REPRESENTATION_VERSION or task.payload not in PAYLOADS:
+    if getattr(task, "name", None) != name:
+        raise ValueError(f"task {name!r}: its name attribute must be the name it is "
+                         f"registered under")
+    if getattr(task, "kind", None) not in REPRESENTATION_VERSION or \
+            getattr(task, "payload", None) not in PAYLOADS:
         raise ValueError(f"task {name!r}: kind must be one of {sorted(REPRESENTATION_VERSION)} "
                          f"and payload one of {sorted(PAYLOADS)}")
     if len(getattr(task, "classes", ())) < 2 or not getattr(task, "target_name", ""):

@@ -36,7 +36,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..checkpoint import DEQCheckpointError
-from ..config import ALWAYS_RECORDED, declared, flag_of
+from ..config import KEEP_MINE, declared, flag_of
 from deq_petsc.core.errors import DEQInputError
 
 
@@ -213,7 +213,7 @@ def resumed_config(cfg, saved: dict, explicit: set[str], where: str):
     # keep them) and what a checkpoint written before a field existed trained with
     for name, (_, setting) in declared(type(cfg)).items():
         before = setting.before_the_field
-        if name not in saved and before is ALWAYS_RECORDED:
+        if name not in saved and before is KEEP_MINE:
             continue
         mine, theirs = getattr(cfg, name), saved.get(name, before)
         if name not in explicit or mine == theirs:
