@@ -7,11 +7,13 @@
 #                Sandybridge, which neither AVX2 nor AVX-512 machines choose themselves):
 #                a test that holds on one kernel's rounding only fails here; run it before
 #                a submission (CI runs `make test` alone)
+#   make models  train again the small models that ship in deq_petsc/science/shipped
+#                (ci/ship-models.sh; TASKS="polarity" for one)
 # Pass extra arguments with ARGS, e.g.  make demo ARGS="--epochs 2 -anderson_snes_anderson_m 3"
 
 ARGS ?=
 
-.PHONY: env test test-blas demo docs bench-forward clean-env
+.PHONY: env test test-blas demo docs bench-forward clean-env models
 
 env:
 	bash ci/setup-env.sh
@@ -24,6 +26,9 @@ test-blas:
 
 demo:
 	bash ci/demo.sh $(ARGS)
+
+models:
+	bash ci/ship-models.sh
 
 docs: env
 	.venv/bin/python -m deq_petsc.core.options_spec > docs/options.md.tmp

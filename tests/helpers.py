@@ -128,7 +128,8 @@ def cli_in_process(capfd, *argv):
     # later records and subprocesses would inherit a claim), a warnings filter, signal
     # handlers. The test process gets back what it had.
     environ = dict(os.environ)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                                                signal.SIGPIPE)}
     with warnings.catch_warnings():
         try:
             code = main([str(a) for a in argv])

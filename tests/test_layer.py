@@ -124,6 +124,47 @@ def test_adjoint_ksp_options_are_honoured(small):
 
 
 @double_scalars
+def test_the_adjoint_solve_as_a_callable_of_ones_own(small):
+    """jaxopt's idea: the backward's linear solve passed in. SciPy's GMRES on the matvec
+    the layer hands over gives the KSP adjoint's gradient; a Neumann series of 3 terms an
+    approximate one, whose residual the statistics report."""
+    import numpy as np
+    import scipy.sparse.linalg as sla
+
+    def scipy_gmres(matvec, g):
+        shape, n = g.shape, g.numel()
+        op = sla.LinearOperator((n, n), dtype=np.float64, matvec=lambda v: matvec(
+            torch.from_numpy(np.ascontiguousarray(v)).reshape(shape)).reshape(-1).numpy())
+        u, info = sla.gmres(op, g.reshape(-1).numpy(), rtol=1e-13, atol=0, restart=64)
+        assert info == 0
+        return torch.from_numpy(u).reshape(shape)
+
+    def neumann3(matvec, g):                  # u = g + J^T g + (J^T)^2 g
+        u = g.clone()
+        for _ in range(2):
+            u = g + (u - matvec(u))
+        return u
+
+    exact, _ = _layer_grads({}, *small)
+    mine, stats = _layer_grads({}, *small, adjoint_solve=scipy_gmres)
+    assert stats.method == "callable/scipy_gmres" and stats.converged
+    assert stats.final_residual < 1e-11 * stats.initial_residual
+    for a, b in zip(mine, exact):
+        assert_close(a, b, 1e-8, "scipy GMRES adjoint vs PETSc's")
+    rough, stats = _layer_grads({}, *small, adjoint_solve=neumann3)
+    assert 1e-6 * stats.initial_residual < stats.final_residual < stats.initial_residual
+    assert not all(torch.allclose(a, b, rtol=1e-6, atol=1e-9) for a, b in zip(rough, exact))
+
+
+def test_an_adjoint_callable_answering_the_wrong_shape_is_named(small):
+    cell, x, target = small
+    layer = DEQ(cell, z_shape=lambda x: (x.shape[0], 8), adjoint_solve=lambda matvec, g: g[0])
+    with pytest.raises(DEQError, match="linear_solve returned .* not a tensor shaped like g"):
+        ((layer(x) - target) ** 2).sum().backward()
+    layer.destroy()
+
+
+@double_scalars
 def test_jacobian_free_backprop_is_one_step_through_f(small):
     cell, x, target = small
     jfb, stats = _layer_grads({"adjoint_deq_method": "jfb"}, *small)

@@ -21,7 +21,7 @@ LAYERS = {
     4: ["science.data"],
     5: ["science.config", "science.objectives", "science.metrics", "science.checkpoint",
         "science.parallel", "science.plots", "science.run_record"],
-    6: ["science.inference", "science.batch_predict", "science.baseline"],
+    6: ["science.inference", "science.batch_predict", "science.baseline", "science.shipped"],
     7: ["science.train"],
     8: ["studies"],
     9: ["cli"],

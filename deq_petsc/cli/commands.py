@@ -448,6 +448,17 @@ def _check_recorded_csv(state: dict, checkpoint) -> None:
                             f"digest differs): give --csv with the training data")
 
 
+def _shipped_line(task: str) -> str:
+    """What the shipped model of ``task`` was trained on and scored, from its report."""
+    import json
+
+    from deq_petsc.science.shipped import HERE
+    report = json.loads((HERE / f"{task}.report.json").read_text())
+    score = (f"test accuracy {report['accuracy']:.3f} on {report['n']}" if "accuracy" in report
+             else f"test MAE {report['mae']:.3f} on {report['n']}, {report['target']}")
+    return f"{score}; its run record: {HERE / (task + '.run.json')}"
+
+
 def run_predict(args) -> int:
     from deq_petsc.science.data import cif_image, smiles_image
     from deq_petsc.science.data.graph_image import read_cif
@@ -455,6 +466,10 @@ def run_predict(args) -> int:
     from deq_petsc.science.inference import load_model, model_dtype, objective_of, require_current_images
     from deq_petsc.science.models.surrogate import FAMILY as SURROGATE_FAMILY
 
+    if args.checkpoint is None:                    # --task: the model that ships for it
+        from deq_petsc.science.shipped import shipped_checkpoint
+        args.checkpoint = str(shipped_checkpoint(args.task))
+        say(f"the {args.task} model that ships with deq_petsc ({_shipped_line(args.task)})")
     model, state = load_model(args.checkpoint)
     task = state["task"]
     try:

@@ -204,13 +204,21 @@ def _evaluate_command(sub):
 
 def _predict_command(sub):
     p = _command(sub, "predict", "ask a trained model about new molecules or structures",
-                 "Polarity models take --smiles; mof-pore and crystals models take --cif. "
+                 "Polarity and gap models take --smiles; mof-pore and crystals models take "
+                 "--cif. --task uses the model that ships for the task, --checkpoint your "
+                 "own. "
                  "--input asks about many at once: a CSV with a 'smiles' column (and "
                  "optionally 'name' or 'id'), a file with one SMILES per line, a folder of "
                  "CIFs or a file listing CIF paths; --output gets one CSV row per input (the "
                  "label, each class's probability, or the reason the input could not be "
                  "read: a bad row never stops the batch).")
-    p.add_argument("--checkpoint", required=True)
+    from deq_petsc.science.shipped import shipped_tasks     # a folder listing: no torch
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a trained model (deq-petsc train's checkpoint.pt)")
+    model.add_argument("--task", choices=shipped_tasks(),
+                       help="the small model that ships with deq_petsc for this task "
+                            "(deq_petsc/science/shipped, its run record and test report "
+                            "beside it; made by make models)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--smiles")
     what.add_argument("--cif", help="a CIF file")
@@ -767,6 +775,9 @@ def _watch_interrupts() -> list:
 
     for name in STOP_SIGNALS:
         signal.signal(getattr(signal, name), on_signal)
+    # a reader that closes the pipe (deq-petsc predict ... | head -1) ends the command
+    # quietly, as it ends any Unix tool, not in PETSc's "Caught signal 13" crash banner
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     return seen
 
 

@@ -17,6 +17,13 @@ same memory at any number of forward iterations. The solve is pluggable
                                    the gradient of k unrolled damped steps at z*
                                    (phantom gradient, Geng et al. 2021):
                                    -adjoint_deq_phantom_steps 5 -adjoint_deq_phantom_damping 1
+
+or, as jaxopt's ``solve`` argument, by a callable of your own:
+``AdjointSolver(linear_solve=fn)`` (``DEQ(..., adjoint_solve=fn)``) with
+``fn(matvec, g) -> u`` solving ``matvec(u) = g``, ``matvec(u) = u - J_f^T u`` (one VJP
+each). It replaces the options' method; the residual of its answer is measured (one more
+VJP) and reported in the statistics, and a non-finite answer is a named error, as every
+method's.
 """
 
 from __future__ import annotations
@@ -168,8 +175,12 @@ class AdjointSolver:
     """Solves ``(I - J_f(z*))^T u = g``; owns the adjoint KSP (or SNES) and its prefix."""
 
     def __init__(self, prefix: str = "adjoint_", comm=None, method: str | None = None,
-                 ksp_options: dict | None = None, snes_options: dict | None = None):
+                 ksp_options: dict | None = None, snes_options: dict | None = None,
+                 linear_solve=None):
         self.prefix = prefix
+        #: ``fn(matvec, g) -> u`` of your own (jaxopt's ``solve``), which then replaces
+        #: the options' method
+        self.linear_solve = linear_solve
         self.comm = PETSc.COMM_SELF if comm is None else comm
         self._method_arg = method
         # Our own keys (deq_method, deq_phantom_steps, ...) are read like the command
@@ -185,7 +196,9 @@ class AdjointSolver:
         self._snes_solver = None
         self.last_stats: AdjointStats | None = None
         self.destroyed = False
-        self.method = self._read_method()
+        self.method = self._read_method() if linear_solve is None else "callable"
+        if linear_solve is not None:
+            self.accept_max_it = False
 
     # -- options --------------------------------------------------------------------
     def _read_method(self) -> str:
@@ -216,6 +229,8 @@ class AdjointSolver:
                 u, stats = self._ksp_solve(problem, z_star, g)
             elif self.method == "phantom":
                 u, stats = self._phantom(problem.linearize(z_star), g)
+            elif self.method == "callable":
+                u, stats = self._callable(problem.linearize(z_star), g)
             else:
                 u, stats = self._snes(problem.linearize(z_star), g)
         finally:
@@ -245,6 +260,25 @@ class AdjointSolver:
             u = lam * (lin.vjp(u) + g) + (1 - lam) * u
         return u, AdjointStats("phantom", FIXED_STEPS, f"UNROLLED_{self.phantom_steps}",
                                self.phantom_steps, vjp_count=lin.vjp_count)
+
+    def _callable(self, lin: Linearization, g: torch.Tensor):
+        """Your ``linear_solve(matvec, g)``, its answer's relative residual measured."""
+        def matvec(u: torch.Tensor) -> torch.Tensor:
+            return u - lin.vjp(u)
+
+        u = self.linear_solve(matvec, g)
+        if not isinstance(u, torch.Tensor) or u.shape != g.shape:
+            raise DEQError(f"the adjoint's linear_solve returned "
+                           f"{getattr(u, 'shape', type(u).__name__)}, not a tensor shaped "
+                           f"like g {tuple(g.shape)}")
+        u = u.to(g.dtype)
+        rnorm, gnorm = float(torch.linalg.vector_norm(g - matvec(u))), \
+            float(torch.linalg.vector_norm(g))
+        name = getattr(self.linear_solve, "__name__", type(self.linear_solve).__name__)
+        stats = AdjointStats(f"callable/{name}", FIXED_STEPS, "CALLABLE", 1,
+                             vjp_count=lin.vjp_count)
+        stats.residual_norms = [gnorm, rnorm]
+        return u, stats
 
     def _snes(self, lin: Linearization, g: torch.Tensor):
         from .solver import DEQSolver  # the adjoint fixed point is itself a (linear) DEQ

@@ -89,12 +89,16 @@ class DEQ(nn.Module):
         evaluates the cell on the others only. Pass ``False`` for a cell that mixes
         samples: the batch is then iterated whole. A cell with a batch norm in
         training mode is taken as coupled whatever this says.
+    adjoint_solve:
+        The backward's linear solve as a callable of your own, ``fn(matvec, g) -> u``
+        with ``matvec(u) = u - J_f^T u`` (jaxopt's ``solve`` argument), instead of the
+        adjoint options' method (:mod:`deq_petsc.core.adjoint`).
     """
 
     def __init__(self, cell: Callable[[torch.Tensor, Any], torch.Tensor], prefix: str = "",
                  adjoint_prefix: str | None = None, comm=None, options: dict | None = None,
                  adjoint_options: dict | None = None, warm_start: bool = False,
-                 z_shape=None, independent_samples: bool = True):
+                 z_shape=None, independent_samples: bool = True, adjoint_solve=None):
         super().__init__()
         self.cell = cell
         self.independent_samples = independent_samples
@@ -104,7 +108,8 @@ class DEQ(nn.Module):
                                                   passed_on=(SOLVER_OPTIONS, LEAN_OPTIONS))
         self.solver = DEQSolver(prefix=prefix, comm=comm, options=solver_options)
         self.adjoint = AdjointSolver(prefix=prefix + "adjoint_" if adjoint_prefix is None
-                                     else adjoint_prefix, comm=comm, ksp_options=adjoint_options)
+                                     else adjoint_prefix, comm=comm, ksp_options=adjoint_options,
+                                     linear_solve=adjoint_solve)
         with inserted_defaults(prefix, own):
             self.warm_start = LAYER_OPTIONS.read(prefix,
                                                  deq_warm_start=warm_start)["deq_warm_start"]
