@@ -184,10 +184,11 @@ def _fits(rows) -> dict:
             d = np.array([r["depth"] for r in ex], dtype=float)
             per_layer, base = np.polyfit(d, [r["peak_mb"] for r in ex], 1)
             saved_per_layer = np.polyfit(d, [r["saved_mb"] for r in ex], 1)[0]
+            grows = per_layer > 0          # small cases: the RSS is noise, not a line
             fit.update(peak_mb_per_layer=per_layer, peak_mb_at_depth_0=base,
                        saved_mb_per_layer=saved_per_layer,
-                       depth_at_machine_memory=(total_mb - base) / per_layer,
-                       deq_equal_depth=(deq["peak_mb"] - base) / per_layer)
+                       depth_at_machine_memory=(total_mb - base) / per_layer if grows else None,
+                       deq_equal_depth=(deq["peak_mb"] - base) / per_layer if grows else None)
         out[task] = fit
     return out
 
@@ -213,7 +214,7 @@ def plot(result: dict, path: str) -> str:
         deq = next(r for r in result["rows"] if r["task"] == task and r["kind"] == "deq")
         ax.plot([deq["forward_its"]], [deq["peak_mb"] / 1024], "*", color=color,
                 markersize=14, label=f"{task}: DEQ ({deq['forward_its']:.0f} forward its)")
-        if "peak_mb_per_layer" in fit:              # the fitted line, on a log axis
+        if fit.get("depth_at_machine_memory"):       # the fitted line, on a log axis
             import numpy as np
             d = np.geomspace(1, fit["depth_at_machine_memory"], 60)
             ax.plot(d, (fit["peak_mb_at_depth_0"] + fit["peak_mb_per_layer"] * d) / 1024, ":",
@@ -259,7 +260,9 @@ def main():
     else:
         result = run(args)
     for task, fit in result["fits"].items():
-        if "peak_mb_per_layer" in fit:
+        if fit.get("depth_at_machine_memory") is None:
+            print(f"{task}: the step's peak RSS does not grow measurably with the depths run")
+        else:
             print(f"{task}: the explicit twin's step peak grows {fit['peak_mb_per_layer']:.1f} "
                   f"MB per layer (autograd saves {fit['saved_mb_per_layer']:.1f} MB each); "
                   f"at depth {fit['depth_at_machine_memory']:.0f} it would need all "
