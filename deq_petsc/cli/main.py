@@ -46,7 +46,7 @@ def _settings(p, cls, names, required=(), how=None, **defaults):
     from dataclasses import MISSING
     from dataclasses import replace as changed
 
-    from deq_petsc.science.config import declared, flag_of, value_type
+    from deq_petsc.science.config import declared, flag_of, typed_flag, value_type
     table = declared(cls)
     checks = dict(p.get_default("checks") or {})
     settings = list(p.get_default("settings") or [])
@@ -57,7 +57,7 @@ def _settings(p, cls, names, required=(), how=None, **defaults):
         settings.append(name)
         if value_type(f) is bool:
             if s.negative:
-                p.add_argument("--no-" + flag[2:], dest=name, action="store_false",
+                p.add_argument(typed_flag(cls, name), dest=name, action="store_false",
                                default=default, help=s.help)
             else:
                 p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
@@ -84,7 +84,7 @@ def _data_arguments(p, required_task=True, tasks=None, how=None, **defaults):
     from deq_petsc.science.config import TrainConfig
     tasks = tasks or image_tasks() + field_tasks()
     how = {"task": {"choices": tuple(tasks)}, **(how or {})}
-    if "bratu" not in tasks:
+    if not set(tasks) & set(field_tasks()):    # the PDE tasks' note on --limit: not theirs
         how.setdefault("limit", {"help": "random subset of the source, 0 for all of it"})
     _settings(p, TrainConfig, ["task", "limit", "seed", "split_by", "csv"],
               required=["task"] if required_task else [], how=how,
@@ -597,7 +597,7 @@ def _state_size_problem(args) -> str | None:
 
 def _objective_problem(args) -> str | None:
     """``train --objective``: a PDE task regresses its field, a science task never does."""
-    from deq_petsc.science.config import TrainConfig, flag_of
+    from deq_petsc.science.config import TrainConfig, typed_flag
 
     objective, task = getattr(args, "objective", None), getattr(args, "task", None)
     fields = field_tasks()
@@ -606,7 +606,7 @@ def _objective_problem(args) -> str | None:
                                                                           set())
         if images_only:
             name = sorted(images_only)[0]
-            flag = "--no-sums" if name == "sums" else flag_of(TrainConfig, name)
+            flag = typed_flag(TrainConfig, name)
             return (f"{flag}: a flag of the graph-image tasks; {task}'s surrogate is set by "
                     f"--model, --width, --depth and --gamma, its draws split at random")
     if objective is None or task is None:

@@ -75,6 +75,13 @@ def flag_of(cls, name: str) -> str | None:
     return "--" + (s.flag or name).replace("_", "-")
 
 
+def typed_flag(cls, name: str) -> str | None:
+    """The flag a user types to set ``name``: ``--no-sums`` for a negative boolean (on by
+    default), otherwise :func:`flag_of`'s."""
+    flag, s = flag_of(cls, name), declared(cls)[name][1]
+    return "--no-" + flag[2:] if flag and s.negative else flag
+
+
 def value_type(f: Field):
     """The type the command line converts a field's text to (``int | None``: int); a
     field of another type must say how in its ``Setting.parse``."""
@@ -236,9 +243,7 @@ def markdown(sections) -> str:
 
 
 def _markdown_row(cls, name: str, f: Field, s: Setting, defaults: dict, resume: bool) -> str:
-    flag = flag_of(cls, name)
-    if flag and s.negative:
-        flag = "--no-" + flag[2:]
+    flag = typed_flag(cls, name)
     if name in defaults:
         default = defaults[name]
     else:                                 # no flag on the command: the declaration's
